@@ -1,0 +1,46 @@
+//! Payment events, in the format of API.md, written to the outbox.
+
+use payfn_sdk::outbox::{self, Event};
+use payfn_sdk::ApiError;
+use serde_json::{json, Value};
+
+use crate::{clock, Payment};
+
+/// Writes one event about `payment` to the outbox. `amount` is the amount of
+/// this change (the refund's amount for a refund); `data` carries the rest.
+pub fn emit(
+    payment: &Payment,
+    event_type: &'static str,
+    amount: i64,
+    data: Value,
+) -> Result<(), ApiError> {
+    let id = clock::new_id("evt");
+    let payload = json!({
+        "eventId": id,
+        "type": event_type,
+        "paymentId": payment.id,
+        "merchantId": payment.merchant_id,
+        "amount": amount,
+        "currency": payment.currency,
+        "occurredAt": payment.updated_at,
+        "data": data,
+    });
+    outbox::emit(&Event {
+        id,
+        event_type,
+        aggregate_id: payment.id.clone(),
+        merchant_id: payment.merchant_id,
+        payload,
+        created_at: payment.updated_at.clone(),
+    })
+}
+
+/// The payment's state after the change, as every event's `data` carries it.
+pub fn state(payment: &Payment) -> Value {
+    json!({
+        "status": payment.status.as_str(),
+        "capturedAmount": payment.captured_amount,
+        "refundedAmount": payment.refunded_amount,
+        "orderId": payment.order_id,
+    })
+}

@@ -1,0 +1,125 @@
+//! `kv`: a key-value store with expiry, namespaced per component.
+//!
+//! The host uses the same store for its own keys (rate-limit windows,
+//! idempotency locks) under a prefix no component can produce.
+
+mod host;
+mod memory;
+pub mod runtime_config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bindings::kv::Error as KvError;
+
+use super::Capability;
+use memory::MemoryKv;
+use runtime_config::KvConfig;
+
+/// The registry entry.
+pub const CAPABILITY: Capability = Capability {
+    name: "kv",
+    interface: "payfn:host/kv",
+    link: |linker| {
+        crate::bindings::kv::add_to_linker::<_, super::Field<KvState>>(linker, |s| &mut s.kv)
+    },
+};
+
+/// The shared store, cheap to clone.
+#[derive(Clone)]
+pub struct Kv(Arc<Backend>);
+
+enum Backend {
+    Memory(MemoryKv),
+}
+
+impl Kv {
+    /// Builds the backend the runtime config names.
+    pub fn from_config(config: &KvConfig) -> Self {
+        match config {
+            KvConfig::Memory => Kv(Arc::new(Backend::Memory(MemoryKv::start()))),
+        }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match &*self.0 {
+            Backend::Memory(_) => "in-process memory",
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => Ok(m.get(key)),
+        }
+    }
+
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => {
+                m.set(key, value, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `delta`; a new key starts at 0 and, with `ttl`, expires after it.
+    pub async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => m.incr(key, delta, ttl),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => Ok(m.delete(key)),
+        }
+    }
+
+    /// Sets `key` only if absent; true when this call set it (a lock).
+    pub async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => Ok(m.set_nx(key, value, ttl)),
+        }
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> bool {
+        match &*self.0 {
+            Backend::Memory(_) => true,
+        }
+    }
+}
+
+/// Per-invocation state: the store and the component's namespace.
+pub struct KvState {
+    store: Kv,
+    namespace: String,
+}
+
+impl KvState {
+    pub fn new(store: Kv, component: &str) -> Self {
+        Self {
+            store,
+            namespace: format!("c:{component}:"),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.namespace)
+    }
+}
+
+/// Prefix of the host's own keys; component keys always start with `c:`.
+pub fn host_key(purpose: &str, parts: &[&str]) -> String {
+    let mut key = format!("h:{purpose}");
+    for part in parts {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
+}

@@ -1,0 +1,42 @@
+//! `sql`: the merchant's shard, inside the invocation's transaction.
+//!
+//! The HTTP trigger opens a [`ShardTx`] on the shard the routing table names
+//! for the merchant, hands it to the invocation, and takes it back afterwards
+//! to commit or roll back (DESIGN.md rule 2). A component can only reach the
+//! transaction it was given, so it never sees another shard.
+
+mod host;
+pub mod runtime_config;
+mod shards;
+mod sqlite;
+
+pub use shards::{Shard, ShardSet, ShardTx};
+
+use crate::bindings::sql::{Dialect, Error as SqlError};
+
+use super::Capability;
+
+/// The registry entry.
+pub const CAPABILITY: Capability = Capability {
+    name: "sql",
+    interface: "payfn:host/sql",
+    link: |linker| {
+        crate::bindings::sql::add_to_linker::<_, super::Field<SqlState>>(linker, |s| &mut s.sql)
+    },
+};
+
+/// Per-invocation state: the shard the invocation is bound to and its
+/// transaction, present until the trigger takes it back.
+pub struct SqlState {
+    pub shard: String,
+    pub dialect: Dialect,
+    pub tx: Option<ShardTx>,
+}
+
+impl SqlState {
+    fn tx(&mut self) -> Result<&mut ShardTx, SqlError> {
+        self.tx
+            .as_mut()
+            .ok_or_else(|| SqlError::Unavailable("this invocation has no shard transaction".into()))
+    }
+}

@@ -1,0 +1,152 @@
+//! The shard set, the routing table, and a transaction on one shard.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
+use super::sqlite::{SqliteShard, SqliteTx};
+use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
+
+/// One shard's connection pools.
+pub struct Shard {
+    pub name: String,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(SqliteShard),
+}
+
+impl Shard {
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+
+    /// Opens a transaction. `write` transactions take the shard's write lock
+    /// up front, so concurrent steps on one payment run one after the other.
+    pub async fn begin(&self, write: bool) -> Result<ShardTx, SqlError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(ShardTx::Sqlite(s.begin(write).await?)),
+        }
+    }
+
+    /// Whether the shard answers a trivial query (readiness).
+    pub async fn ping(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// A one-line description for the startup summary.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => format!("sqlite {}", s.path().display()),
+        }
+    }
+}
+
+/// A transaction on one shard. Dropping it without [`ShardTx::commit`] rolls
+/// it back.
+pub enum ShardTx {
+    Sqlite(SqliteTx),
+}
+
+impl ShardTx {
+    pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+        match self {
+            ShardTx::Sqlite(tx) => tx.query(statement, params).await,
+        }
+    }
+
+    pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        match self {
+            ShardTx::Sqlite(tx) => tx.execute(statement, params).await,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), SqlError> {
+        match self {
+            ShardTx::Sqlite(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) {
+        match self {
+            ShardTx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// All shards plus the merchant -> shard routing table.
+pub struct ShardSet {
+    shards: Vec<Arc<Shard>>,
+    pins: HashMap<i64, usize>,
+}
+
+impl ShardSet {
+    /// Connects every shard (running migrations) and checks the routing table.
+    pub async fn open(
+        configs: &[ShardConfig],
+        routing: &RoutingConfig,
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        if configs.is_empty() {
+            bail!("runtime config: `shards` must name at least one shard");
+        }
+        let mut shards = Vec::with_capacity(configs.len());
+        for config in configs {
+            if shards.iter().any(|s: &Arc<Shard>| s.name == config.name) {
+                bail!("runtime config: shard `{}` is defined twice", config.name);
+            }
+            let backend = match &config.backend {
+                BackendConfig::Sqlite { path, readers } => {
+                    let path = match path {
+                        Some(p) if p.is_absolute() => p.clone(),
+                        Some(p) => state_dir.join(p),
+                        None => state_dir.join("shards").join(format!("{}.db", config.name)),
+                    };
+                    Backend::Sqlite(
+                        SqliteShard::open(&path, *readers)
+                            .await
+                            .with_context(|| format!("opening shard `{}`", config.name))?,
+                    )
+                }
+            };
+            shards.push(Arc::new(Shard {
+                name: config.name.clone(),
+                backend,
+            }));
+        }
+        let mut pins = HashMap::new();
+        for (merchant, shard) in &routing.pins {
+            let merchant: i64 = merchant.parse().with_context(|| {
+                format!("runtime config: routing.pins: `{merchant}` is not a merchant id")
+            })?;
+            let index = shards
+                .iter()
+                .position(|s| &s.name == shard)
+                .with_context(|| format!("runtime config: routing.pins: merchant {merchant} -> unknown shard `{shard}`"))?;
+            pins.insert(merchant, index);
+        }
+        Ok(Self { shards, pins })
+    }
+
+    /// The shard of `merchant_id`: its pin if any, else `id mod n` over the
+    /// shards in config order (even on the first, odd on the second of two).
+    pub fn for_merchant(&self, merchant_id: i64) -> &Arc<Shard> {
+        let index = self.pins.get(&merchant_id).copied().unwrap_or_else(|| {
+            // rem_euclid: ids are positive by construction, but never index out of range.
+            merchant_id.rem_euclid(self.shards.len() as i64) as usize
+        });
+        &self.shards[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> {
+        self.shards.iter()
+    }
+}

@@ -1,0 +1,176 @@
+//! The embedded backend: one SQLite file per shard, migrated at start.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Arguments, Column, Row, Sqlite, TypeInfo, ValueRef};
+
+use crate::bindings::sql::{Error as SqlError, RowSet, Value};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/sqlite");
+
+/// How long a statement waits for a lock before reporting the shard busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `begin` waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SqliteShard {
+    path: PathBuf,
+    /// One connection: SQLite admits one writer, so writers queue here, in
+    /// FIFO order, instead of spinning on SQLITE_BUSY.
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+pub type SqliteTx = Transaction;
+
+impl SqliteShard {
+    pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit that answered 2xx survives power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone().create_if_missing(true))
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn begin(&self, write: bool) -> Result<SqliteTx, SqlError> {
+        let tx = if write {
+            self.writer.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.readers.begin().await
+        };
+        tx.map(Transaction).map_err(map_error)
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
+    }
+}
+
+/// A transaction on one SQLite shard.
+pub struct Transaction(sqlx::Transaction<'static, Sqlite>);
+
+impl Transaction {
+    pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+        let rows = sqlx::query_with(statement, bind(params)?)
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(map_error)?;
+        let columns = rows
+            .first()
+            .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
+            .unwrap_or_default();
+        let rows = rows.iter().map(decode_row).collect::<Result<_, _>>()?;
+        Ok(RowSet { columns, rows })
+    }
+
+    pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        let done = sqlx::query_with(statement, bind(params)?)
+            .execute(&mut *self.0)
+            .await
+            .map_err(map_error)?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn commit(self) -> Result<(), SqlError> {
+        self.0.commit().await.map_err(map_error)
+    }
+
+    pub async fn rollback(self) {
+        if let Err(e) = self.0.rollback().await {
+            tracing::warn!(error = %e, "rollback failed; the connection discards the transaction");
+        }
+    }
+}
+
+fn bind(params: Vec<Value>) -> Result<SqliteArguments<'static>, SqlError> {
+    let mut args = SqliteArguments::default();
+    for value in params {
+        let added = match value {
+            Value::Null => args.add(None::<i64>),
+            Value::Int64(v) => args.add(v),
+            Value::Float64(v) => args.add(v),
+            Value::Text(v) => args.add(v),
+            Value::Blob(v) => args.add(v),
+            Value::Boolean(v) => args.add(v),
+        };
+        added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
+    }
+    Ok(args)
+}
+
+fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i).map_err(map_error)?;
+            if raw.is_null() {
+                return Ok(Value::Null);
+            }
+            let type_name = raw.type_info().name().to_string();
+            let value = match type_name.as_str() {
+                "INTEGER" | "INT8" | "BIGINT" => Value::Int64(row.try_get(i).map_err(map_error)?),
+                "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map_error)?),
+                "REAL" => Value::Float64(row.try_get(i).map_err(map_error)?),
+                "BLOB" => Value::Blob(row.try_get(i).map_err(map_error)?),
+                _ => Value::Text(row.try_get(i).map_err(map_error)?),
+            };
+            Ok(value)
+        })
+        .collect()
+}
+
+/// Sorts a sqlx error into the WIT error the component can act on.
+fn map_error(e: sqlx::Error) -> SqlError {
+    use sqlx::error::ErrorKind;
+    match &e {
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation => SqlError::ConstraintViolation(db.message().to_string()),
+            // SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock too long.
+            _ if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
+                SqlError::Conflict(db.message().to_string())
+            }
+            _ => SqlError::InvalidStatement(db.message().to_string()),
+        },
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => SqlError::Unavailable(e.to_string()),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => SqlError::InvalidStatement(e.to_string()),
+        _ => SqlError::Other(e.to_string()),
+    }
+}

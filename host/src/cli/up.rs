@@ -1,0 +1,145 @@
+//! `payfn up`: load everything, print a summary, serve until interrupted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::AppArgs;
+use crate::capabilities::kv::Kv;
+use crate::capabilities::sql::ShardSet;
+use crate::engine::Engine;
+use crate::keys::KeyRing;
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::triggers::http::{self, App, RouteTable};
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    app: AppArgs,
+    /// Run every component's build command first.
+    #[arg(long)]
+    build: bool,
+    /// Address to listen on (overrides `[http] listen`); port 0 picks one.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let manifest = Manifest::load(&args.app.manifest)?;
+    if args.build {
+        super::build::build_all(&manifest)?;
+    }
+    let (config, config_path) = args.app.runtime_config()?;
+    let state_dir = args.app.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let keys = KeyRing::load(&config.keys, &state_dir)?;
+
+    let app_version = manifest
+        .application
+        .version
+        .as_deref()
+        .unwrap_or("unversioned");
+    eprintln!(
+        "payfn {}: starting `{}` {app_version}",
+        env!("CARGO_PKG_VERSION"),
+        manifest.application.name
+    );
+    match &config_path {
+        Some(path) => eprintln!("  runtime config  {}", path.display()),
+        None => eprintln!("  runtime config  embedded defaults"),
+    }
+    let shards = ShardSet::open(&config.shards, &config.routing, &state_dir).await?;
+    for shard in shards.iter() {
+        eprintln!("  shard           {} ({})", shard.name, shard.describe());
+    }
+    let kv = Kv::from_config(&config.kv);
+    eprintln!("  kv              {}", kv.describe());
+
+    let engine = Engine::new(config.engine.clone(), state_dir.join("cache"))?;
+    let mut components = HashMap::new();
+    for name in manifest.components.keys() {
+        let spec = manifest
+            .component_spec(name)
+            .context("component vanished from the manifest")?;
+        let t = Instant::now();
+        let loaded = engine.load(&spec)?;
+        eprintln!(
+            "  component       {name} {} ({}, {:.0?})",
+            loaded.short_digest(),
+            if loaded.from_cache {
+                "cached"
+            } else {
+                "compiled"
+            },
+            t.elapsed()
+        );
+        components.insert(name.clone(), Arc::new(loaded));
+    }
+    let routes = RouteTable::new(&manifest.http_triggers)?;
+    for trigger in &manifest.http_triggers {
+        eprintln!(
+            "  route           {} -> {}",
+            trigger.route, trigger.component
+        );
+    }
+
+    let listen = args.listen.unwrap_or(config.http.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    if keys.mode == "dev" {
+        eprintln!("  dev API key     merchant 1: {}", keys.issue(1));
+        eprintln!("                  (more: payfn keys issue --merchant ID)");
+    }
+    let app = Arc::new(App {
+        engine,
+        components,
+        routes,
+        shards,
+        kv,
+        keys,
+        config: config.http.clone(),
+        metrics: Metrics::new(),
+    });
+    eprintln!(
+        "payfn listening on http://{address} (ready in {:.1?})",
+        started.elapsed()
+    );
+
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    eprintln!("payfn stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish in-flight requests.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,104 @@
+//! Loading a component: compile (or take from the cache), check its imports
+//! against its grants, link, pre-instantiate.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use super::{compile, Engine, InvocationState};
+use crate::capabilities;
+
+/// What the manifest says about one component.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub name: String,
+    pub source: PathBuf,
+    /// Capability names granted in `spin.toml`.
+    pub grants: Vec<String>,
+    /// Environment variables the guest sees.
+    pub environment: Vec<(String, String)>,
+}
+
+/// A component version ready to serve: compiled, checked, pre-instantiated.
+pub struct LoadedComponent {
+    pub spec: ComponentSpec,
+    /// SHA-256 of the binary: the version's identity.
+    pub digest: String,
+    /// Whether the compile cache served the native code.
+    pub from_cache: bool,
+    pub(super) pre: ProxyPre<InvocationState>,
+}
+
+impl LoadedComponent {
+    /// The first 12 hex digits of the digest, for humans.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12]
+    }
+}
+
+impl Engine {
+    /// Loads `spec`. Refuses, naming component and capability, a component
+    /// that imports a capability its manifest entry does not grant: it is
+    /// never half-linked.
+    pub fn load(&self, spec: &ComponentSpec) -> anyhow::Result<LoadedComponent> {
+        let name = &spec.name;
+        for grant in &spec.grants {
+            if capabilities::by_name(grant).is_none() {
+                bail!("component `{name}`: unknown capability `{grant}` in `capabilities`");
+            }
+        }
+        let bytes = std::fs::read(&spec.source).with_context(|| {
+            format!(
+                "component `{name}`: cannot read {} (build it with `payfn build`)",
+                spec.source.display()
+            )
+        })?;
+        let digest = compile::digest(&bytes);
+        let (component, from_cache) = self
+            .compile(&bytes, &digest)
+            .with_context(|| format!("component `{name}`"))?;
+
+        for (import, _) in component.component_type().imports(&self.inner) {
+            match capabilities::for_import(import) {
+                Some(cap) if !spec.grants.iter().any(|g| g == cap.name) => bail!(
+                    "component `{name}` imports `{import}`, but spin.toml does not grant `{}`; \
+                     add it to `capabilities` in [component.{name}]",
+                    cap.name
+                ),
+                None if import.starts_with("payfn:") => {
+                    bail!("component `{name}` imports `{import}`, which this host does not provide")
+                }
+                _ => {}
+            }
+        }
+
+        let mut linker = Linker::new(&self.inner);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)?;
+        for grant in &spec.grants {
+            if let Some(cap) = capabilities::by_name(grant) {
+                (cap.link)(&mut linker).map_err(anyhow::Error::from)?;
+            }
+        }
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component `{name}` imports something this host does not provide")
+            })?;
+        let pre = ProxyPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component `{name}` does not export wasi:http/incoming-handler")
+            })?;
+        Ok(LoadedComponent {
+            spec: spec.clone(),
+            digest,
+            from_cache,
+            pre,
+        })
+    }
+}

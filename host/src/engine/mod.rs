@@ -1,0 +1,88 @@
+//! The wasmtime side: one engine, compiled components, one store per
+//! invocation.
+//!
+//! Setup for speed and safety (DESIGN.md decision 9): pooling allocator,
+//! an `InstancePre` per component version, an on-disk AOT cache keyed by
+//! content hash, epoch deadlines and a memory limit per store. A guest that
+//! traps, runs away or exhausts its memory fails its own invocation only.
+
+mod compile;
+mod component;
+mod config;
+mod invoke;
+mod state;
+
+pub use component::{ComponentSpec, LoadedComponent};
+pub use config::EngineConfig;
+pub use invoke::{HttpInvocation, HttpOutput, InvokeError};
+pub use state::InvocationState;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The shared wasmtime engine plus what every invocation needs from it.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    config: Arc<EngineConfig>,
+    cache_dir: PathBuf,
+}
+
+impl Engine {
+    /// Builds the engine and starts the epoch ticker.
+    pub fn new(config: EngineConfig, cache_dir: PathBuf) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(4))
+            .total_memories(config.max_instances.saturating_mul(2))
+            .total_tables(config.max_instances.saturating_mul(2))
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.memory_limit_bytes());
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let inner = wasmtime::Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("configuring wasmtime")?;
+
+        // A plain thread: the ticker must keep going even if every tokio
+        // worker is busy running guests.
+        let weak = inner.weak();
+        std::thread::Builder::new()
+            .name("payfn-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+
+        std::fs::create_dir_all(&cache_dir)
+            .with_context(|| format!("creating compile cache {}", cache_dir.display()))?;
+        Ok(Self {
+            inner,
+            config: Arc::new(config),
+            cache_dir,
+        })
+    }
+
+    /// The invocation deadline in epoch ticks (at least one).
+    fn deadline_ticks(&self) -> u64 {
+        (self.config.timeout().as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,47 @@
+//! `payfn`: runs payment steps as isolated WebAssembly components.
+//!
+//! Layout: [`manifest`] and [`runtime_config`] say what to run and on what;
+//! [`engine`] owns wasmtime; [`capabilities`] are what components may do;
+//! [`triggers`] decide when they run; [`cli`] is the command line.
+
+mod bindings;
+mod capabilities;
+mod cli;
+mod engine;
+mod keys;
+mod manifest;
+mod metrics;
+mod runtime_config;
+mod triggers;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,sqlx=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

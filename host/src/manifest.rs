@@ -1,0 +1,280 @@
+//! `spin.toml`: the Spin application manifest, version 2, plus payfn's grant
+//! key.
+//!
+//! Supported: `spin_manifest_version = 2`, `[application]` (`name`,
+//! `version`, `description`, `authors`), `[[trigger.http]]` (`route` with
+//! `:param` segments and a trailing `/...`, `component`), and
+//! `[component.NAME]` with `source` (a local path), `description`,
+//! `environment`, `[component.NAME.build]` (`command`, `workdir`, `watch`)
+//! and payfn's `capabilities` (the grants). Anything else is refused with a
+//! message naming the key, rather than silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::capabilities;
+use crate::engine::ComponentSpec;
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The directory relative paths are resolved against.
+    pub dir: PathBuf,
+    pub application: Application,
+    pub http_triggers: Vec<HttpTrigger>,
+    pub components: BTreeMap<String, Component>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    spin_manifest_version: u32,
+    application: Application,
+    #[serde(default)]
+    trigger: Triggers,
+    #[serde(default)]
+    component: BTreeMap<String, Component>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Triggers {
+    #[serde(default)]
+    http: Vec<HttpTrigger>,
+}
+
+/// `[application]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Application {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Informational; accepted so Spin manifests validate.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub description: Option<String>,
+    /// Informational; accepted so Spin manifests validate.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub authors: Vec<String>,
+}
+
+/// One `[[trigger.http]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// Spin route syntax: `/payments/:id/capture`, `/static/...`.
+    pub route: String,
+    pub component: String,
+}
+
+/// One `[component.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub source: PathBuf,
+    /// Informational; accepted so Spin manifests validate.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// payfn: the capabilities this component may import.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub build: Option<Build>,
+}
+
+/// `[component.NAME.build]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    pub command: String,
+    /// Relative to the manifest's directory.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Globs of the files the build reads; accepted for Spin compatibility
+    /// (`payfn build` always runs the command and lets cargo decide).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub watch: Vec<String>,
+}
+
+impl Manifest {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Self::parse(&text, dir).with_context(|| format!("invalid manifest {}", path.display()))
+    }
+
+    /// Parses and validates manifest text; `dir` anchors relative paths.
+    pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Self> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if raw.spin_manifest_version != 2 {
+            bail!(
+                "`spin_manifest_version` must be 2, found {}",
+                raw.spin_manifest_version
+            );
+        }
+        for (name, component) in &raw.component {
+            for grant in &component.capabilities {
+                if capabilities::by_name(grant).is_none() {
+                    let known: Vec<_> = capabilities::REGISTRY.iter().map(|c| c.name).collect();
+                    bail!(
+                        "`component.{name}.capabilities`: unknown capability `{grant}` (known: {})",
+                        known.join(", ")
+                    );
+                }
+            }
+        }
+        let mut seen = Vec::new();
+        for trigger in &raw.trigger.http {
+            if !raw.component.contains_key(&trigger.component) {
+                bail!(
+                    "`trigger.http` route `{}` names unknown component `{}`",
+                    trigger.route,
+                    trigger.component
+                );
+            }
+            let pattern = route_pattern(&trigger.route)
+                .with_context(|| format!("`trigger.http` route `{}`", trigger.route))?;
+            if seen.contains(&pattern) {
+                bail!("`trigger.http` route `{}` is declared twice", trigger.route);
+            }
+            seen.push(pattern);
+        }
+        Ok(Self {
+            dir,
+            application: raw.application,
+            http_triggers: raw.trigger.http,
+            components: raw.component,
+        })
+    }
+
+    /// The engine's view of component `name`.
+    pub fn component_spec(&self, name: &str) -> Option<ComponentSpec> {
+        let c = self.components.get(name)?;
+        Some(ComponentSpec {
+            name: name.to_string(),
+            source: self.dir.join(&c.source),
+            grants: c.capabilities.clone(),
+            environment: c
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+}
+
+/// Translates a Spin route into the router's pattern syntax:
+/// `:name` segments become `{name}`, a trailing `/...` becomes `/{*rest}`.
+pub fn route_pattern(route: &str) -> anyhow::Result<String> {
+    if !route.starts_with('/') {
+        bail!("must start with `/`");
+    }
+    let mut out = String::new();
+    let segments: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        out.push('/');
+        if *segment == "..." {
+            if !last {
+                bail!("`...` may only end a route");
+            }
+            out.push_str("{*rest}");
+        } else if let Some(name) = segment.strip_prefix(':') {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("bad parameter name `{segment}`");
+            }
+            out.push('{');
+            out.push_str(name);
+            out.push('}');
+        } else if segment.contains(['{', '}', '*', ':']) {
+            bail!("bad segment `{segment}`");
+        } else {
+            out.push_str(segment);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "payments"
+[[trigger.http]]
+route = "/payments/:id/capture"
+component = "capture"
+[component.capture]
+source = "capture.wasm"
+capabilities = ["sql", "log"]
+[component.capture.build]
+command = "cargo build"
+watch = ["src/**/*.rs"]
+"#;
+
+    #[test]
+    fn parses_spin_v2() {
+        let m = Manifest::parse(GOOD, PathBuf::from("/app")).unwrap();
+        assert_eq!(m.http_triggers[0].component, "capture");
+        let spec = m.component_spec("capture").unwrap();
+        assert_eq!(spec.source, PathBuf::from("/app/capture.wasm"));
+        assert_eq!(spec.grants, vec!["sql", "log"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("source =", "sauce ="), "sauce"),
+            (GOOD.replace("\"sql\", ", "\"sqll\", "), "sqll"),
+            (
+                GOOD.replace("component = \"capture\"", "component = \"nope\""),
+                "nope",
+            ),
+            (
+                GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = 1"),
+                "spin_manifest_version",
+            ),
+            (GOOD.replace("command =", "comand ="), "comand"),
+        ];
+        for (text, key) in cases {
+            let err = format!(
+                "{:#}",
+                Manifest::parse(&text, PathBuf::from(".")).unwrap_err()
+            );
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn spin_routes_translate() {
+        assert_eq!(
+            route_pattern("/payments/:id/capture").unwrap(),
+            "/payments/{id}/capture"
+        );
+        assert_eq!(route_pattern("/static/...").unwrap(), "/static/{*rest}");
+        assert_eq!(
+            route_pattern("/payments/authorize").unwrap(),
+            "/payments/authorize"
+        );
+        assert!(route_pattern("payments").is_err());
+        assert!(route_pattern("/a/.../b").is_err());
+    }
+}

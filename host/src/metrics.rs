@@ -1,0 +1,125 @@
+//! Prometheus metrics: per component invocations, errors and latency, and
+//! rate-limit rejections.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::engine::{HttpOutput, InvokeError};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    component: String,
+    /// `trap`, `timeout`, `unavailable` or `status_5xx`.
+    kind: String,
+}
+
+type HistogramFamily = Family<ComponentLabel, Histogram, fn() -> Histogram>;
+
+/// The host's metrics, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    invocations: Family<ComponentLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: HistogramFamily,
+    rate_limited: Family<ComponentLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("payfn");
+        let invocations = Family::<ComponentLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        // 0.1 ms .. ~3.3 s
+        let duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
+        let rate_limited = Family::<ComponentLabel, Counter>::default();
+        registry.register("invocations", "Component invocations", invocations.clone());
+        registry.register(
+            "invocation_errors",
+            "Invocations that failed, by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Invocation latency, instantiation included",
+            duration.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by the rate limiter",
+            rate_limited.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            invocations,
+            errors,
+            duration,
+            rate_limited,
+        }
+    }
+
+    /// Records one invocation of `component`.
+    pub fn invoked(
+        &self,
+        component: &str,
+        elapsed: Duration,
+        result: &Result<HttpOutput, InvokeError>,
+    ) {
+        let label = ComponentLabel {
+            component: component.to_string(),
+        };
+        self.invocations.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+        let kind = match result {
+            Ok(out) if out.status.is_server_error() => "status_5xx",
+            Ok(_) => return,
+            Err(InvokeError::Timeout(_)) => "timeout",
+            Err(InvokeError::Failed(_)) => "trap",
+            Err(InvokeError::Unavailable(_)) => "unavailable",
+        };
+        self.errors
+            .get_or_create(&ErrorLabels {
+                component: component.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, component: &str) {
+        self.rate_limited
+            .get_or_create(&ComponentLabel {
+                component: component.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}

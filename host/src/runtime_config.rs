@@ -1,0 +1,77 @@
+//! The runtime config: which backends, shards, limits and keys a host uses.
+//!
+//! A TOML file (`runtime-config.toml` beside `spin.toml`, or
+//! `--runtime-config`); every section is optional and an absent file means
+//! the embedded defaults: two SQLite shards, in-process kv, a development
+//! key secret, the seed's rate limits.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::capabilities::kv::runtime_config::KvConfig;
+use crate::capabilities::sql::runtime_config::{default_shards, RoutingConfig, ShardConfig};
+use crate::engine::EngineConfig;
+use crate::keys::KeysConfig;
+use crate::triggers::http::HttpConfig;
+
+/// The whole runtime config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub kv: KvConfig,
+    #[serde(default = "default_shards")]
+    pub shards: Vec<ShardConfig>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        // An empty document is exactly the defaults.
+        toml::from_str("").expect("the empty runtime config is valid")
+    }
+}
+
+impl RuntimeConfig {
+    /// Reads `path`, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the runtime config {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid runtime config {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seed_layout() {
+        let config = RuntimeConfig::default();
+        let names: Vec<_> = config.shards.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["shard-1", "shard-2"]);
+        assert_eq!(config.http.rate_limits.capacity_for("refund"), 15_000);
+        assert_eq!(config.http.rate_limits.capacity_for("authorize"), 30_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Running a component for a matched, authenticated, admitted request.
+//!
+//! DESIGN.md rule 2: one invocation is one shard transaction. The host
+//! opens it on the merchant's shard, the component's `sql` calls run in it,
+//! and the host commits only when the component returned a non-5xx
+//! response; a trap, a timeout or a 5xx rolls it back. The idempotency
+//! record commits in the same transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::Full;
+
+use super::auth::Merchant;
+use super::errors::HostError;
+use super::idempotency::{self, Claim, Outcome};
+use super::request_id::RequestId;
+use super::routes::Matched;
+use super::App;
+use crate::capabilities::sql::SqlState;
+use crate::engine::{HttpInvocation, HttpOutput, InvokeError};
+
+/// Headers only the host may set; stripped from what clients send.
+const HOST_HEADER_PREFIX: &str = "payfn-";
+
+pub async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
+    let id = RequestId::of(&request);
+    let (Some(matched), Some(Merchant(merchant))) = (
+        request.extensions().get::<Arc<Matched>>().cloned(),
+        request.extensions().get::<Merchant>().copied(),
+    ) else {
+        return HostError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "request reached dispatch unrouted",
+        )
+        .respond(&id);
+    };
+    match run(&app, &id, &matched, merchant, request).await {
+        Ok(response) => response,
+        Err(e) => e.respond(&id),
+    }
+}
+
+async fn run(
+    app: &App,
+    id: &RequestId,
+    matched: &Matched,
+    merchant: i64,
+    request: Request,
+) -> Result<Response, HostError> {
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, app.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            let limit = app.config.max_body_bytes;
+            HostError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            )
+        })?;
+    let component = app
+        .components
+        .get(&matched.component)
+        .cloned()
+        .ok_or_else(|| {
+            HostError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the route's component is not loaded",
+            )
+        })?;
+    let shard = app.shards.for_merchant(merchant).clone();
+
+    let claim = match (
+        parts.method == Method::POST,
+        idempotency::key_from(&parts.headers)?,
+    ) {
+        (true, Some(key)) => {
+            let fingerprint = idempotency::fingerprint(&parts.method, parts.uri.path(), &body);
+            // The lock outlives the longest invocation.
+            let lock_ttl = app.engine.config().timeout() + Duration::from_secs(30);
+            match idempotency::begin(&app.kv, &shard, merchant, key, fingerprint, lock_ttl).await? {
+                Outcome::Replay { status, body } => return Ok(replay(status, body)),
+                Outcome::Proceed(claim) => Some(claim),
+            }
+        }
+        _ => None,
+    };
+
+    let result = invoke(
+        app,
+        id,
+        matched,
+        merchant,
+        parts,
+        body,
+        &component,
+        &shard,
+        claim.as_ref(),
+    )
+    .await;
+    if let Some(claim) = &claim {
+        claim.release(&app.kv).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn invoke(
+    app: &App,
+    id: &RequestId,
+    matched: &Matched,
+    merchant: i64,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    component: &crate::engine::LoadedComponent,
+    shard: &crate::capabilities::sql::Shard,
+    claim: Option<&Claim>,
+) -> Result<Response, HostError> {
+    let write = !matches!(parts.method, Method::GET | Method::HEAD);
+    let tx = shard.begin(write).await.map_err(|e| {
+        tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "cannot open a shard transaction");
+        HostError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable", format!("shard `{}` is unavailable", shard.name))
+    })?;
+    let request = guest_request(parts, body, id, matched, merchant);
+    let invocation = HttpInvocation {
+        request_id: id.0.clone(),
+        request,
+        sql: SqlState {
+            shard: shard.name.clone(),
+            dialect: shard.dialect(),
+            tx: Some(tx),
+        },
+        kv: app.kv.clone(),
+    };
+
+    let started = Instant::now();
+    let (result, tx) = app.engine.invoke_http(component, invocation).await;
+    app.metrics
+        .invoked(&matched.component, started.elapsed(), &result);
+
+    let output = match result {
+        Ok(output) => output,
+        Err(e) => {
+            if let Some(tx) = tx {
+                tx.rollback().await;
+            }
+            return Err(invoke_error(e, id, &matched.component));
+        }
+    };
+    let Some(mut tx) = tx else {
+        return Err(HostError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the shard transaction was lost",
+        ));
+    };
+    if output.status.is_server_error() {
+        tx.rollback().await;
+        return Ok(respond(output));
+    }
+    if let Some(claim) = claim {
+        if let Err(e) = claim.record(&mut tx, output.status, &output.body).await {
+            tx.rollback().await;
+            tracing::warn!(request_id = %id.0, error = ?e, "idempotency record refused; rolled back");
+            return Err(HostError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "another request with this Idempotency-Key completed first",
+            ));
+        }
+    }
+    tx.commit().await.map_err(|e| {
+        tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "commit failed");
+        HostError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shard_unavailable",
+            "the shard could not commit; nothing was changed",
+        )
+    })?;
+    Ok(respond(output))
+}
+
+/// The request the guest sees: the client's, minus any `payfn-*` header,
+/// plus the host's facts as `payfn-*` headers.
+fn guest_request(
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    id: &RequestId,
+    matched: &Matched,
+    merchant: i64,
+) -> http::Request<Full<Bytes>> {
+    let mut headers = parts.headers;
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(HOST_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+    let mut set = |name: String, value: &str| {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    };
+    set("payfn-merchant-id".into(), &merchant.to_string());
+    set("payfn-request-id".into(), &id.0);
+    for (name, value) in &matched.params {
+        set(format!("payfn-param-{name}"), value);
+    }
+    if !headers.contains_key("host") {
+        headers.insert("host", HeaderValue::from_static("localhost"));
+    }
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = parts.uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+fn invoke_error(e: InvokeError, id: &RequestId, component: &str) -> HostError {
+    match e {
+        InvokeError::Timeout(limit) => {
+            tracing::warn!(request_id = %id.0, component, "function timed out after {limit:?}");
+            HostError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "function_timeout",
+                format!("the function ran longer than {limit:?}"),
+            )
+        }
+        InvokeError::Failed(why) => {
+            tracing::error!(request_id = %id.0, component, "function failed: {why}");
+            HostError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function_failed",
+                "the function failed; nothing was changed",
+            )
+        }
+        InvokeError::Unavailable(why) => {
+            tracing::error!(request_id = %id.0, component, "no instance: {why}");
+            HostError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "no function instance is free; retry shortly",
+            )
+        }
+    }
+}
+
+fn respond(output: HttpOutput) -> Response {
+    let mut response = Response::new(Body::from(output.body));
+    *response.status_mut() = output.status;
+    *response.headers_mut() = output.headers;
+    response
+}
+
+fn replay(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}

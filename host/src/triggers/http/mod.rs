@@ -1,0 +1,83 @@
+//! The HTTP trigger: axum serving the manifest's `[[trigger.http]]` routes.
+//!
+//! A request to a component route passes these layers, outermost first:
+//! request id -> route match -> merchant authentication -> rate limit ->
+//! [`dispatch`] (body limit, idempotency, shard transaction, invocation,
+//! commit or rollback). Health and metrics endpoints sit beside them.
+
+mod auth;
+mod dispatch;
+mod errors;
+mod health;
+mod idempotency;
+mod rate_limit;
+mod request_id;
+mod routes;
+
+pub use rate_limit::RateLimitConfig;
+pub use routes::RouteTable;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::capabilities::kv::Kv;
+use crate::capabilities::sql::ShardSet;
+use crate::engine::{Engine, LoadedComponent};
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+
+/// The `[http]` section of the runtime config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on; `payfn up --listen` overrides it.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 `body_too_large` beyond).
+    pub max_body_bytes: usize,
+    pub rate_limits: RateLimitConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            max_body_bytes: 64 * 1024,
+            rate_limits: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Everything the HTTP layers share.
+pub struct App {
+    pub engine: Engine,
+    pub components: HashMap<String, Arc<LoadedComponent>>,
+    pub routes: RouteTable,
+    pub shards: ShardSet,
+    pub kv: Kv,
+    pub keys: KeyRing,
+    pub config: HttpConfig,
+    pub metrics: Metrics,
+}
+
+/// The router: component routes behind their layers, plus health and metrics.
+pub fn router(app: Arc<App>) -> Router {
+    let components = Router::new()
+        .fallback(dispatch::dispatch)
+        .layer(from_fn_with_state(app.clone(), rate_limit::layer))
+        .layer(from_fn_with_state(app.clone(), auth::layer))
+        .layer(from_fn_with_state(app.clone(), routes::layer))
+        .with_state(app.clone());
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback_service(components)
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(app)
+}
