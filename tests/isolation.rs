@@ -1,0 +1,90 @@
+//! A trapping, runaway or memory-hungry component fails its own request with
+//! the right status; the host and concurrent requests carry on.
+
+mod support;
+
+use futures::future::join_all;
+use support::{manifest, test_component, Host};
+
+fn isolation_host() -> Host {
+    let extra = [
+        test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql"]"#),
+        test_component("/test/spin", "spin", "test_spin.wasm", "[]"),
+        test_component("/test/hog", "hog", "test_hog.wasm", "[]"),
+    ]
+    .join("\n");
+    Host::start_with(
+        &manifest(&extra),
+        "[engine]\ntimeout_ms = 1000\nmemory_limit_mb = 32\n",
+    )
+}
+
+#[tokio::test]
+async fn failures_cost_one_request_only() {
+    let host = isolation_host();
+    let m = host.merchant(1);
+
+    let trap = m.post("/test/trap", "{}");
+    let spin = m.post("/test/spin", "{}");
+    let hog = m.post("/test/hog", "{}");
+    let normal = join_all((0..30).map(|i| {
+        m.post(
+            "/payments/authorize",
+            if i % 2 == 0 {
+                r#"{"amount":100,"currency":"KRW"}"#
+            } else {
+                r#"{"amount":200,"currency":"USD"}"#
+            },
+        )
+    }));
+    let (trap, spin, hog, normal) = tokio::join!(trap, spin, hog, normal);
+
+    trap.assert_error(500, "function_failed");
+    spin.assert_error(504, "function_timeout");
+    hog.assert_error(500, "function_failed");
+    assert!(
+        normal.iter().all(|r| r.status == 201),
+        "{:?}",
+        normal.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+
+    // The trap's write was rolled back.
+    let db = host.shard("shard-2").await;
+    let leaked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE aggregate_id = 'trap'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(leaked, 0, "a trapped invocation must commit nothing");
+
+    // The host logged each failure with its request id, and still serves.
+    let log = host.log();
+    let trap_id = trap.json()["requestId"].as_str().unwrap().to_string();
+    assert!(
+        log.contains("function failed") && log.contains(&format!("request_id={trap_id}")),
+        "{log}"
+    );
+    assert!(log.contains("memory limit of 32 MiB exceeded"), "{log}");
+    for _ in 0..3 {
+        m.post("/test/trap", "{}")
+            .await
+            .assert_error(500, "function_failed");
+        assert_eq!(m.authorize(100).await.len(), 36);
+    }
+    let metrics = host
+        .client
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"payfn_invocation_errors_total{component="spin",kind="timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"payfn_invocation_errors_total{component="trap",kind="trap"} 4"#),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,409 @@
+//! Black-box test support: builds the components, starts the real `payfn`
+//! binary on a free port with its own state directory, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const PAYFN: &str = env!("CARGO_BIN_EXE_payfn");
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Where the component binaries land.
+pub fn wasm_dir() -> PathBuf {
+    repo().join("target/wasm32-wasip2/release")
+}
+
+/// Builds the product components (through `payfn build`, as a user would)
+/// and the test components, once per test binary.
+pub fn build_components() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = repo().join("target");
+        let status = Command::new(PAYFN)
+            .args(["build", "--manifest"])
+            .arg(repo().join("spin.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("run payfn build");
+        assert!(status.success(), "payfn build failed");
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .args([
+                "-p",
+                "test-trap",
+                "-p",
+                "test-spin",
+                "-p",
+                "test-hog",
+                "-p",
+                "test-shard-probe",
+            ])
+            .current_dir(repo())
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("run cargo build for test components");
+        assert!(status.success(), "building test components failed");
+    });
+}
+
+/// The payments manifest with extra routes and components appended; sources
+/// are absolute so the manifest can live in a temporary directory.
+pub fn manifest(extra: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("spin.toml")).expect("read spin.toml");
+    let absolute = text.replace(
+        "source = \"target/",
+        &format!("source = \"{}/target/", repo().display()),
+    );
+    format!("{absolute}\n{extra}")
+}
+
+/// A test-only component entry.
+pub fn test_component(route: &str, name: &str, wasm: &str, capabilities: &str) -> String {
+    format!(
+        "[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"{name}\"\n\n[component.{name}]\nsource = \"{}\"\ncapabilities = {capabilities}\n",
+        wasm_dir().join(wasm).display()
+    )
+}
+
+/// A running `payfn up`.
+pub struct Host {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: reqwest::Client,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Host {
+    /// The payments app on embedded defaults.
+    pub fn start() -> Host {
+        Self::start_with(&manifest(""), "")
+    }
+
+    /// Starts `payfn up` with this manifest and runtime config text.
+    pub fn start_with(manifest_text: &str, runtime_config: &str) -> Host {
+        build_components();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
+        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config)
+            .expect("write config");
+        let mut child = Command::new(PAYFN)
+            .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
+            .arg(dir.path().join("spin.toml"))
+            .env_remove("PAYFN_KEY_SECRET")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payfn up");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(
+                        addr.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("payfn did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client");
+        Host {
+            child,
+            dir,
+            base: format!("http://{addr}"),
+            client,
+            log,
+        }
+    }
+
+    /// What the host has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The API key of `merchant`, from `payfn keys issue` in the app dir.
+    pub fn key(&self, merchant: i64) -> String {
+        let out = Command::new(PAYFN)
+            .args([
+                "keys",
+                "issue",
+                "--merchant",
+                &merchant.to_string(),
+                "--manifest",
+            ])
+            .arg(self.dir.path().join("spin.toml"))
+            .env_remove("PAYFN_KEY_SECRET")
+            .output()
+            .expect("payfn keys issue");
+        assert!(
+            out.status.success(),
+            "keys issue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 key")
+            .trim()
+            .to_string()
+    }
+
+    /// A client for one merchant.
+    pub fn merchant(&self, merchant: i64) -> Merchant<'_> {
+        Merchant {
+            host: self,
+            key: self.key(merchant),
+        }
+    }
+
+    /// The SQLite file of a shard.
+    pub fn shard_db(&self, shard: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(".payfn/shards")
+            .join(format!("{shard}.db"))
+    }
+
+    /// A read-only connection to a shard file.
+    pub async fn shard(&self, shard: &str) -> sqlx::SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.shard_db(shard))
+            .read_only(true);
+        sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open shard db")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response reduced to what tests assert on.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.bytes))
+        })
+    }
+
+    /// The error `code` of an error envelope.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error status and code, and the envelope's shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        let body = self.json();
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "body: {body}"
+        );
+        assert!(
+            body["error"]["type"].is_string() && body["error"]["message"].is_string(),
+            "{body}"
+        );
+        assert!(
+            body["requestId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("req_")),
+            "{body}"
+        );
+    }
+}
+
+/// Requests as one merchant.
+pub struct Merchant<'a> {
+    pub host: &'a Host,
+    pub key: String,
+}
+
+impl Merchant<'_> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = format!("{}{path}", self.host.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.host.client.request(method, url).bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body").to_vec();
+        Reply {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.send("POST", path, Some(body), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None, &[]).await
+    }
+
+    /// Authorizes `amount` KRW and returns the payment id.
+    pub async fn authorize(&self, amount: i64) -> String {
+        let reply = self
+            .post(
+                "/payments/authorize",
+                &format!(r#"{{"amount":{amount},"currency":"KRW"}}"#),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.json());
+        reply.json()["id"].as_str().expect("id").to_string()
+    }
+}
+
+/// DESIGN.md's money invariants, read straight from every shard file:
+/// postings balance; per merchant the ledger agrees with the payments table;
+/// amounts within bounds; every payment change has its outbox event.
+pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
+    for shard in shards {
+        let db = host.shard(shard).await;
+        let unbalanced: Vec<(String, i64)> =
+            sqlx::query_as("SELECT posting_id, SUM(amount) FROM ledger_entries GROUP BY posting_id HAVING SUM(amount) <> 0")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert!(
+            unbalanced.is_empty(),
+            "{shard}: unbalanced postings {unbalanced:?}"
+        );
+
+        let out_of_bounds: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM payments WHERE NOT (0 <= refunded_amount AND refunded_amount <= captured_amount AND captured_amount <= amount)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(out_of_bounds, 0, "{shard}: amounts out of bounds");
+
+        let refunds_disagree: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM payments p WHERE p.refunded_amount <> \
+             (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.payment_id = p.id)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(
+            refunds_disagree, 0,
+            "{shard}: refunded_amount disagrees with refunds"
+        );
+
+        // Per merchant: the hold equals what is authorized and not yet
+        // captured or voided; the payable equals captured minus refunded.
+        let merchants: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT p.merchant_id, \
+                SUM(CASE WHEN p.status = 'AUTHORIZED' THEN p.amount ELSE 0 END), \
+                SUM(p.captured_amount - p.refunded_amount), \
+                (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'authorization_hold'), \
+                (SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'merchant_payable') \
+             FROM payments p GROUP BY p.merchant_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        for (merchant, held, net, ledger_held, ledger_net) in merchants {
+            assert_eq!(
+                held, ledger_held,
+                "{shard}: merchant {merchant} hold disagrees with the ledger"
+            );
+            assert_eq!(
+                net, ledger_net,
+                "{shard}: merchant {merchant} payable disagrees with the ledger"
+            );
+        }
+
+        // Every payment change has its event: one per payment creation, one
+        // per capture, void and refund.
+        let expected: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM payments) \
+                  + (SELECT COUNT(*) FROM payments WHERE captured_amount > 0) \
+                  + (SELECT COUNT(*) FROM payments WHERE status = 'VOIDED') \
+                  + (SELECT COUNT(*) FROM refunds)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let events: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment.%'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(
+            events, expected,
+            "{shard}: outbox events do not match payment changes"
+        );
+        let orphans: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = o.aggregate_id)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(orphans, 0, "{shard}: outbox events without a payment");
+        db.close().await;
+    }
+}
