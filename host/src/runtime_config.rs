@@ -68,6 +68,26 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_the_default() {
+        let text = include_str!("../../infra/runtime-config/embedded.toml");
+        let example: RuntimeConfig = toml::from_str(text).unwrap();
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", RuntimeConfig::default())
+        );
+    }
+
+    #[test]
+    fn unknown_shard_keys_are_named() {
+        let err = toml::from_str::<RuntimeConfig>(
+            "[[shards]]\nname = \"a\"\nbackend = \"sqlite\"\npaht = \"x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("paht"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5")
             .unwrap_err()
