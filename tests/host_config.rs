@@ -157,3 +157,22 @@ async fn keys_are_bound_to_the_app_state_and_production_secret() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn restarts_keep_payments_and_reuse_the_compile_cache() {
+    let host = Host::start();
+    assert!(host.log().contains("(compiled,"), "{}", host.log());
+    let id = host.merchant(5).authorize(4200).await;
+    let host = host.restart();
+    assert!(
+        !host.log().contains("(compiled,"),
+        "every component should come from the cache: {}",
+        host.log()
+    );
+    assert!(host.log().contains("(cached,"), "{}", host.log());
+    let payment = host.merchant(5).get(&format!("/payments/{id}")).await;
+    assert_eq!(
+        (payment.status, payment.json()["amount"].as_i64()),
+        (200, Some(4200))
+    );
+}

@@ -99,6 +99,18 @@ impl Host {
         std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
         std::fs::write(dir.path().join("runtime-config.toml"), runtime_config)
             .expect("write config");
+        Self::spawn(dir)
+    }
+
+    /// Stops this host and starts a new one on the same app directory.
+    pub fn restart(mut self) -> Host {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Self::spawn(dir)
+    }
+
+    fn spawn(dir: tempfile::TempDir) -> Host {
         let mut child = Command::new(PAYFN)
             .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
             .arg(dir.path().join("spin.toml"))

@@ -22,7 +22,7 @@ use super::idempotency::{self, Claim, Outcome};
 use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
-use crate::capabilities::sql::SqlState;
+use crate::capabilities::sql::{Shard, ShardTx, SqlState};
 use crate::engine::{HttpInvocation, HttpOutput, InvokeError};
 
 /// Headers only the host may set; stripped from what clients send.
@@ -121,14 +121,17 @@ async fn invoke(
     parts: axum::http::request::Parts,
     body: Bytes,
     component: &crate::engine::LoadedComponent,
-    shard: &crate::capabilities::sql::Shard,
+    shard: &Shard,
     claim: Option<&Claim>,
 ) -> Result<Response, HostError> {
-    let write = !matches!(parts.method, Method::GET | Method::HEAD);
-    let tx = shard.begin(write).await.map_err(|e| {
-        tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "cannot open a shard transaction");
-        HostError::new(StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable", format!("shard `{}` is unavailable", shard.name))
-    })?;
+    // Only a component granted `sql` holds a shard transaction while it runs:
+    // on SQLite a write transaction is the shard's single writer slot.
+    let tx = if component.spec.grants.iter().any(|g| g == "sql") {
+        let write = !matches!(parts.method, Method::GET | Method::HEAD);
+        Some(begin(shard, write, id).await?)
+    } else {
+        None
+    };
     let request = guest_request(parts, body, id, matched, merchant);
     let invocation = HttpInvocation {
         request_id: id.0.clone(),
@@ -136,7 +139,7 @@ async fn invoke(
         sql: SqlState {
             shard: shard.name.clone(),
             dialect: shard.dialect(),
-            tx: Some(tx),
+            tx,
         },
         kv: app.kv.clone(),
     };
@@ -155,17 +158,18 @@ async fn invoke(
             return Err(invoke_error(e, id, &matched.component));
         }
     };
-    let Some(mut tx) = tx else {
-        return Err(HostError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the shard transaction was lost",
-        ));
-    };
     if output.status.is_server_error() {
-        tx.rollback().await;
+        if let Some(tx) = tx {
+            tx.rollback().await;
+        }
         return Ok(respond(output));
     }
+    let mut tx = match (tx, claim) {
+        (Some(tx), _) => tx,
+        // No sql grant, but the idempotency record still needs a transaction.
+        (None, Some(_)) => begin(shard, true, id).await?,
+        (None, None) => return Ok(respond(output)),
+    };
     if let Some(claim) = claim {
         if let Err(e) = claim.record(&mut tx, output.status, &output.body).await {
             tx.rollback().await;
@@ -186,6 +190,17 @@ async fn invoke(
         )
     })?;
     Ok(respond(output))
+}
+
+async fn begin(shard: &Shard, write: bool, id: &RequestId) -> Result<ShardTx, HostError> {
+    shard.begin(write).await.map_err(|e| {
+        tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "cannot open a shard transaction");
+        HostError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shard_unavailable",
+            format!("shard `{}` is unavailable", shard.name),
+        )
+    })
 }
 
 /// The request the guest sees: the client's, minus any `payfn-*` header,
