@@ -8,9 +8,9 @@ use support::{manifest, test_component, Host};
 
 fn isolation_host() -> Host {
     let extra = [
-        test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql"]"#),
-        test_component("/test/spin", "spin", "test_spin.wasm", "[]"),
-        test_component("/test/hog", "hog", "test_hog.wasm", "[]"),
+        test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql", "log"]"#),
+        test_component("/test/spin", "spin", "test_spin.wasm", r#"["log"]"#),
+        test_component("/test/hog", "hog", "test_hog.wasm", r#"["log"]"#),
     ]
     .join("\n");
     Host::start_with(
@@ -70,15 +70,7 @@ async fn failures_cost_one_request_only() {
             .assert_error(500, "function_failed");
         assert_eq!(m.authorize(100).await.len(), 36);
     }
-    let metrics = host
-        .client
-        .get(format!("{}/metrics", host.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = host.metrics().await;
     assert!(
         metrics.contains(r#"payfn_invocation_errors_total{component="spin",kind="timeout"} 1"#),
         "{metrics}"

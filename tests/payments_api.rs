@@ -329,15 +329,7 @@ async fn health_metrics_and_request_ids() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["shards"]["shard-1"], "up");
 
-    let metrics = host
-        .client
-        .get(format!("{}/metrics", host.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = host.metrics().await;
     assert!(
         metrics.contains(r#"payfn_invocations_total{component="authorize"} 1"#),
         "{metrics}"

@@ -164,6 +164,19 @@ impl Host {
         self.log.lock().unwrap().clone()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// The API key of `merchant`, from `payfn keys issue` in the app dir.
     pub fn key(&self, merchant: i64) -> String {
         let out = Command::new(PAYFN)

@@ -155,7 +155,13 @@ pub fn serve(
     handler: fn(&Request) -> Result<Response, ApiError>,
 ) {
     let response = match Request::read(request) {
-        Ok(request) => handler(&request).unwrap_or_else(|e| e.to_response(request.request_id())),
+        Ok(request) => handler(&request).unwrap_or_else(|e| {
+            if e.status >= 500 {
+                // The caller sees a generic envelope; operators need the detail.
+                crate::log::error(&format!("{} {}: {}", e.status, e.code, e.message));
+            }
+            e.to_response(request.request_id())
+        }),
         Err(e) => e.to_response(""),
     };
     response.send(out);

@@ -32,19 +32,19 @@ impl Host for LogState {
         let (component, request_id) = (&self.component, &self.request_id);
         match level {
             Level::Trace => {
-                tracing::trace!(target: "payfn::guest", component, request_id, "{message}")
+                tracing::trace!(target: "payfn::guest", component = %component, request_id = %request_id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "payfn::guest", component, request_id, "{message}")
+                tracing::debug!(target: "payfn::guest", component = %component, request_id = %request_id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "payfn::guest", component, request_id, "{message}")
+                tracing::info!(target: "payfn::guest", component = %component, request_id = %request_id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "payfn::guest", component, request_id, "{message}")
+                tracing::warn!(target: "payfn::guest", component = %component, request_id = %request_id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "payfn::guest", component, request_id, "{message}")
+                tracing::error!(target: "payfn::guest", component = %component, request_id = %request_id, "{message}")
             }
         }
     }

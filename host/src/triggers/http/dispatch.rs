@@ -23,7 +23,7 @@ use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
 use crate::capabilities::sql::{Shard, ShardTx, SqlState};
-use crate::engine::{HttpInvocation, HttpOutput, InvokeError};
+use crate::engine::{HttpInvocation, HttpOutput, InvokeError, LoadedComponent};
 
 /// Headers only the host may set; stripped from what clients send.
 const HOST_HEADER_PREFIX: &str = "payfn-";
@@ -94,102 +94,113 @@ async fn run(
         _ => None,
     };
 
-    let result = invoke(
+    let call = Call {
         app,
         id,
         matched,
         merchant,
-        parts,
-        body,
-        &component,
-        &shard,
-        claim.as_ref(),
-    )
-    .await;
+        component: &component,
+        shard: &shard,
+    };
+    let result = call.invoke(parts, body, claim.as_ref()).await;
     if let Some(claim) = &claim {
         claim.release(&app.kv).await;
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn invoke(
-    app: &App,
-    id: &RequestId,
-    matched: &Matched,
+/// A request on its way to one component, for one merchant, on one shard.
+struct Call<'a> {
+    app: &'a App,
+    id: &'a RequestId,
+    matched: &'a Matched,
     merchant: i64,
-    parts: axum::http::request::Parts,
-    body: Bytes,
-    component: &crate::engine::LoadedComponent,
-    shard: &Shard,
-    claim: Option<&Claim>,
-) -> Result<Response, HostError> {
-    // Only a component granted `sql` holds a shard transaction while it runs:
-    // on SQLite a write transaction is the shard's single writer slot.
-    let tx = if component.spec.grants.iter().any(|g| g == "sql") {
-        let write = !matches!(parts.method, Method::GET | Method::HEAD);
-        Some(begin(shard, write, id).await?)
-    } else {
-        None
-    };
-    let request = guest_request(parts, body, id, matched, merchant);
-    let invocation = HttpInvocation {
-        request_id: id.0.clone(),
-        request,
-        sql: SqlState {
-            shard: shard.name.clone(),
-            dialect: shard.dialect(),
-            tx,
-        },
-        kv: app.kv.clone(),
-    };
+    component: &'a LoadedComponent,
+    shard: &'a Shard,
+}
 
-    let started = Instant::now();
-    let (result, tx) = app.engine.invoke_http(component, invocation).await;
-    app.metrics
-        .invoked(&matched.component, started.elapsed(), &result);
+impl Call<'_> {
+    async fn invoke(
+        &self,
+        parts: axum::http::request::Parts,
+        body: Bytes,
+        claim: Option<&Claim>,
+    ) -> Result<Response, HostError> {
+        let Call {
+            app,
+            id,
+            matched,
+            merchant,
+            component,
+            shard,
+        } = *self;
+        // Only a component granted `sql` holds a shard transaction while it runs:
+        // on SQLite a write transaction is the shard's single writer slot.
+        let tx = if component.spec.grants.iter().any(|g| g == "sql") {
+            let write = !matches!(parts.method, Method::GET | Method::HEAD);
+            Some(begin(shard, write, id).await?)
+        } else {
+            None
+        };
+        let request = guest_request(parts, body, id, matched, merchant);
+        let invocation = HttpInvocation {
+            request_id: id.0.clone(),
+            request,
+            sql: SqlState {
+                shard: shard.name.clone(),
+                dialect: shard.dialect(),
+                tx,
+            },
+            kv: app.kv.clone(),
+        };
 
-    let output = match result {
-        Ok(output) => output,
-        Err(e) => {
+        let started = Instant::now();
+        let (result, tx) = app.engine.invoke_http(component, invocation).await;
+        app.metrics
+            .invoked(&matched.component, started.elapsed(), &result);
+
+        let output = match result {
+            Ok(output) => output,
+            Err(e) => {
+                if let Some(tx) = tx {
+                    tx.rollback().await;
+                }
+                return Err(invoke_error(e, id, &matched.component));
+            }
+        };
+        if output.status.is_server_error() {
             if let Some(tx) = tx {
                 tx.rollback().await;
             }
-            return Err(invoke_error(e, id, &matched.component));
+            return Ok(respond(output));
         }
-    };
-    if output.status.is_server_error() {
-        if let Some(tx) = tx {
-            tx.rollback().await;
+        let mut tx = match (tx, claim) {
+            (Some(tx), _) => tx,
+            // No sql grant, but the idempotency record still needs a transaction.
+            (None, Some(_)) => begin(shard, true, id).await?,
+            (None, None) => return Ok(respond(output)),
+        };
+        if let Some(claim) = claim {
+            if let Err(e) = claim.record(&mut tx, output.status, &output.body).await {
+                tx.rollback().await;
+                tracing::warn!(request_id = %id.0, error = ?e, "idempotency record refused; rolled back");
+                return Err(HostError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "another request with this Idempotency-Key completed first",
+                ));
+            }
         }
-        return Ok(respond(output));
+        tx.commit().await.map_err(|e| {
+            tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "commit failed");
+            HostError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shard_unavailable",
+                "the shard could not commit; nothing was changed",
+            )
+        })?;
+        Ok(respond(output))
     }
-    let mut tx = match (tx, claim) {
-        (Some(tx), _) => tx,
-        // No sql grant, but the idempotency record still needs a transaction.
-        (None, Some(_)) => begin(shard, true, id).await?,
-        (None, None) => return Ok(respond(output)),
-    };
-    if let Some(claim) = claim {
-        if let Err(e) = claim.record(&mut tx, output.status, &output.body).await {
-            tx.rollback().await;
-            tracing::warn!(request_id = %id.0, error = ?e, "idempotency record refused; rolled back");
-            return Err(HostError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "another request with this Idempotency-Key completed first",
-            ));
-        }
-    }
-    tx.commit().await.map_err(|e| {
-        tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "commit failed");
-        HostError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shard_unavailable",
-            "the shard could not commit; nothing was changed",
-        )
-    })?;
-    Ok(respond(output))
 }
 
 async fn begin(shard: &Shard, write: bool, id: &RequestId) -> Result<ShardTx, HostError> {
