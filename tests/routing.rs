@@ -11,7 +11,7 @@ async fn merchants_land_on_their_shard_and_components_see_only_it() {
         "/test/shard",
         "probe",
         "test_shard_probe.wasm",
-        r#"["sql"]"#,
+        r#"["sql", "log"]"#,
     );
     // Default even/odd split, plus merchant 7 pinned to the first shard.
     let host = Host::start_with(

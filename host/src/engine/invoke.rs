@@ -10,7 +10,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use super::state::MemoryLimiter;
+use super::state::{MemoryLimiter, NoOutboundHttp};
 use super::{Engine, InvocationState, LoadedComponent};
 use crate::capabilities::kv::{Kv, KvState};
 use crate::capabilities::log::LogState;
@@ -70,6 +70,7 @@ impl Engine {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            hooks: NoOutboundHttp,
             limiter: MemoryLimiter {
                 limit: self.config.memory_limit_bytes(),
                 hit: false,

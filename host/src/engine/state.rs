@@ -1,9 +1,14 @@
 //! The data of one store: WASI, wasi-http and the capability states.
 
+use std::future::Future;
+
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use crate::capabilities::{kv::KvState, log::LogState, sql::SqlState};
 
@@ -13,6 +18,7 @@ pub struct InvocationState {
     pub(super) wasi: WasiCtx,
     pub(super) http: WasiHttpCtx,
     pub(super) table: ResourceTable,
+    pub(super) hooks: NoOutboundHttp,
     pub(super) limiter: MemoryLimiter,
     pub sql: SqlState,
     pub kv: KvState,
@@ -33,8 +39,28 @@ impl WasiHttpView for InvocationState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
+    }
+}
+
+/// Payment steps reach the world only through granted capabilities: an
+/// outbound `wasi:http` request is refused (the WASI context likewise grants
+/// no sockets and no files).
+pub(super) struct NoOutboundHttp;
+
+type HttpResult<T> = Result<T, wasmtime_wasi_http::Error>;
+type IoFuture = Box<dyn Future<Output = HttpResult<()>> + Send>;
+type SendFuture = Box<dyn Future<Output = HttpResult<(http::Response<WasiBody>, IoFuture)>> + Send>;
+
+impl WasiHttpHooks for NoOutboundHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _body_done: IoFuture,
+    ) -> SendFuture {
+        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
     }
 }
 
