@@ -48,7 +48,12 @@ async fn failures_cost_one_request_only() {
         normal.iter().map(|r| r.status).collect::<Vec<_>>()
     );
 
-    // The trap's write was rolled back.
+    // A 5xx answer rolls back like a trap does.
+    m.post("/test/trap?mode=error", "{}")
+        .await
+        .assert_error(500, "internal");
+
+    // The trap's and the 5xx's writes were rolled back.
     let db = host.shard("shard-2").await;
     let leaked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE aggregate_id = 'trap'")
         .fetch_one(&db)

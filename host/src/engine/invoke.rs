@@ -64,6 +64,12 @@ impl Engine {
             sql,
             kv,
         } = invocation;
+        let slot =
+            tokio::time::timeout(self.config.timeout(), self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(_slot)) = slot else {
+            let busy = InvokeError::Unavailable("every pooled instance stayed busy".into());
+            return (Err(busy), sql.tx);
+        };
         let mut wasi = WasiCtx::builder();
         wasi.envs(&component.spec.environment);
         let state = InvocationState {

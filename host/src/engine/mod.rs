@@ -33,6 +33,9 @@ pub struct Engine {
     inner: wasmtime::Engine,
     config: Arc<EngineConfig>,
     cache_dir: PathBuf,
+    /// One permit per pooled instance: a burst beyond the pool waits for a
+    /// slot (up to the invocation deadline) instead of failing at once.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -70,10 +73,12 @@ impl Engine {
 
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating compile cache {}", cache_dir.display()))?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_instances as usize));
         Ok(Self {
             inner,
             config: Arc::new(config),
             cache_dir,
+            slots,
         })
     }
 

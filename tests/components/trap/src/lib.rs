@@ -1,5 +1,6 @@
-//! Test component: traps (a Rust panic is a wasm `unreachable`) after
-//! writing a row, so the test can also see the write rolled back.
+//! Test component: writes a row, then fails — by trapping (a Rust panic is
+//! a wasm `unreachable`), or with `?mode=error` by answering 500 — so the
+//! test can see the write rolled back either way.
 
 use payfn_sdk::http::{Request, Response};
 use payfn_sdk::{sql, ApiError};
@@ -12,5 +13,8 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
          VALUES (?, 'trap', ?, 'test.trap', '{}', '')",
         &[req.request_id().into(), req.merchant_id()?.into()],
     )?;
+    if req.path.ends_with("mode=error") {
+        return Err(ApiError::internal("test component fails on purpose"));
+    }
     panic!("test component traps on purpose");
 }
