@@ -20,20 +20,12 @@ async fn fifty_concurrent_captures_one_wins() {
     }))
     .await;
     let winners: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "{:?}",
-        replies.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
+    assert_eq!(winners.len(), 1, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
     for loser in replies.iter().filter(|r| r.status != 200) {
         loser.assert_error(409, "invalid_state");
     }
     let payment = m.get(&format!("/payments/{id}")).await.json();
-    assert_eq!(
-        payment["capturedAmount"],
-        winners[0].json()["capturedAmount"]
-    );
+    assert_eq!(payment["capturedAmount"], winners[0].json()["capturedAmount"]);
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
@@ -42,22 +34,12 @@ async fn fifty_concurrent_refunds_never_exceed_the_captured_amount() {
     let host = Host::start();
     let m = host.merchant(9);
     let id = m.authorize(10_000).await;
-    assert_eq!(
-        m.post(&format!("/payments/{id}/capture"), r#"{"amount":7000}"#)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":7000}"#).await.status, 200);
     // 50 refunds of 300: exactly 23 fit into 7000 (6900), the rest must fail.
     let path = format!("/payments/{id}/refund");
     let replies = join_all((0..50).map(|_| m.post(&path, r#"{"amount":300}"#))).await;
     let ok = replies.iter().filter(|r| r.status == 200).count();
-    assert_eq!(
-        ok,
-        23,
-        "{:?}",
-        replies.iter().map(|r| r.status).collect::<Vec<_>>()
-    );
+    assert_eq!(ok, 23, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
     for reply in replies.iter().filter(|r| r.status != 200) {
         reply.assert_error(422, "amount_exceeds_refundable");
     }
@@ -74,11 +56,7 @@ async fn fifty_concurrent_refunds_never_exceed_the_captured_amount() {
         let path = path.clone();
         let m = &m;
         async move {
-            let body = if i % 10 == 0 {
-                "{}".to_string()
-            } else {
-                r#"{"amount":1000}"#.to_string()
-            };
+            let body = if i % 10 == 0 { "{}".to_string() } else { r#"{"amount":1000}"#.to_string() };
             m.post(&path, &body).await
         }
     }))
@@ -86,22 +64,12 @@ async fn fifty_concurrent_refunds_never_exceed_the_captured_amount() {
     let refunded: i64 = replies
         .iter()
         .filter(|r| r.status == 200)
-        .map(|r| {
-            r.json()["refunds"].as_array().unwrap().last().unwrap()["amount"]
-                .as_i64()
-                .unwrap()
-        })
+        .map(|r| r.json()["refunds"].as_array().unwrap().last().unwrap()["amount"].as_i64().unwrap())
         .sum();
-    assert_eq!(
-        refunded, 5000,
-        "successful refunds add up to exactly the captured amount"
-    );
+    assert_eq!(refunded, 5000, "successful refunds add up to exactly the captured amount");
     for reply in replies.iter().filter(|r| r.status != 200) {
         assert!(
-            matches!(
-                reply.code().as_str(),
-                "amount_exceeds_refundable" | "invalid_state"
-            ),
+            matches!(reply.code().as_str(), "amount_exceeds_refundable" | "invalid_state"),
             "{:?}",
             reply.json()
         );
@@ -118,11 +86,7 @@ async fn capture_and_void_race_one_wins() {
         let capture = format!("/payments/{id}/capture");
         let void = format!("/payments/{id}/void");
         let replies = join_all((0..20).map(|i| {
-            let path = if i % 2 == 0 {
-                capture.clone()
-            } else {
-                void.clone()
-            };
+            let path = if i % 2 == 0 { capture.clone() } else { void.clone() };
             let m = &m;
             async move { m.post(&path, "{}").await }
         }))

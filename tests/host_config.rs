@@ -17,10 +17,7 @@ fn refused(manifest_text: &str) -> String {
         .arg(dir.path().join("spin.toml"))
         .output()
         .unwrap();
-    assert!(
-        !out.status.success(),
-        "payfn up should have refused the manifest"
-    );
+    assert!(!out.status.success(), "payfn up should have refused the manifest");
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -29,10 +26,7 @@ fn a_component_importing_an_ungranted_capability_is_refused_at_load() {
     // The trap component imports sql and log; grant it log only.
     let extra = test_component("/test/trap", "trap", "test_trap.wasm", r#"["log"]"#);
     let err = refused(&manifest(&extra));
-    assert!(
-        err.contains("component `trap` imports `payfn:host/sql@0.1.0`"),
-        "{err}"
-    );
+    assert!(err.contains("component `trap` imports `payfn:host/sql@0.1.0`"), "{err}");
     assert!(err.contains("does not grant `sql`"), "{err}");
 }
 
@@ -49,51 +43,33 @@ fn invalid_manifests_name_the_key() {
         1,
     ));
     assert!(err.contains("rout"), "{err}");
-    let err = refused(&manifest("").replacen(
-        "component = \"authorize\"",
-        "component = \"authorise\"",
-        1,
-    ));
+    let err = refused(&manifest("").replacen("component = \"authorize\"", "component = \"authorise\"", 1));
     assert!(err.contains("authorise"), "{err}");
 }
 
 #[tokio::test]
 async fn rate_limits_per_merchant_and_route() {
-    let config = "[http.rate_limits]\nwindow_secs = 60\ndefault_capacity = 100\ncomponents = { authorize = 3 }\n";
+    let config =
+        "[http.rate_limits]\nwindow_secs = 60\ndefault_capacity = 100\ncomponents = { authorize = 3 }\n";
     let host = Host::start_with(&manifest(""), config);
     let a = host.merchant(1);
     let b = host.merchant(2);
     for i in 0..3 {
-        let reply = a
-            .post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#)
-            .await;
+        let reply = a.post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#).await;
         assert_eq!(reply.status, 201);
         assert_eq!(reply.header("ratelimit-limit"), Some("3"));
-        assert_eq!(
-            reply.header("ratelimit-remaining"),
-            Some((2 - i).to_string().as_str())
-        );
+        assert_eq!(reply.header("ratelimit-remaining"), Some((2 - i).to_string().as_str()));
     }
-    let limited = a
-        .post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#)
-        .await;
+    let limited = a.post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#).await;
     limited.assert_error(429, "rate_limited");
     let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
     // Another route and another merchant have their own budgets.
     assert_eq!(a.get("/payments/pay_x").await.status, 404);
-    assert_eq!(
-        b.post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#)
-            .await
-            .status,
-        201
-    );
+    assert_eq!(b.post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#).await.status, 201);
     let metrics = host.metrics().await;
-    assert!(
-        metrics.contains(r#"payfn_rate_limited_total{component="authorize"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"payfn_rate_limited_total{component="authorize"} 1"#), "{metrics}");
 }
 
 #[tokio::test]
@@ -112,26 +88,8 @@ async fn keys_are_bound_to_the_app_state_and_production_secret() {
     let foreign = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_ne!(foreign, key);
     let url = format!("{}/payments/pay_x", host.base);
-    assert_eq!(
-        host.client
-            .get(&url)
-            .bearer_auth(&foreign)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        host.client
-            .get(&url)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(host.client.get(&url).bearer_auth(&foreign).send().await.unwrap().status(), 401);
+    assert_eq!(host.client.get(&url).bearer_auth(&key).send().await.unwrap().status(), 404);
 
     // Production: the secret from the environment; keys say `live`.
     let out = Command::new(PAYFN)
@@ -140,13 +98,8 @@ async fn keys_are_bound_to_the_app_state_and_production_secret() {
         .env("PAYFN_KEY_SECRET", "ab".repeat(32))
         .output()
         .unwrap();
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .starts_with("sk_live_12_"));
-    let out = Command::new(PAYFN)
-        .args(["keys", "issue", "--merchant", "0"])
-        .output()
-        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("sk_live_12_"));
+    let out = Command::new(PAYFN).args(["keys", "issue", "--merchant", "0"]).output().unwrap();
     assert!(!out.status.success());
 }
 
@@ -156,35 +109,18 @@ async fn restarts_keep_payments_and_reuse_the_compile_cache() {
     assert!(host.log().contains("(compiled,"), "{}", host.log());
     let id = host.merchant(5).authorize(4200).await;
     let host = host.restart();
-    assert!(
-        !host.log().contains("(compiled,"),
-        "every component should come from the cache: {}",
-        host.log()
-    );
+    assert!(!host.log().contains("(compiled,"), "every component should come from the cache: {}", host.log());
     assert!(host.log().contains("(cached,"), "{}", host.log());
     let payment = host.merchant(5).get(&format!("/payments/{id}")).await;
-    assert_eq!(
-        (payment.status, payment.json()["amount"].as_i64()),
-        (200, Some(4200))
-    );
+    assert_eq!((payment.status, payment.json()["amount"].as_i64()), (200, Some(4200)));
 }
 
 #[tokio::test]
 async fn kv_is_namespaced_per_component_and_expires() {
     // One binary mounted as two components: same keys, separate namespaces.
     let extra = [
-        test_component(
-            "/test/kv-a",
-            "kv-a",
-            "test_kv_probe.wasm",
-            r#"["kv", "log"]"#,
-        ),
-        test_component(
-            "/test/kv-b",
-            "kv-b",
-            "test_kv_probe.wasm",
-            r#"["kv", "log"]"#,
-        ),
+        test_component("/test/kv-a", "kv-a", "test_kv_probe.wasm", r#"["kv", "log"]"#),
+        test_component("/test/kv-b", "kv-b", "test_kv_probe.wasm", r#"["kv", "log"]"#),
     ]
     .join("\n");
     let host = Host::start_with(&manifest(&extra), "");
@@ -199,63 +135,26 @@ async fn kv_is_namespaced_per_component_and_expires() {
     };
     use serde_json::json;
     kv("/test/kv-a", r#"{"op":"set","key":"k","value":"a-value"}"#).await;
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"get","key":"k"}"#).await,
-        json!("a-value")
-    );
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"k"}"#).await, json!("a-value"));
     assert_eq!(
         kv("/test/kv-b", r#"{"op":"get","key":"k"}"#).await,
         json!(null),
         "kv-b must not see kv-a's key"
     );
-    assert_eq!(
-        kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":5}"#).await,
-        json!(5)
-    );
-    assert_eq!(
-        kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":-2}"#).await,
-        json!(3)
-    );
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"incr","key":"n"}"#).await,
-        json!(1)
-    );
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await,
-        json!(true)
-    );
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await,
-        json!(false)
-    );
-    kv(
-        "/test/kv-a",
-        r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#,
-    )
-    .await;
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await,
-        json!("x")
-    );
+    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":5}"#).await, json!(5));
+    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":-2}"#).await, json!(3));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"incr","key":"n"}"#).await, json!(1));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(true));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(false));
+    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#).await;
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!("x"));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(
-        kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await,
-        json!(null),
-        "expired"
-    );
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!(null), "expired");
     // incr on a non-integer is the guest's error, not a host failure.
     kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
-    assert_eq!(
-        m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#)
-            .await
-            .status,
-        500
-    );
+    assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
 
     // Guest log lines reach the host log tagged with component and request id.
     let log = host.log();
-    assert!(
-        log.contains("kv-probe set k -> null") && log.contains("component=kv-a"),
-        "{log}"
-    );
+    assert!(log.contains("kv-probe set k -> null") && log.contains("component=kv-a"), "{log}");
 }

@@ -11,15 +11,11 @@ async fn replay_is_byte_for_byte_and_changes_nothing() {
     let host = Host::start();
     let m = host.merchant(1);
     let key = [("Idempotency-Key", "order-1-attempt")];
-    let first = m
-        .send("POST", "/payments/authorize", Some(BODY), &key)
-        .await;
+    let first = m.send("POST", "/payments/authorize", Some(BODY), &key).await;
     assert_eq!(first.status, 201);
     assert!(first.header("idempotent-replayed").is_none());
     for _ in 0..3 {
-        let again = m
-            .send("POST", "/payments/authorize", Some(BODY), &key)
-            .await;
+        let again = m.send("POST", "/payments/authorize", Some(BODY), &key).await;
         assert_eq!(again.status, 201);
         assert_eq!(again.header("idempotent-replayed"), Some("true"));
         assert_eq!(again.bytes, first.bytes, "replay must be byte for byte");
@@ -28,33 +24,14 @@ async fn replay_is_byte_for_byte_and_changes_nothing() {
     // Errors replay too (they committed nothing but their record).
     let id = first.json()["id"].as_str().unwrap().to_string();
     let refund_key = [("Idempotency-Key", "refund-early")];
-    let refused = m
-        .send(
-            "POST",
-            &format!("/payments/{id}/refund"),
-            Some("{}"),
-            &refund_key,
-        )
-        .await;
+    let refused = m.send("POST", &format!("/payments/{id}/refund"), Some("{}"), &refund_key).await;
     refused.assert_error(409, "invalid_state");
-    let replayed = m
-        .send(
-            "POST",
-            &format!("/payments/{id}/refund"),
-            Some("{}"),
-            &refund_key,
-        )
-        .await;
-    assert_eq!(
-        (replayed.status, replayed.bytes.clone()),
-        (409, refused.bytes.clone())
-    );
+    let replayed = m.send("POST", &format!("/payments/{id}/refund"), Some("{}"), &refund_key).await;
+    assert_eq!((replayed.status, replayed.bytes.clone()), (409, refused.bytes.clone()));
 
     // Another merchant may use the same key independently.
     let other = host.merchant(3);
-    let theirs = other
-        .send("POST", "/payments/authorize", Some(BODY), &key)
-        .await;
+    let theirs = other.send("POST", "/payments/authorize", Some(BODY), &key).await;
     assert_eq!(theirs.status, 201);
     assert!(theirs.header("idempotent-replayed").is_none());
     assert_ne!(theirs.json()["id"], first.json()["id"]);
@@ -73,12 +50,7 @@ async fn reused_key_with_another_body_or_route_is_refused() {
     let host = Host::start();
     let m = host.merchant(5);
     let key = [("Idempotency-Key", "k-1")];
-    assert_eq!(
-        m.send("POST", "/payments/authorize", Some(BODY), &key)
-            .await
-            .status,
-        201
-    );
+    assert_eq!(m.send("POST", "/payments/authorize", Some(BODY), &key).await.status, 201);
     let other_body = BODY.replace("2500", "2501");
     m.send("POST", "/payments/authorize", Some(&other_body), &key)
         .await
@@ -88,14 +60,7 @@ async fn reused_key_with_another_body_or_route_is_refused() {
         .assert_error(422, "idempotency_key_reused");
 
     for bad in ["", &"k".repeat(256)] {
-        let reply = m
-            .send(
-                "POST",
-                "/payments/authorize",
-                Some(BODY),
-                &[("Idempotency-Key", bad)],
-            )
-            .await;
+        let reply = m.send("POST", "/payments/authorize", Some(BODY), &[("Idempotency-Key", bad)]).await;
         reply.assert_error(400, "invalid_idempotency_key");
     }
 }
@@ -105,15 +70,12 @@ async fn concurrent_requests_with_one_key_create_one_payment() {
     let host = Host::start();
     let m = host.merchant(7);
     let key = [("Idempotency-Key", "burst")];
-    let replies = futures::future::join_all(
-        (0..20).map(|_| m.send("POST", "/payments/authorize", Some(BODY), &key)),
-    )
-    .await;
+    let replies =
+        futures::future::join_all((0..20).map(|_| m.send("POST", "/payments/authorize", Some(BODY), &key)))
+            .await;
 
-    let originals: Vec<_> = replies
-        .iter()
-        .filter(|r| r.status == 201 && r.header("idempotent-replayed").is_none())
-        .collect();
+    let originals: Vec<_> =
+        replies.iter().filter(|r| r.status == 201 && r.header("idempotent-replayed").is_none()).collect();
     assert_eq!(
         originals.len(),
         1,

@@ -13,10 +13,7 @@ fn isolation_host() -> Host {
         test_component("/test/hog", "hog", "test_hog.wasm", r#"["log"]"#),
     ]
     .join("\n");
-    Host::start_with(
-        &manifest(&extra),
-        "[engine]\ntimeout_ms = 1000\nmemory_limit_mb = 32\n",
-    )
+    Host::start_with(&manifest(&extra), "[engine]\ntimeout_ms = 1000\nmemory_limit_mb = 32\n")
 }
 
 #[tokio::test]
@@ -49,9 +46,7 @@ async fn failures_cost_one_request_only() {
     );
 
     // A 5xx answer rolls back like a trap does.
-    m.post("/test/trap?mode=error", "{}")
-        .await
-        .assert_error(500, "internal");
+    m.post("/test/trap?mode=error", "{}").await.assert_error(500, "internal");
 
     // The trap's and the 5xx's writes were rolled back.
     let db = host.shard("shard-2").await;
@@ -64,15 +59,10 @@ async fn failures_cost_one_request_only() {
     // The host logged each failure with its request id, and still serves.
     let log = host.log();
     let trap_id = trap.json()["requestId"].as_str().unwrap().to_string();
-    assert!(
-        log.contains("function failed") && log.contains(&format!("request_id={trap_id}")),
-        "{log}"
-    );
+    assert!(log.contains("function failed") && log.contains(&format!("request_id={trap_id}")), "{log}");
     assert!(log.contains("memory limit of 32 MiB exceeded"), "{log}");
     for _ in 0..3 {
-        m.post("/test/trap", "{}")
-            .await
-            .assert_error(500, "function_failed");
+        m.post("/test/trap", "{}").await.assert_error(500, "function_failed");
         assert_eq!(m.authorize(100).await.len(), 36);
     }
     let metrics = host.metrics().await;

@@ -22,52 +22,31 @@ async fn authorize_capture_refund_and_read() {
     assert!(id.starts_with("pay_"));
     assert_eq!(p["status"], "AUTHORIZED");
     assert_eq!(
-        (
-            p["amount"].as_i64(),
-            p["capturedAmount"].as_i64(),
-            p["refundedAmount"].as_i64()
-        ),
+        (p["amount"].as_i64(), p["capturedAmount"].as_i64(), p["refundedAmount"].as_i64()),
         (Some(15000), Some(0), Some(0))
     );
-    assert_eq!(
-        (p["currency"].as_str(), p["orderId"].as_str()),
-        (Some("KRW"), Some("o-1"))
-    );
+    assert_eq!((p["currency"].as_str(), p["orderId"].as_str()), (Some("KRW"), Some("o-1")));
     assert_eq!(p["metadata"]["k"], "v");
     assert!(p["createdAt"].is_string() && p["updatedAt"].is_string());
     assert_eq!(p["refunds"].as_array().map(Vec::len), Some(0));
 
     // Partial capture.
-    let captured = m
-        .post(&format!("/payments/{id}/capture"), r#"{"amount":12000}"#)
-        .await;
+    let captured = m.post(&format!("/payments/{id}/capture"), r#"{"amount":12000}"#).await;
     assert_eq!(captured.status, 200, "{:?}", captured.json());
     assert_eq!(captured.json()["status"], "CAPTURED");
     assert_eq!(captured.json()["capturedAmount"], 12000);
 
     // Capture twice.
-    m.post(&format!("/payments/{id}/capture"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/capture"), "{}").await.assert_error(409, "invalid_state");
 
     // Several partial refunds up to the captured amount.
-    let r1 = m
-        .post(
-            &format!("/payments/{id}/refund"),
-            r#"{"amount":5000,"reason":"damaged"}"#,
-        )
-        .await;
+    let r1 = m.post(&format!("/payments/{id}/refund"), r#"{"amount":5000,"reason":"damaged"}"#).await;
     assert_eq!(r1.status, 200);
     assert_eq!(
-        (
-            r1.json()["status"].as_str(),
-            r1.json()["refundedAmount"].as_i64()
-        ),
+        (r1.json()["status"].as_str(), r1.json()["refundedAmount"].as_i64()),
         (Some("PARTIALLY_REFUNDED"), Some(5000))
     );
-    let r2 = m
-        .post(&format!("/payments/{id}/refund"), r#"{"amount":4000}"#)
-        .await;
+    let r2 = m.post(&format!("/payments/{id}/refund"), r#"{"amount":4000}"#).await;
     assert_eq!(r2.json()["refundedAmount"], 9000);
     m.post(&format!("/payments/{id}/refund"), r#"{"amount":3001}"#)
         .await
@@ -75,29 +54,19 @@ async fn authorize_capture_refund_and_read() {
     let r3 = m.post(&format!("/payments/{id}/refund"), "{}").await;
     assert_eq!(r3.status, 200);
     assert_eq!(
-        (
-            r3.json()["status"].as_str(),
-            r3.json()["refundedAmount"].as_i64()
-        ),
+        (r3.json()["status"].as_str(), r3.json()["refundedAmount"].as_i64()),
         (Some("REFUNDED"), Some(12000))
     );
-    m.post(&format!("/payments/{id}/refund"), r#"{"amount":1}"#)
-        .await
-        .assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/refund"), r#"{"amount":1}"#).await.assert_error(409, "invalid_state");
 
     let read = m.get(&format!("/payments/{id}")).await;
     assert_eq!(read.status, 200);
     let refunds = read.json()["refunds"].as_array().cloned().unwrap();
     assert_eq!(
-        refunds
-            .iter()
-            .map(|r| r["amount"].as_i64().unwrap())
-            .collect::<Vec<_>>(),
+        refunds.iter().map(|r| r["amount"].as_i64().unwrap()).collect::<Vec<_>>(),
         vec![5000, 4000, 3000]
     );
-    assert!(refunds
-        .iter()
-        .all(|r| r["id"].as_str().unwrap().starts_with("rf_")));
+    assert!(refunds.iter().all(|r| r["id"].as_str().unwrap().starts_with("rf_")));
     assert_eq!(refunds[0]["reason"], "damaged");
     // One shape: the read equals the last write.
     assert_eq!(read.json(), r3.json());
@@ -112,51 +81,25 @@ async fn full_capture_void_and_their_state_errors() {
 
     let id = m.authorize(7000).await;
     let full = m.post(&format!("/payments/{id}/capture"), "").await;
-    assert_eq!(
-        (full.status, full.json()["capturedAmount"].as_i64()),
-        (200, Some(7000))
-    );
-    m.post(&format!("/payments/{id}/void"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
+    assert_eq!((full.status, full.json()["capturedAmount"].as_i64()), (200, Some(7000)));
+    m.post(&format!("/payments/{id}/void"), "{}").await.assert_error(409, "invalid_state");
 
     let id = m.authorize(5000).await;
-    m.post(&format!("/payments/{id}/refund"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/refund"), "{}").await.assert_error(409, "invalid_state");
     m.post(&format!("/payments/{id}/capture"), r#"{"amount":5001}"#)
         .await
         .assert_error(422, "amount_exceeds_authorized");
     let voided = m.post(&format!("/payments/{id}/void"), "{}").await;
-    assert_eq!(
-        (voided.status, voided.json()["status"].as_str()),
-        (200, Some("VOIDED"))
-    );
-    m.post(&format!("/payments/{id}/capture"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
-    m.post(&format!("/payments/{id}/void"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
-    m.post(&format!("/payments/{id}/refund"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
+    assert_eq!((voided.status, voided.json()["status"].as_str()), (200, Some("VOIDED")));
+    m.post(&format!("/payments/{id}/capture"), "{}").await.assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/void"), "{}").await.assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/refund"), "{}").await.assert_error(409, "invalid_state");
 
     // The built-in risk rule declines very large payments; DECLINED is final.
-    let declined = m
-        .post(
-            "/payments/authorize",
-            r#"{"amount":5000000000,"currency":"KRW"}"#,
-        )
-        .await;
-    assert_eq!(
-        (declined.status, declined.json()["status"].as_str()),
-        (201, Some("DECLINED"))
-    );
+    let declined = m.post("/payments/authorize", r#"{"amount":5000000000,"currency":"KRW"}"#).await;
+    assert_eq!((declined.status, declined.json()["status"].as_str()), (201, Some("DECLINED")));
     let id = declined.json()["id"].as_str().unwrap().to_string();
-    m.post(&format!("/payments/{id}/capture"), "{}")
-        .await
-        .assert_error(409, "invalid_state");
+    m.post(&format!("/payments/{id}/capture"), "{}").await.assert_error(409, "invalid_state");
 
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
@@ -167,27 +110,13 @@ async fn bad_input_is_refused_with_stable_codes() {
     let m = host.merchant(3);
     let authorize = |body: &'static str| m.post("/payments/authorize", body);
 
-    authorize("{\"amount\": 1")
-        .await
-        .assert_error(400, "invalid_json");
+    authorize("{\"amount\": 1").await.assert_error(400, "invalid_json");
     authorize("[1,2]").await.assert_error(400, "invalid_json");
-    authorize(r#"{"currency":"KRW"}"#)
-        .await
-        .assert_error(400, "missing_field");
-    authorize(r#"{"amount":100}"#)
-        .await
-        .assert_error(400, "missing_field");
-    for amount in [
-        "0",
-        "-100",
-        "1.5",
-        "\"100\"",
-        "null",
-        "true",
-        "99999999999999999999",
-        "1e3",
-        "1000000000000000001",
-    ] {
+    authorize(r#"{"currency":"KRW"}"#).await.assert_error(400, "missing_field");
+    authorize(r#"{"amount":100}"#).await.assert_error(400, "missing_field");
+    for amount in
+        ["0", "-100", "1.5", "\"100\"", "null", "true", "99999999999999999999", "1e3", "1000000000000000001"]
+    {
         let body = format!(r#"{{"amount":{amount},"currency":"KRW"}}"#);
         let reply = m.post("/payments/authorize", &body).await;
         reply.assert_error(400, "invalid_amount");
@@ -195,46 +124,25 @@ async fn bad_input_is_refused_with_stable_codes() {
     }
     for currency in ["\"XXY\"", "\"krw\"", "\"\"", "410", "\"KRWX\""] {
         let body = format!(r#"{{"amount":100,"currency":{currency}}}"#);
-        m.post("/payments/authorize", &body)
-            .await
-            .assert_error(400, "invalid_currency");
+        m.post("/payments/authorize", &body).await.assert_error(400, "invalid_currency");
     }
-    authorize(r#"{"amount":100,"currency":"KRW","amout":5}"#)
-        .await
-        .assert_error(400, "unknown_field");
-    authorize(r#"{"amount":100,"currency":"KRW","metadata":"x"}"#)
-        .await
-        .assert_error(400, "invalid_field");
+    authorize(r#"{"amount":100,"currency":"KRW","amout":5}"#).await.assert_error(400, "unknown_field");
+    authorize(r#"{"amount":100,"currency":"KRW","metadata":"x"}"#).await.assert_error(400, "invalid_field");
 
     let id = m.authorize(1000).await;
     for body in [r#"{"amount":0}"#, r#"{"amount":-1}"#, r#"{"amount":"5"}"#] {
-        m.post(&format!("/payments/{id}/capture"), body)
-            .await
-            .assert_error(400, "invalid_amount");
+        m.post(&format!("/payments/{id}/capture"), body).await.assert_error(400, "invalid_amount");
     }
-    m.post(&format!("/payments/{id}/void"), r#"{"amount":1}"#)
-        .await
-        .assert_error(400, "unknown_field");
+    m.post(&format!("/payments/{id}/void"), r#"{"amount":1}"#).await.assert_error(400, "unknown_field");
 
     // Unknown payment; the wrong method on a route.
-    m.get("/payments/pay_nope")
-        .await
-        .assert_error(404, "payment_not_found");
-    m.post("/payments/pay_nope/capture", "{}")
-        .await
-        .assert_error(404, "payment_not_found");
-    m.get("/payments/authorize")
-        .await
-        .assert_error(405, "method_not_allowed");
+    m.get("/payments/pay_nope").await.assert_error(404, "payment_not_found");
+    m.post("/payments/pay_nope/capture", "{}").await.assert_error(404, "payment_not_found");
+    m.get("/payments/authorize").await.assert_error(405, "method_not_allowed");
 
     // Body too large.
-    let big = format!(
-        r#"{{"amount":100,"currency":"KRW","orderId":"{}"}}"#,
-        "x".repeat(70_000)
-    );
-    m.post("/payments/authorize", &big)
-        .await
-        .assert_error(413, "body_too_large");
+    let big = format!(r#"{{"amount":100,"currency":"KRW","orderId":"{}"}}"#, "x".repeat(70_000));
+    m.post("/payments/authorize", &big).await.assert_error(413, "body_too_large");
 
     // Nothing above changed money.
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
@@ -258,32 +166,14 @@ async fn authentication_and_tenancy() {
         assert_eq!(reply.status(), 401, "{key}");
     }
     let forged = owner.key.replace("sk_dev_4_", "sk_dev_6_");
-    assert_eq!(
-        host.client
-            .get(&url)
-            .bearer_auth(forged)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(host.client.get(&url).bearer_auth(forged).send().await.unwrap().status(), 401);
 
     // Another merchant's payment is 404, on every route, and stays untouched.
-    other
-        .get(&format!("/payments/{id}"))
-        .await
-        .assert_error(404, "payment_not_found");
+    other.get(&format!("/payments/{id}")).await.assert_error(404, "payment_not_found");
     for step in ["capture", "void", "refund"] {
-        other
-            .post(&format!("/payments/{id}/{step}"), "{}")
-            .await
-            .assert_error(404, "payment_not_found");
+        other.post(&format!("/payments/{id}/{step}"), "{}").await.assert_error(404, "payment_not_found");
     }
-    assert_eq!(
-        owner.get(&format!("/payments/{id}")).await.json()["status"],
-        "AUTHORIZED"
-    );
+    assert_eq!(owner.get(&format!("/payments/{id}")).await.json()["status"], "AUTHORIZED");
 
     // The merchant comes from the key, never from the body or forged headers.
     let reply = other
@@ -296,10 +186,7 @@ async fn authentication_and_tenancy() {
         .await;
     assert_eq!(reply.status, 201);
     let new_id = reply.json()["id"].as_str().unwrap().to_string();
-    owner
-        .get(&format!("/payments/{new_id}"))
-        .await
-        .assert_error(404, "payment_not_found");
+    owner.get(&format!("/payments/{new_id}")).await.assert_error(404, "payment_not_found");
     assert_eq!(other.get(&format!("/payments/{new_id}")).await.status, 200);
 }
 
@@ -310,30 +197,15 @@ async fn health_metrics_and_request_ids() {
     m.authorize(100).await;
     m.get("/payments/pay_missing").await;
 
-    let live = host
-        .client
-        .get(format!("{}/health/live", host.base))
-        .send()
-        .await
-        .unwrap();
+    let live = host.client.get(format!("{}/health/live", host.base)).send().await.unwrap();
     assert_eq!(live.status(), 200);
-    let ready: serde_json::Value = host
-        .client
-        .get(format!("{}/health/ready", host.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value =
+        host.client.get(format!("{}/health/ready", host.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["shards"]["shard-1"], "up");
 
     let metrics = host.metrics().await;
-    assert!(
-        metrics.contains(r#"payfn_invocations_total{component="authorize"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"payfn_invocations_total{component="authorize"} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"payfn_invocation_duration_seconds_count{component="get-payment"} 1"#),
         "{metrics}"
@@ -342,9 +214,7 @@ async fn health_metrics_and_request_ids() {
     let reply = m.post("/payments/authorize", "{}").await;
     let header = reply.header("request-id").unwrap().to_string();
     assert_eq!(reply.json()["requestId"], header.as_str());
-    assert!(
-        reply.header("ratelimit-limit").is_some() && reply.header("ratelimit-remaining").is_some()
-    );
+    assert!(reply.header("ratelimit-limit").is_some() && reply.header("ratelimit-remaining").is_some());
     host.client
         .get(format!("{}/nowhere", host.base))
         .send()

@@ -7,17 +7,9 @@ use support::{manifest, test_component, Host};
 
 #[tokio::test]
 async fn merchants_land_on_their_shard_and_components_see_only_it() {
-    let extra = test_component(
-        "/test/shard",
-        "probe",
-        "test_shard_probe.wasm",
-        r#"["sql", "log"]"#,
-    );
+    let extra = test_component("/test/shard", "probe", "test_shard_probe.wasm", r#"["sql", "log"]"#);
     // Default even/odd split, plus merchant 7 pinned to the first shard.
-    let host = Host::start_with(
-        &manifest(&extra),
-        "[routing]\npins = { \"7\" = \"shard-1\" }\n",
-    );
+    let host = Host::start_with(&manifest(&extra), "[routing]\npins = { \"7\" = \"shard-1\" }\n");
     for merchant in [1, 2, 3, 4, 7] {
         host.merchant(merchant).authorize(100).await;
     }
@@ -26,24 +18,14 @@ async fn merchants_land_on_their_shard_and_components_see_only_it() {
         let host = &host;
         async move {
             let db = host.shard(shard).await;
-            sqlx::query_scalar::<_, i64>(
-                "SELECT DISTINCT merchant_id FROM payments ORDER BY merchant_id",
-            )
-            .fetch_all(&db)
-            .await
-            .unwrap()
+            sqlx::query_scalar::<_, i64>("SELECT DISTINCT merchant_id FROM payments ORDER BY merchant_id")
+                .fetch_all(&db)
+                .await
+                .unwrap()
         }
     };
-    assert_eq!(
-        merchants_on("shard-1").await,
-        vec![2, 4, 7],
-        "even ids and the pin on shard-1"
-    );
-    assert_eq!(
-        merchants_on("shard-2").await,
-        vec![1, 3],
-        "odd ids on shard-2"
-    );
+    assert_eq!(merchants_on("shard-1").await, vec![2, 4, 7], "even ids and the pin on shard-1");
+    assert_eq!(merchants_on("shard-2").await, vec![1, 3], "odd ids on shard-2");
 
     // The probe selects every payment it can reach, unfiltered: only its shard.
     let seen = host.merchant(3).get("/test/shard").await.json();

@@ -53,43 +53,23 @@ impl KeyRing {
             .collect::<anyhow::Result<_>>()?;
         if let Ok(secret) = std::env::var(SECRET_ENV) {
             let current = parse_secret(&secret).with_context(|| format!("${SECRET_ENV}"))?;
-            return Ok(Self {
-                mode: "live",
-                current,
-                previous,
-            });
+            return Ok(Self { mode: "live", current, previous });
         }
         if let Some(secret) = &config.secret {
             let current = parse_secret(secret).context("[keys] secret")?;
-            return Ok(Self {
-                mode: "live",
-                current,
-                previous,
-            });
+            return Ok(Self { mode: "live", current, previous });
         }
-        Ok(Self {
-            mode: "dev",
-            current: dev_secret(state_dir)?,
-            previous,
-        })
+        Ok(Self { mode: "dev", current: dev_secret(state_dir)?, previous })
     }
 
     #[cfg(test)]
     fn with_secret(secret: &[u8]) -> Self {
-        Self {
-            mode: "test",
-            current: secret.to_vec(),
-            previous: Vec::new(),
-        }
+        Self { mode: "test", current: secret.to_vec(), previous: Vec::new() }
     }
 
     /// The key of `merchant_id`.
     pub fn issue(&self, merchant_id: i64) -> String {
-        format!(
-            "sk_{}_{merchant_id}_{}",
-            self.mode,
-            hex::encode(tag(&self.current, merchant_id))
-        )
+        format!("sk_{}_{merchant_id}_{}", self.mode, hex::encode(tag(&self.current, merchant_id)))
     }
 
     /// The merchant a key belongs to, or `None` if it is not a valid key.
@@ -101,11 +81,7 @@ impl KeyRing {
         let given = hex::decode(tag_hex).ok().filter(|t| t.len() == TAG_BYTES)?;
         std::iter::once(&self.current)
             .chain(&self.previous)
-            .any(|secret| {
-                mac(secret, merchant_id)
-                    .verify_truncated_left(&given)
-                    .is_ok()
-            })
+            .any(|secret| mac(secret, merchant_id).verify_truncated_left(&given).is_ok())
             .then_some(merchant_id)
     }
 }
@@ -166,15 +142,8 @@ mod tests {
         assert_eq!(other.verify(&key), None);
         // Same tag, another merchant.
         assert_eq!(ring.verify(&key.replace("_42_", "_43_")), None);
-        for bad in [
-            "",
-            "sk_",
-            "sk_test_42",
-            "sk_test_x_00",
-            "sk_test_-1_00",
-            "Bearer",
-            &key[..key.len() - 2],
-        ] {
+        for bad in ["", "sk_", "sk_test_42", "sk_test_x_00", "sk_test_-1_00", "Bearer", &key[..key.len() - 2]]
+        {
             assert_eq!(ring.verify(bad), None, "{bad}");
         }
     }

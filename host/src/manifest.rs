@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::capabilities;
-use crate::engine::ComponentSpec;
+use crate::engine::{ComponentSpec, TriggerKind};
 
 /// A parsed, validated manifest.
 #[derive(Debug, Clone)]
@@ -25,7 +25,11 @@ pub struct Manifest {
     pub dir: PathBuf,
     pub application: Application,
     pub http_triggers: Vec<HttpTrigger>,
+    pub timer_triggers: Vec<TimerTrigger>,
+    pub kafka_triggers: Vec<KafkaTrigger>,
     pub components: BTreeMap<String, Component>,
+    /// Which kind of trigger uses each component.
+    kinds: BTreeMap<String, TriggerKind>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +48,10 @@ struct RawManifest {
 struct Triggers {
     #[serde(default)]
     http: Vec<HttpTrigger>,
+    #[serde(default)]
+    timer: Vec<TimerTrigger>,
+    #[serde(default)]
+    kafka: Vec<KafkaTrigger>,
 }
 
 /// `[application]`.
@@ -72,6 +80,50 @@ pub struct HttpTrigger {
     pub component: String,
 }
 
+/// One `[[trigger.timer]]` (payfn's own trigger kind): runs a component
+/// every `interval_ms`, once per shard, inside a transaction on that shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerTrigger {
+    pub component: String,
+    /// Time between the end of one firing and the start of the next.
+    pub interval_ms: u64,
+    /// Passed to the component: the most rows one firing should handle.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// One firing per shard per interval; the only mode so far.
+    #[serde(default = "default_true")]
+    pub per_shard: bool,
+}
+
+fn default_batch_size() -> u32 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One `[[trigger.kafka]]`: runs a component on every record of `topics`,
+/// as consumer group `group`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTrigger {
+    pub component: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    /// Where a record goes after `max_attempts` failures; default `<topic>.dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Attempts per record before it is dead-lettered.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
 /// One `[component.NAME]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +138,9 @@ pub struct Component {
     /// payfn: the capabilities this component may import.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// payfn: the topics the `kafka` capability may produce to.
+    #[serde(default)]
+    pub kafka_topics: Vec<String>,
     #[serde(default)]
     pub build: Option<Build>,
 }
@@ -111,11 +166,7 @@ impl Manifest {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the manifest {}", path.display()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         Self::parse(&text, dir).with_context(|| format!("invalid manifest {}", path.display()))
     }
 
@@ -123,10 +174,7 @@ impl Manifest {
     pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Self> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         if raw.spin_manifest_version != 2 {
-            bail!(
-                "`spin_manifest_version` must be 2, found {}",
-                raw.spin_manifest_version
-            );
+            bail!("`spin_manifest_version` must be 2, found {}", raw.spin_manifest_version);
         }
         for (name, component) in &raw.component {
             for grant in &component.capabilities {
@@ -155,11 +203,43 @@ impl Manifest {
             }
             seen.push(pattern);
         }
+        let mut kinds: BTreeMap<&str, TriggerKind> = BTreeMap::new();
+        let uses = raw
+            .trigger
+            .http
+            .iter()
+            .map(|t| (t.component.as_str(), TriggerKind::Http, "trigger.http"))
+            .chain(
+                raw.trigger.timer.iter().map(|t| (t.component.as_str(), TriggerKind::Timer, "trigger.timer")),
+            )
+            .chain(
+                raw.trigger.kafka.iter().map(|t| (t.component.as_str(), TriggerKind::Event, "trigger.kafka")),
+            );
+        for (component, kind, key) in uses {
+            if !raw.component.contains_key(component) {
+                bail!("`{key}` names unknown component `{component}`");
+            }
+            if kinds.insert(component, kind).is_some_and(|k| k != kind) {
+                bail!("component `{component}` is used by two kinds of trigger; give each its own component");
+            }
+        }
+        for timer in &raw.trigger.timer {
+            if !timer.per_shard {
+                bail!("`trigger.timer` for `{}`: `per_shard = false` is not supported yet", timer.component);
+            }
+            if timer.interval_ms == 0 {
+                bail!("`trigger.timer` for `{}`: `interval_ms` must be positive", timer.component);
+            }
+        }
+        let kinds = kinds.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Ok(Self {
             dir,
             application: raw.application,
             http_triggers: raw.trigger.http,
+            timer_triggers: raw.trigger.timer,
+            kafka_triggers: raw.trigger.kafka,
             components: raw.component,
+            kinds,
         })
     }
 
@@ -170,11 +250,9 @@ impl Manifest {
             name: name.to_string(),
             source: self.dir.join(&c.source),
             grants: c.capabilities.clone(),
-            environment: c
-                .environment
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            environment: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            kafka_topics: c.kafka_topics.clone(),
+            kind: self.kinds.get(name).copied().unwrap_or(TriggerKind::Http),
         })
     }
 }
@@ -244,36 +322,21 @@ watch = ["src/**/*.rs"]
         let cases = [
             (GOOD.replace("source =", "sauce ="), "sauce"),
             (GOOD.replace("\"sql\", ", "\"sqll\", "), "sqll"),
-            (
-                GOOD.replace("component = \"capture\"", "component = \"nope\""),
-                "nope",
-            ),
-            (
-                GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = 1"),
-                "spin_manifest_version",
-            ),
+            (GOOD.replace("component = \"capture\"", "component = \"nope\""), "nope"),
+            (GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = 1"), "spin_manifest_version"),
             (GOOD.replace("command =", "comand ="), "comand"),
         ];
         for (text, key) in cases {
-            let err = format!(
-                "{:#}",
-                Manifest::parse(&text, PathBuf::from(".")).unwrap_err()
-            );
+            let err = format!("{:#}", Manifest::parse(&text, PathBuf::from(".")).unwrap_err());
             assert!(err.contains(key), "{key}: {err}");
         }
     }
 
     #[test]
     fn spin_routes_translate() {
-        assert_eq!(
-            route_pattern("/payments/:id/capture").unwrap(),
-            "/payments/{id}/capture"
-        );
+        assert_eq!(route_pattern("/payments/:id/capture").unwrap(), "/payments/{id}/capture");
         assert_eq!(route_pattern("/static/...").unwrap(), "/static/{*rest}");
-        assert_eq!(
-            route_pattern("/payments/authorize").unwrap(),
-            "/payments/authorize"
-        );
+        assert_eq!(route_pattern("/payments/authorize").unwrap(), "/payments/authorize");
         assert!(route_pattern("payments").is_err());
         assert!(route_pattern("/a/.../b").is_err());
     }

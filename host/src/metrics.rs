@@ -10,8 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::engine::{HttpOutput, InvokeError};
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabel {
     component: String,
@@ -34,6 +32,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: HistogramFamily,
     rate_limited: Family<ComponentLabel, Counter>,
+    dead_lettered: Family<ComponentLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,21 +50,19 @@ impl Metrics {
         let duration: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         let rate_limited = Family::<ComponentLabel, Counter>::default();
+        let dead_lettered = Family::<ComponentLabel, Counter>::default();
         registry.register("invocations", "Component invocations", invocations.clone());
-        registry.register(
-            "invocation_errors",
-            "Invocations that failed, by kind",
-            errors.clone(),
-        );
+        registry.register("invocation_errors", "Invocations that failed, by kind", errors.clone());
         registry.register(
             "invocation_duration_seconds",
             "Invocation latency, instantiation included",
             duration.clone(),
         );
+        registry.register("rate_limited", "Requests refused by the rate limiter", rate_limited.clone());
         registry.register(
-            "rate_limited",
-            "Requests refused by the rate limiter",
-            rate_limited.clone(),
+            "events_dead_lettered",
+            "Consumed events sent to the dead-letter topic, by consuming component",
+            dead_lettered.clone(),
         );
         Self {
             registry: Arc::new(Mutex::new(registry)),
@@ -73,44 +70,28 @@ impl Metrics {
             errors,
             duration,
             rate_limited,
+            dead_lettered,
         }
     }
 
-    /// Records one invocation of `component`.
-    pub fn invoked(
-        &self,
-        component: &str,
-        elapsed: Duration,
-        result: &Result<HttpOutput, InvokeError>,
-    ) {
-        let label = ComponentLabel {
-            component: component.to_string(),
-        };
+    /// Records one invocation of `component`; `failure` is the error kind
+    /// (`trap`, `timeout`, `status_5xx`...) when it failed.
+    pub fn invoked(&self, component: &str, elapsed: Duration, failure: Option<&str>) {
+        let label = ComponentLabel { component: component.to_string() };
         self.invocations.get_or_create(&label).inc();
-        self.duration
-            .get_or_create(&label)
-            .observe(elapsed.as_secs_f64());
-        let kind = match result {
-            Ok(out) if out.status.is_server_error() => "status_5xx",
-            Ok(_) => return,
-            Err(InvokeError::Timeout(_)) => "timeout",
-            Err(InvokeError::Failed(_)) => "trap",
-            Err(InvokeError::Unavailable(_)) => "unavailable",
-        };
-        self.errors
-            .get_or_create(&ErrorLabels {
-                component: component.to_string(),
-                kind: kind.to_string(),
-            })
-            .inc();
+        self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
+        if let Some(kind) = failure {
+            let labels = ErrorLabels { component: component.to_string(), kind: kind.to_string() };
+            self.errors.get_or_create(&labels).inc();
+        }
     }
 
     pub fn rate_limited(&self, component: &str) {
-        self.rate_limited
-            .get_or_create(&ComponentLabel {
-                component: component.to_string(),
-            })
-            .inc();
+        self.rate_limited.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
+    }
+
+    pub fn dead_lettered(&self, component: &str) {
+        self.dead_lettered.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
     }
 
     /// The text exposition.

@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::capabilities::kafka::runtime_config::KafkaConfig;
 use crate::capabilities::kv::runtime_config::KvConfig;
 use crate::capabilities::sql::runtime_config::{default_shards, RoutingConfig, ShardConfig};
 use crate::engine::EngineConfig;
@@ -28,6 +29,8 @@ pub struct RuntimeConfig {
     pub keys: KeysConfig,
     #[serde(default)]
     pub kv: KvConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
     #[serde(default = "default_shards")]
     pub shards: Vec<ShardConfig>,
     #[serde(default)]
@@ -49,8 +52,7 @@ impl RuntimeConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the runtime config {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid runtime config {}: {e}", path.display()))
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid runtime config {}: {e}", path.display()))
     }
 }
 
@@ -71,27 +73,21 @@ mod tests {
     fn the_documented_example_is_the_default() {
         let text = include_str!("../../infra/runtime-config/embedded.toml");
         let example: RuntimeConfig = toml::from_str(text).unwrap();
-        assert_eq!(
-            format!("{example:?}"),
-            format!("{:?}", RuntimeConfig::default())
-        );
+        assert_eq!(format!("{example:?}"), format!("{:?}", RuntimeConfig::default()));
     }
 
     #[test]
     fn unknown_shard_keys_are_named() {
-        let err = toml::from_str::<RuntimeConfig>(
-            "[[shards]]\nname = \"a\"\nbackend = \"sqlite\"\npaht = \"x\"",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            toml::from_str::<RuntimeConfig>("[[shards]]\nname = \"a\"\nbackend = \"sqlite\"\npaht = \"x\"")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("paht"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5").unwrap_err().to_string();
         assert!(err.contains("timeout"), "{err}");
     }
 }

@@ -14,10 +14,7 @@ pub const PAYFN: &str = env!("CARGO_BIN_EXE_payfn");
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
 /// Where the component binaries land.
@@ -40,16 +37,7 @@ pub fn build_components() {
         assert!(status.success(), "payfn build failed");
         let status = Command::new("cargo")
             .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .args([
-                "-p",
-                "test-trap",
-                "-p",
-                "test-spin",
-                "-p",
-                "test-hog",
-                "-p",
-                "test-shard-probe",
-            ])
+            .args(["-p", "test-trap", "-p", "test-spin", "-p", "test-hog", "-p", "test-shard-probe"])
             .current_dir(repo())
             .env("CARGO_TARGET_DIR", &target)
             .status()
@@ -62,10 +50,7 @@ pub fn build_components() {
 /// are absolute so the manifest can live in a temporary directory.
 pub fn manifest(extra: &str) -> String {
     let text = std::fs::read_to_string(repo().join("spin.toml")).expect("read spin.toml");
-    let absolute = text.replace(
-        "source = \"target/",
-        &format!("source = \"{}/target/", repo().display()),
-    );
+    let absolute = text.replace("source = \"target/", &format!("source = \"{}/target/", repo().display()));
     format!("{absolute}\n{extra}")
 }
 
@@ -97,8 +82,7 @@ impl Host {
         build_components();
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
-        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config)
-            .expect("write config");
+        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
         Self::spawn(dir)
     }
 
@@ -127,12 +111,7 @@ impl Host {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(
-                        addr.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -146,17 +125,8 @@ impl Host {
                 panic!("payfn did not start:\n{}", log.lock().unwrap());
             }
         };
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client");
-        Host {
-            child,
-            dir,
-            base: format!("http://{addr}"),
-            client,
-            log,
-        }
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+        Host { child, dir, base: format!("http://{addr}"), client, log }
     }
 
     /// What the host has written to stderr so far.
@@ -167,65 +137,36 @@ impl Host {
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.base);
-        self.client
-            .get(url)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        self.client.get(url).send().await.expect("metrics").text().await.expect("metrics body")
     }
 
     /// The API key of `merchant`, from `payfn keys issue` in the app dir.
     pub fn key(&self, merchant: i64) -> String {
         let out = Command::new(PAYFN)
-            .args([
-                "keys",
-                "issue",
-                "--merchant",
-                &merchant.to_string(),
-                "--manifest",
-            ])
+            .args(["keys", "issue", "--merchant", &merchant.to_string(), "--manifest"])
             .arg(self.dir.path().join("spin.toml"))
             .env_remove("PAYFN_KEY_SECRET")
             .output()
             .expect("payfn keys issue");
-        assert!(
-            out.status.success(),
-            "keys issue failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8 key")
-            .trim()
-            .to_string()
+        assert!(out.status.success(), "keys issue failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 key").trim().to_string()
     }
 
     /// A client for one merchant.
     pub fn merchant(&self, merchant: i64) -> Merchant<'_> {
-        Merchant {
-            host: self,
-            key: self.key(merchant),
-        }
+        Merchant { host: self, key: self.key(merchant) }
     }
 
     /// The SQLite file of a shard.
     pub fn shard_db(&self, shard: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join(".payfn/shards")
-            .join(format!("{shard}.db"))
+        self.dir.path().join(".payfn/shards").join(format!("{shard}.db"))
     }
 
     /// A read-only connection to a shard file.
     pub async fn shard(&self, shard: &str) -> sqlx::SqlitePool {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.shard_db(shard))
-            .read_only(true);
-        sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("open shard db")
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.shard_db(shard)).read_only(true);
+        sqlx::SqlitePool::connect_with(options).await.expect("open shard db")
     }
 }
 
@@ -246,17 +187,13 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.bytes))
-        })
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.bytes)))
     }
 
     /// The error `code` of an error envelope.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -267,21 +204,9 @@ impl Reply {
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
         let body = self.json();
-        assert_eq!(
-            (self.status, self.code().as_str()),
-            (status, code),
-            "body: {body}"
-        );
-        assert!(
-            body["error"]["type"].is_string() && body["error"]["message"].is_string(),
-            "{body}"
-        );
-        assert!(
-            body["requestId"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("req_")),
-            "{body}"
-        );
+        assert_eq!((self.status, self.code().as_str()), (status, code), "body: {body}");
+        assert!(body["error"]["type"].is_string() && body["error"]["message"].is_string(), "{body}");
+        assert!(body["requestId"].as_str().is_some_and(|id| id.starts_with("req_")), "{body}");
     }
 }
 
@@ -303,9 +228,7 @@ impl Merchant<'_> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.host.client.request(method, url).bearer_auth(&self.key);
         if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            request = request.header("content-type", "application/json").body(body.to_string());
         }
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -314,11 +237,7 @@ impl Merchant<'_> {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body").to_vec();
-        Reply {
-            status,
-            headers,
-            bytes,
-        }
+        Reply { status, headers, bytes }
     }
 
     pub async fn post(&self, path: &str, body: &str) -> Reply {
@@ -331,12 +250,8 @@ impl Merchant<'_> {
 
     /// Authorizes `amount` KRW and returns the payment id.
     pub async fn authorize(&self, amount: i64) -> String {
-        let reply = self
-            .post(
-                "/payments/authorize",
-                &format!(r#"{{"amount":{amount},"currency":"KRW"}}"#),
-            )
-            .await;
+        let reply =
+            self.post("/payments/authorize", &format!(r#"{{"amount":{amount},"currency":"KRW"}}"#)).await;
         assert_eq!(reply.status, 201, "{:?}", reply.json());
         reply.json()["id"].as_str().expect("id").to_string()
     }
@@ -348,15 +263,13 @@ impl Merchant<'_> {
 pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
     for shard in shards {
         let db = host.shard(shard).await;
-        let unbalanced: Vec<(String, i64)> =
-            sqlx::query_as("SELECT posting_id, SUM(amount) FROM ledger_entries GROUP BY posting_id HAVING SUM(amount) <> 0")
-                .fetch_all(&db)
-                .await
-                .unwrap();
-        assert!(
-            unbalanced.is_empty(),
-            "{shard}: unbalanced postings {unbalanced:?}"
-        );
+        let unbalanced: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT posting_id, SUM(amount) FROM ledger_entries GROUP BY posting_id HAVING SUM(amount) <> 0",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert!(unbalanced.is_empty(), "{shard}: unbalanced postings {unbalanced:?}");
 
         let out_of_bounds: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM payments WHERE NOT (0 <= refunded_amount AND refunded_amount <= captured_amount AND captured_amount <= amount)",
@@ -373,10 +286,7 @@ pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
         .fetch_one(&db)
         .await
         .unwrap();
-        assert_eq!(
-            refunds_disagree, 0,
-            "{shard}: refunded_amount disagrees with refunds"
-        );
+        assert_eq!(refunds_disagree, 0, "{shard}: refunded_amount disagrees with refunds");
 
         // Per merchant: the hold equals what is authorized and not yet
         // captured or voided; the payable equals captured minus refunded.
@@ -392,14 +302,8 @@ pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
         .await
         .unwrap();
         for (merchant, held, net, ledger_held, ledger_net) in merchants {
-            assert_eq!(
-                held, ledger_held,
-                "{shard}: merchant {merchant} hold disagrees with the ledger"
-            );
-            assert_eq!(
-                net, ledger_net,
-                "{shard}: merchant {merchant} payable disagrees with the ledger"
-            );
+            assert_eq!(held, ledger_held, "{shard}: merchant {merchant} hold disagrees with the ledger");
+            assert_eq!(net, ledger_net, "{shard}: merchant {merchant} payable disagrees with the ledger");
         }
 
         // Every payment change has its event: one per payment creation, one
@@ -413,17 +317,14 @@ pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
         .fetch_one(&db)
         .await
         .unwrap();
-        let events: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment.%'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        assert_eq!(
-            events, expected,
-            "{shard}: outbox events do not match payment changes"
-        );
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment.%'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(events, expected, "{shard}: outbox events do not match payment changes");
         let orphans: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = o.aggregate_id)",
+            "SELECT COUNT(*) FROM outbox o WHERE o.event_type LIKE 'payment.%' \
+             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = o.aggregate_id)",
         )
         .fetch_one(&db)
         .await

@@ -13,24 +13,16 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     let merchant_id = req.merchant_id()?;
     let body = input::object(&req.body)?;
     input::only_fields(&body, &["amount", "currency", "orderId", "metadata"])?;
-    let amount = body
-        .get("amount")
-        .ok_or_else(|| ApiError::missing_field("amount"))?;
+    let amount = body.get("amount").ok_or_else(|| ApiError::missing_field("amount"))?;
     let amount = money::parse_amount(amount, "amount")?;
-    let currency = body
-        .get("currency")
-        .ok_or_else(|| ApiError::missing_field("currency"))?;
+    let currency = body.get("currency").ok_or_else(|| ApiError::missing_field("currency"))?;
     let currency = money::parse_currency(currency)?;
     let order_id = input::opt_string(&body, "orderId", 255)?;
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => Some(m.clone()),
         Some(_) => {
-            return Err(ApiError::invalid_field(
-                "invalid_field",
-                "metadata",
-                "`metadata` must be an object",
-            ))
+            return Err(ApiError::invalid_field("invalid_field", "metadata", "`metadata` must be an object"))
         }
     };
 
@@ -39,11 +31,7 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     let payment = Payment {
         id: clock::new_id("pay"),
         merchant_id,
-        status: if declined {
-            Status::Declined
-        } else {
-            Status::Authorized
-        },
+        status: if declined { Status::Declined } else { Status::Authorized },
         amount,
         captured_amount: 0,
         refunded_amount: 0,
@@ -58,17 +46,12 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     store::insert(&payment)?;
     if declined {
         let data = json!({"status": "DECLINED", "reason": "amount_over_limit", "orderId": payment.order_id});
-        events::emit(&payment, "payment.declined", amount, data)?;
+        events::emit(&payment, "payment.declined", amount, data, req.traceparent())?;
     } else {
         Posting::new(&payment, "authorize")
             .transfer(AUTHORIZATION_HOLD, MERCHANT_PENDING, amount)
             .write(&now)?;
-        events::emit(
-            &payment,
-            "payment.authorized",
-            amount,
-            events::state(&payment),
-        )?;
+        events::emit(&payment, "payment.authorized", amount, events::state(&payment), req.traceparent())?;
     }
     Ok(payment.response(201))
 }

@@ -24,10 +24,7 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     if amount > prev.amount {
         return Err(ApiError::unprocessable(
             "amount_exceeds_authorized",
-            format!(
-                "cannot capture {amount}: only {} was authorized",
-                prev.amount
-            ),
+            format!("cannot capture {amount}: only {} was authorized", prev.amount),
         )
         .with_param("amount"));
     }
@@ -42,6 +39,6 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
         .transfer(MERCHANT_PENDING, AUTHORIZATION_HOLD, prev.amount)
         .transfer(PROCESSOR_RECEIVABLE, MERCHANT_PAYABLE, amount)
         .write(&next.updated_at)?;
-    events::emit(&next, "payment.captured", amount, events::state(&next))?;
+    events::emit(&next, "payment.captured", amount, events::state(&next), req.traceparent())?;
     Ok(next.response(200))
 }

@@ -13,6 +13,7 @@ pub fn emit(
     event_type: &'static str,
     amount: i64,
     data: Value,
+    traceparent: Option<&str>,
 ) -> Result<(), ApiError> {
     let id = clock::new_id("evt");
     let payload = json!({
@@ -32,6 +33,7 @@ pub fn emit(
         merchant_id: payment.merchant_id,
         payload,
         created_at: payment.updated_at.clone(),
+        traceparent: traceparent.map(str::to_string),
     })
 }
 

@@ -11,9 +11,7 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid_json("the body must be a JSON object")),
-        Err(e) => Err(ApiError::invalid_json(format!(
-            "the body is not valid JSON: {e}"
-        ))),
+        Err(e) => Err(ApiError::invalid_json(format!("the body is not valid JSON: {e}"))),
     }
 }
 
@@ -21,21 +19,13 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// misspelt `amout` must not silently mean "the full amount".
 pub fn only_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     match map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid_field(
-            "unknown_field",
-            k,
-            format!("unknown field `{k}`"),
-        )),
+        Some(k) => Err(ApiError::invalid_field("unknown_field", k, format!("unknown field `{k}`"))),
         None => Ok(()),
     }
 }
 
 /// An optional string field of at most `max` characters.
-pub fn opt_string(
-    map: &Map<String, Value>,
-    field: &str,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
+pub fn opt_string(map: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
@@ -44,11 +34,9 @@ pub fn opt_string(
             field,
             format!("`{field}` is longer than {max} characters"),
         )),
-        Some(_) => Err(ApiError::invalid_field(
-            "invalid_field",
-            field,
-            format!("`{field}` must be a string"),
-        )),
+        Some(_) => {
+            Err(ApiError::invalid_field("invalid_field", field, format!("`{field}` must be a string")))
+        }
     }
 }
 

@@ -29,11 +29,7 @@ pub struct Posting<'a> {
 
 impl<'a> Posting<'a> {
     pub fn new(payment: &'a Payment, kind: &'static str) -> Self {
-        Self {
-            payment,
-            kind,
-            entries: Vec::new(),
-        }
+        Self { payment, kind, entries: Vec::new() }
     }
 
     /// Moves `amount` from `credit` to `debit`.

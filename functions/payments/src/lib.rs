@@ -14,6 +14,7 @@ pub mod input;
 pub mod ledger;
 pub mod model;
 pub mod money;
+pub mod settlement;
 pub mod store;
 
 pub use model::{Payment, Refund, Status};

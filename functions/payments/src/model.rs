@@ -44,10 +44,7 @@ impl Status {
 
     /// The `invalid_state` error for attempting `action` in this status.
     pub fn refuse(self, action: &str) -> ApiError {
-        ApiError::conflict(
-            "invalid_state",
-            format!("cannot {action} a payment in status {}", self.as_str()),
-        )
+        ApiError::conflict("invalid_state", format!("cannot {action} a payment in status {}", self.as_str()))
     }
 
     /// The one place the state machine is spelled out.
@@ -145,14 +142,7 @@ mod tests {
 
     #[test]
     fn state_machine_allows_only_the_documented_moves() {
-        let all = [
-            Authorized,
-            Declined,
-            Captured,
-            PartiallyRefunded,
-            Refunded,
-            Voided,
-        ];
+        let all = [Authorized, Declined, Captured, PartiallyRefunded, Refunded, Voided];
         let allowed: Vec<_> = all
             .iter()
             .flat_map(|a| all.iter().map(move |b| (*a, *b)))

@@ -11,17 +11,14 @@ pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 /// A positive integer amount in minor units, at most [`MAX_AMOUNT`].
 /// Rejects floats, strings, zero, negatives and overflow with `invalid_amount`.
 pub fn parse_amount(value: &Value, field: &str) -> Result<i64, ApiError> {
-    let invalid =
-        |why: &str| ApiError::invalid_field("invalid_amount", field, format!("`{field}` {why}"));
+    let invalid = |why: &str| ApiError::invalid_field("invalid_amount", field, format!("`{field}` {why}"));
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(v) if v <= 0 => Err(invalid("must be greater than zero")),
             Some(v) if v > MAX_AMOUNT => Err(invalid("exceeds the maximum amount")),
             Some(v) => Ok(v),
             None if n.is_u64() => Err(invalid("exceeds the maximum amount")),
-            None if n.as_f64().is_some_and(|f| f < 0.0) => {
-                Err(invalid("must be greater than zero"))
-            }
+            None if n.as_f64().is_some_and(|f| f < 0.0) => Err(invalid("must be greater than zero")),
             None => Err(invalid("must be an integer in the currency's minor unit")),
         },
         _ => Err(invalid("must be an integer in the currency's minor unit")),
@@ -31,14 +28,10 @@ pub fn parse_amount(value: &Value, field: &str) -> Result<i64, ApiError> {
 /// An active ISO 4217 alphabetic code, upper case.
 pub fn parse_currency(value: &Value) -> Result<String, ApiError> {
     let invalid = |msg: String| ApiError::invalid_field("invalid_currency", "currency", msg);
-    let code = value
-        .as_str()
-        .ok_or_else(|| invalid("`currency` must be a string".to_string()))?;
+    let code = value.as_str().ok_or_else(|| invalid("`currency` must be a string".to_string()))?;
     match Currency::from_code(code) {
         Some(c) if c.code() == code => Ok(code.to_string()),
-        _ => Err(invalid(format!(
-            "`{code}` is not an ISO 4217 currency code in upper case"
-        ))),
+        _ => Err(invalid(format!("`{code}` is not an ISO 4217 currency code in upper case"))),
     }
 }
 
@@ -82,18 +75,8 @@ mod tests {
     fn currencies() {
         assert_eq!(parse_currency(&json!("KRW")).unwrap(), "KRW");
         assert_eq!(parse_currency(&json!("USD")).unwrap(), "USD");
-        for bad in [
-            json!("krw"),
-            json!("XYZ"),
-            json!(""),
-            json!(410),
-            json!("KRWW"),
-        ] {
-            assert_eq!(
-                parse_currency(&bad).unwrap_err().code,
-                "invalid_currency",
-                "{bad}"
-            );
+        for bad in [json!("krw"), json!("XYZ"), json!(""), json!(410), json!("KRWW")] {
+            assert_eq!(parse_currency(&bad).unwrap_err().code, "invalid_currency", "{bad}");
         }
     }
 }

@@ -15,8 +15,7 @@ fn not_found(id: &str) -> ApiError {
 fn from_row(row: Row<'_>) -> Result<Payment, ApiError> {
     let metadata = match row.opt_text("metadata")? {
         Some(text) => Some(
-            serde_json::from_str(&text)
-                .map_err(|e| ApiError::internal(format!("stored metadata: {e}")))?,
+            serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("stored metadata: {e}")))?,
         ),
         None => None,
     };
@@ -94,17 +93,9 @@ pub fn insert(p: &Payment) -> Result<(), ApiError> {
 /// `invalid_state` if the row moved underneath (a lost race), which the
 /// row lock of [`load`] makes a should-never-happen.
 pub fn update(prev: &Payment, next: &mut Payment) -> Result<(), ApiError> {
-    assert!(
-        prev.status.can_become(next.status),
-        "illegal transition {:?} -> {:?}",
-        prev.status,
-        next.status
-    );
+    assert!(prev.status.can_become(next.status), "illegal transition {:?} -> {:?}", prev.status, next.status);
     next.assert_invariants();
-    assert!(
-        next.captured_amount >= prev.captured_amount
-            && next.refunded_amount >= prev.refunded_amount
-    );
+    assert!(next.captured_amount >= prev.captured_amount && next.refunded_amount >= prev.refunded_amount);
     next.version = prev.version + 1;
     let changed = sql::execute(
         "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, version = ? \
@@ -123,10 +114,7 @@ pub fn update(prev: &Payment, next: &mut Payment) -> Result<(), ApiError> {
     if changed == 1 {
         Ok(())
     } else {
-        Err(ApiError::conflict(
-            "invalid_state",
-            "the payment changed concurrently; read it again",
-        ))
+        Err(ApiError::conflict("invalid_state", "the payment changed concurrently; read it again"))
     }
 }
 

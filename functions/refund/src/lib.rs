@@ -25,21 +25,13 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     if amount > prev.refundable() {
         return Err(ApiError::unprocessable(
             "amount_exceeds_refundable",
-            format!(
-                "cannot refund {amount}: only {} is refundable",
-                prev.refundable()
-            ),
+            format!("cannot refund {amount}: only {} is refundable", prev.refundable()),
         )
         .with_param("amount"));
     }
 
     let now = clock::now();
-    let refund = Refund {
-        id: clock::new_id("rf"),
-        amount,
-        reason,
-        created_at: now.clone(),
-    };
+    let refund = Refund { id: clock::new_id("rf"), amount, reason, created_at: now.clone() };
     let mut next = prev.clone();
     next.refunded_amount += amount;
     next.status = if next.refunded_amount == next.captured_amount {
@@ -59,6 +51,6 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
         map.insert("reason".into(), refund.reason.clone().into());
     }
     next.refunds.push(refund);
-    events::emit(&next, "payment.refunded", amount, data)?;
+    events::emit(&next, "payment.refunded", amount, data, req.traceparent())?;
     Ok(next.response(200))
 }

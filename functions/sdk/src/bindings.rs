@@ -1,11 +1,12 @@
-//! wit-bindgen output for the `payfn:host/http-step` world, kept in one module.
+//! wit-bindgen output for the `payfn:host/step` world (every import and
+//! export), kept in one module.
 #![allow(missing_docs, clippy::all)]
 
 wit_bindgen::generate!({
-    world: "payfn:host/http-step",
+    world: "payfn:host/step",
     path: "../../wit",
     generate_all,
     pub_export_macro: true,
-    export_macro_name: "export_http_step",
+    export_macro_name: "export_step",
     default_bindings_module: "payfn_sdk::bindings",
 });

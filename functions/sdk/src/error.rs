@@ -14,12 +14,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            param: None,
-        }
+        Self { status, code, message: message.into(), param: None }
     }
 
     /// Names the request field the error is about.
@@ -45,11 +40,7 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            405,
-            "method_not_allowed",
-            "this route does not accept that method",
-        )
+        Self::new(405, "method_not_allowed", "this route does not accept that method")
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {

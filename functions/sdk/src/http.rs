@@ -28,10 +28,7 @@ pub struct Request {
 impl Request {
     /// The first value of `name` (lower case), if present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// The host's request id, for error envelopes and logs.
@@ -50,8 +47,22 @@ impl Request {
     /// A path parameter of the route, e.g. `id` for `/payments/:id/capture`.
     pub fn param(&self, name: &str) -> Result<&str, ApiError> {
         let header = format!("{PARAM_HEADER_PREFIX}{name}");
-        self.header(&header)
-            .ok_or_else(|| ApiError::internal(format!("route has no `{name}` parameter")))
+        self.header(&header).ok_or_else(|| ApiError::internal(format!("route has no `{name}` parameter")))
+    }
+
+    /// The first value of query parameter `name`, percent-decoding `%XX`
+    /// and `+`.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.path.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+
+    /// The W3C `traceparent` the host passed (the caller's, or a new one).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.header("traceparent")
     }
 
     /// Fails with 405 unless the request uses `method`.
@@ -84,12 +95,7 @@ impl Request {
             .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
             .collect();
         let body = read_body(&request)?;
-        Ok(Self {
-            method,
-            path,
-            headers,
-            body,
-        })
+        Ok(Self { method, path, headers, body })
     }
 }
 
@@ -165,4 +171,32 @@ pub fn serve(
         Err(e) => e.to_response(""),
     };
     response.send(out);
+}
+
+/// Answers 404 on a component that serves no HTTP route.
+pub fn refuse(out: ResponseOutparam) {
+    ApiError::not_found("route_not_found", "this component serves no HTTP route").to_response("").send(out);
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

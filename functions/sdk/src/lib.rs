@@ -2,13 +2,15 @@
 //!
 //! A payment step is a plain function from [`http::Request`] to
 //! [`http::Response`]; [`http_step!`] exports it as
-//! `wasi:http/incoming-handler`. The modules wrap the host capabilities the
+//! `wasi:http/incoming-handler`; [`timer_step!`] and [`event_step!`] do the
+//! same for timer- and Kafka-triggered steps. The modules wrap the host capabilities the
 //! step's manifest entry grants: [`sql`] (the shard transaction), [`kv`] and
 //! [`log`]. [`outbox`] writes events in the same transaction as the rows.
 
 pub mod bindings;
 pub mod error;
 pub mod http;
+pub mod kafka;
 pub mod kv;
 pub mod log;
 pub mod outbox;
@@ -16,22 +18,83 @@ pub mod sql;
 
 pub use error::ApiError;
 
-/// Exports `handler: fn(http::Request) -> http::Response` as this
-/// component's `wasi:http/incoming-handler`.
+/// Exports `handler: fn(&http::Request) -> Result<http::Response, ApiError>`
+/// as this component's `wasi:http/incoming-handler`.
 #[macro_export]
 macro_rules! http_step {
     ($handler:path) => {
-        struct PayfnHttpStep;
+        $crate::__step!(
+            http: |request, response_out| $crate::http::serve(request, response_out, $handler);
+            timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
+            event: |_event| Err($crate::NOT_THIS_TRIGGER.to_string());
+        );
+    };
+}
 
-        impl $crate::bindings::exports::wasi::http::incoming_handler::Guest for PayfnHttpStep {
+/// Exports `handler: fn(Tick) -> Result<String, String>` as this component's
+/// `timer-handler`.
+#[macro_export]
+macro_rules! timer_step {
+    ($handler:path) => {
+        $crate::__step!(
+            http: |_request, response_out| $crate::http::refuse(response_out);
+            timer: |tick| $handler(tick);
+            event: |_event| Err($crate::NOT_THIS_TRIGGER.to_string());
+        );
+    };
+}
+
+/// Exports `handler: fn(Event) -> Result<(), String>` as this component's
+/// `event-handler`.
+#[macro_export]
+macro_rules! event_step {
+    ($handler:path) => {
+        $crate::__step!(
+            http: |_request, response_out| $crate::http::refuse(response_out);
+            timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
+            event: |event| $handler(event);
+        );
+    };
+}
+
+/// What a component answers on an export its trigger does not call.
+pub const NOT_THIS_TRIGGER: &str = "this component does not serve that trigger";
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __step {
+    (
+        http: |$req:pat_param, $out:pat_param| $http:expr;
+        timer: |$tick:pat_param| $timer:expr;
+        event: |$event:pat_param| $on_event:expr;
+    ) => {
+        struct PayfnStep;
+
+        impl $crate::bindings::exports::wasi::http::incoming_handler::Guest for PayfnStep {
             fn handle(
-                request: $crate::bindings::wasi::http::types::IncomingRequest,
-                response_out: $crate::bindings::wasi::http::types::ResponseOutparam,
+                $req: $crate::bindings::wasi::http::types::IncomingRequest,
+                $out: $crate::bindings::wasi::http::types::ResponseOutparam,
             ) {
-                $crate::http::serve(request, response_out, $handler)
+                $http
             }
         }
 
-        $crate::bindings::export_http_step!(PayfnHttpStep with_types_in $crate::bindings);
+        impl $crate::bindings::exports::payfn::host::timer_handler::Guest for PayfnStep {
+            fn on_tick(
+                $tick: $crate::bindings::exports::payfn::host::timer_handler::Tick,
+            ) -> Result<String, String> {
+                $timer
+            }
+        }
+
+        impl $crate::bindings::exports::payfn::host::event_handler::Guest for PayfnStep {
+            fn handle_event(
+                $event: $crate::bindings::exports::payfn::host::event_handler::Event,
+            ) -> Result<(), String> {
+                $on_event
+            }
+        }
+
+        $crate::bindings::export_step!(PayfnStep with_types_in $crate::bindings);
     };
 }

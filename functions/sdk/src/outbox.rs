@@ -19,13 +19,15 @@ pub struct Event {
     /// The full event value, as published.
     pub payload: serde_json::Value,
     pub created_at: String,
+    /// W3C trace context of the request that caused the event.
+    pub traceparent: Option<String>,
 }
 
 /// Writes `event` into the shard's outbox inside the current transaction.
 pub fn emit(event: &Event) -> Result<(), ApiError> {
     sql::execute(
-        "INSERT INTO outbox (event_id, aggregate_id, merchant_id, event_type, payload, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox (event_id, aggregate_id, merchant_id, event_type, payload, created_at, traceparent) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
         &[
             event.id.as_str().into(),
             event.aggregate_id.as_str().into(),
@@ -33,6 +35,7 @@ pub fn emit(event: &Event) -> Result<(), ApiError> {
             event.event_type.into(),
             event.payload.to_string().into(),
             event.created_at.as_str().into(),
+            event.traceparent.clone().into(),
         ],
     )?;
     Ok(())

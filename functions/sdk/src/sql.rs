@@ -65,10 +65,7 @@ impl Rows {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
-        self.rows.iter().map(|values| Row {
-            columns: &self.columns,
-            values,
-        })
+        self.rows.iter().map(|values| Row { columns: &self.columns, values })
     }
 
     /// The first row, if any.
@@ -124,10 +121,7 @@ fn type_error(column: &str, wanted: &str, got: &Value) -> ApiError {
 /// Runs a statement returning rows; placeholders are `?`.
 pub fn query(statement: &str, params: &[Value]) -> Result<Rows, ApiError> {
     let set = host::query(statement, params).map_err(to_api_error)?;
-    Ok(Rows {
-        columns: set.columns,
-        rows: set.rows,
-    })
+    Ok(Rows { columns: set.columns, rows: set.rows })
 }
 
 /// Runs a statement and returns the number of rows it changed.

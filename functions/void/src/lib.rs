@@ -23,6 +23,6 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     Posting::new(&next, "void")
         .transfer(MERCHANT_PENDING, AUTHORIZATION_HOLD, prev.amount)
         .write(&next.updated_at)?;
-    events::emit(&next, "payment.voided", prev.amount, events::state(&next))?;
+    events::emit(&next, "payment.voided", prev.amount, events::state(&next), req.traceparent())?;
     Ok(next.response(200))
 }

@@ -5,6 +5,7 @@
 //! implementation and its linker registration. [`REGISTRY`] is the one list
 //! the engine consults; adding a capability is a module plus a line there.
 
+pub mod kafka;
 pub mod kv;
 pub mod log;
 pub mod sql;
@@ -26,7 +27,7 @@ pub struct Capability {
 }
 
 /// Every capability the host offers.
-pub const REGISTRY: &[Capability] = &[sql::CAPABILITY, kv::CAPABILITY, log::CAPABILITY];
+pub const REGISTRY: &[Capability] = &[sql::CAPABILITY, kv::CAPABILITY, log::CAPABILITY, kafka::CAPABILITY];
 
 /// The capability a component import (e.g. `payfn:host/sql@0.1.0`) asks for.
 pub fn for_import(import: &str) -> Option<&'static Capability> {

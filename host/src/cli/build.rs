@@ -16,11 +16,7 @@ pub fn run(args: &AppArgs) -> anyhow::Result<()> {
 /// Builds every component that has a build command, in manifest order,
 /// stopping at the first failure.
 pub fn build_all(manifest: &Manifest) -> anyhow::Result<()> {
-    let total = manifest
-        .components
-        .values()
-        .filter(|c| c.build.is_some())
-        .count();
+    let total = manifest.components.values().filter(|c| c.build.is_some()).count();
     let started = Instant::now();
     for (i, (name, component)) in manifest.components.iter().enumerate() {
         let Some(build) = &component.build else {
@@ -28,22 +24,12 @@ pub fn build_all(manifest: &Manifest) -> anyhow::Result<()> {
         };
         let workdir = manifest.dir.join(build.workdir.clone().unwrap_or_default());
         eprintln!("[{}/{total}] building {name}: {}", i + 1, build.command);
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(&build.command)
-            .current_dir(&workdir)
-            .status()
-            .with_context(|| {
-                format!(
-                    "component `{name}`: cannot run its build command in {}",
-                    workdir.display()
-                )
-            })?;
+        let status =
+            Command::new("sh").arg("-c").arg(&build.command).current_dir(&workdir).status().with_context(
+                || format!("component `{name}`: cannot run its build command in {}", workdir.display()),
+            )?;
         if !status.success() {
-            bail!(
-                "component `{name}`: build command `{}` failed ({status})",
-                build.command
-            );
+            bail!("component `{name}`: build command `{}` failed ({status})", build.command);
         }
     }
     eprintln!("built {total} components in {:.1?}", started.elapsed());

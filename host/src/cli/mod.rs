@@ -54,9 +54,7 @@ impl AppArgs {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir
-            .clone()
-            .unwrap_or_else(|| self.app_dir().join(".payfn"))
+        self.state_dir.clone().unwrap_or_else(|| self.app_dir().join(".payfn"))
     }
 
     /// The runtime config and the file it came from, if any.

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::AppArgs;
+use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
 use crate::engine::Engine;
@@ -16,6 +17,8 @@ use crate::keys::KeyRing;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::triggers::http::{self, App, RouteTable};
+use crate::triggers::kafka::{self, KafkaContext};
+use crate::triggers::timer::{self, TimerContext};
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
@@ -37,63 +40,78 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let (config, config_path) = args.app.runtime_config()?;
     let state_dir = args.app.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let keys = KeyRing::load(&config.keys, &state_dir)?;
 
-    let app_version = manifest
-        .application
-        .version
-        .as_deref()
-        .unwrap_or("unversioned");
-    eprintln!(
-        "payfn {}: starting `{}` {app_version}",
-        env!("CARGO_PKG_VERSION"),
-        manifest.application.name
-    );
+    let app_version = manifest.application.version.as_deref().unwrap_or("unversioned");
+    eprintln!("payfn {}: starting `{}` {app_version}", env!("CARGO_PKG_VERSION"), manifest.application.name);
     match &config_path {
         Some(path) => eprintln!("  runtime config  {}", path.display()),
         None => eprintln!("  runtime config  embedded defaults"),
     }
-    let shards = ShardSet::open(&config.shards, &config.routing, &state_dir).await?;
+    let shards = Arc::new(ShardSet::open(&config.shards, &config.routing, &state_dir).await?);
     for shard in shards.iter() {
         eprintln!("  shard           {} ({})", shard.name, shard.describe());
     }
     let kv = Kv::from_config(&config.kv);
     eprintln!("  kv              {}", kv.describe());
+    let broker = Broker::from_config(&config.kafka, &state_dir).await?;
+    eprintln!("  events          {}", broker.describe());
 
     let engine = Engine::new(config.engine.clone(), state_dir.join("cache"))?;
     let mut components = HashMap::new();
     for name in manifest.components.keys() {
-        let spec = manifest
-            .component_spec(name)
-            .context("component vanished from the manifest")?;
+        let spec = manifest.component_spec(name).context("component vanished from the manifest")?;
         let t = Instant::now();
         let loaded = engine.load(&spec)?;
         eprintln!(
             "  component       {name} {} ({}, {:.0?})",
             loaded.short_digest(),
-            if loaded.from_cache {
-                "cached"
-            } else {
-                "compiled"
-            },
+            if loaded.from_cache { "cached" } else { "compiled" },
             t.elapsed()
         );
         components.insert(name.clone(), Arc::new(loaded));
     }
+    let metrics = Metrics::new();
+    let timers = TimerContext {
+        engine: engine.clone(),
+        kv: kv.clone(),
+        broker: broker.clone(),
+        metrics: metrics.clone(),
+    };
+    for trigger in &manifest.timer_triggers {
+        let component = components.get(&trigger.component).cloned().context("timer component not loaded")?;
+        timer::start(&timers, trigger, component, shards.iter().cloned());
+        eprintln!(
+            "  timer           every {} ms per shard -> {} (batch {})",
+            trigger.interval_ms, trigger.component, trigger.batch_size
+        );
+    }
+    let consumers = KafkaContext {
+        engine: engine.clone(),
+        kv: kv.clone(),
+        broker: broker.clone(),
+        shards: shards.clone(),
+        metrics: metrics.clone(),
+    };
+    for trigger in &manifest.kafka_triggers {
+        let component = components.get(&trigger.component).cloned().context("kafka component not loaded")?;
+        kafka::start(&consumers, trigger, component);
+        eprintln!(
+            "  kafka           {} (group {}) -> {}",
+            trigger.topics.join(", "),
+            trigger.group,
+            trigger.component
+        );
+    }
     let routes = RouteTable::new(&manifest.http_triggers)?;
     for trigger in &manifest.http_triggers {
-        eprintln!(
-            "  route           {} -> {}",
-            trigger.route, trigger.component
-        );
+        eprintln!("  route           {} -> {}", trigger.route, trigger.component);
     }
 
     let listen = args.listen.unwrap_or(config.http.listen);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     if keys.mode == "dev" {
         eprintln!("  dev API key     merchant 1: {}", keys.issue(1));
@@ -105,14 +123,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         routes,
         shards,
         kv,
+        broker,
         keys,
         config: config.http.clone(),
-        metrics: Metrics::new(),
+        metrics,
     });
-    eprintln!(
-        "payfn listening on http://{address} (ready in {:.1?})",
-        started.elapsed()
-    );
+    eprintln!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
 
     axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown_signal())

@@ -22,9 +22,7 @@ impl Engine {
         // The cache entry must match this exact engine build and settings.
         let mut hasher = DefaultHasher::new();
         self.inner.precompile_compatibility_hash().hash(&mut hasher);
-        let path = self
-            .cache_dir
-            .join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        let path = self.cache_dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if path.exists() {
             // SAFETY: the cache directory is ours; its files are written below
             // from `Component::serialize` by an engine with the same hash.
@@ -38,9 +36,7 @@ impl Engine {
         let component = Component::new(&self.inner, bytes)
             .map_err(anyhow::Error::from)
             .context("compiling the component")?;
-        if let Err(e) =
-            write_atomically(&path, &component.serialize().map_err(anyhow::Error::from)?)
-        {
+        if let Err(e) = write_atomically(&path, &component.serialize().map_err(anyhow::Error::from)?) {
             tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
         }
         Ok((component, false))

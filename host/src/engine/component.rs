@@ -7,6 +7,9 @@ use anyhow::{bail, Context};
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::bindings::event::EventStepPre;
+use crate::bindings::timer::TimerStepPre;
+
 use super::{compile, Engine, InvocationState};
 use crate::capabilities;
 
@@ -19,6 +22,28 @@ pub struct ComponentSpec {
     pub grants: Vec<String>,
     /// Environment variables the guest sees.
     pub environment: Vec<(String, String)>,
+    /// Topics the `kafka` capability may produce to.
+    pub kafka_topics: Vec<String>,
+    /// Which trigger runs it, hence which export it must have.
+    pub kind: TriggerKind,
+}
+
+/// The kind of trigger that runs a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// `wasi:http/incoming-handler`
+    Http,
+    /// `payfn:host/timer-handler`
+    Timer,
+    /// `payfn:host/event-handler`
+    Event,
+}
+
+/// The pre-instantiated export the trigger calls.
+pub enum Entry {
+    Http(ProxyPre<InvocationState>),
+    Timer(TimerStepPre<InvocationState>),
+    Event(EventStepPre<InvocationState>),
 }
 
 /// A component version ready to serve: compiled, checked, pre-instantiated.
@@ -28,7 +53,7 @@ pub struct LoadedComponent {
     pub digest: String,
     /// Whether the compile cache served the native code.
     pub from_cache: bool,
-    pub(super) pre: ProxyPre<InvocationState>,
+    pub(super) entry: Entry,
 }
 
 impl LoadedComponent {
@@ -50,15 +75,11 @@ impl Engine {
             }
         }
         let bytes = std::fs::read(&spec.source).with_context(|| {
-            format!(
-                "component `{name}`: cannot read {} (build it with `payfn build`)",
-                spec.source.display()
-            )
+            format!("component `{name}`: cannot read {} (build it with `payfn build`)", spec.source.display())
         })?;
         let digest = compile::digest(&bytes);
-        let (component, from_cache) = self
-            .compile(&bytes, &digest)
-            .with_context(|| format!("component `{name}`"))?;
+        let (component, from_cache) =
+            self.compile(&bytes, &digest).with_context(|| format!("component `{name}`"))?;
 
         for (import, _) in component.component_type().imports(&self.inner) {
             match capabilities::for_import(import) {
@@ -76,8 +97,7 @@ impl Engine {
 
         let mut linker = Linker::new(&self.inner);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         for grant in &spec.grants {
             if let Some(cap) = capabilities::by_name(grant) {
                 (cap.link)(&mut linker).map_err(anyhow::Error::from)?;
@@ -86,19 +106,18 @@ impl Engine {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` imports something this host does not provide")
-            })?;
-        let pre = ProxyPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` does not export wasi:http/incoming-handler")
-            })?;
-        Ok(LoadedComponent {
-            spec: spec.clone(),
-            digest,
-            from_cache,
-            pre,
-        })
+            .with_context(|| format!("component `{name}` imports something this host does not provide"))?;
+        let entry = match spec.kind {
+            TriggerKind::Http => Entry::Http(ProxyPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+                format!("component `{name}` is on an HTTP route but does not export wasi:http/incoming-handler")
+            })?),
+            TriggerKind::Timer => Entry::Timer(TimerStepPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+                format!("component `{name}` is on a timer trigger but does not export payfn:host/timer-handler")
+            })?),
+            TriggerKind::Event => Entry::Event(EventStepPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+                format!("component `{name}` is on a Kafka trigger but does not export payfn:host/event-handler")
+            })?),
+        };
+        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, entry })
     }
 }

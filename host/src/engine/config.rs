@@ -20,11 +20,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self {
-            timeout_ms: 5_000,
-            memory_limit_mb: 64,
-            max_instances: 256,
-        }
+        Self { timeout_ms: 5_000, memory_limit_mb: 64, max_instances: 256 }
     }
 }
 

@@ -12,9 +12,9 @@ mod config;
 mod invoke;
 mod state;
 
-pub use component::{ComponentSpec, LoadedComponent};
+pub use component::{ComponentSpec, LoadedComponent, TriggerKind};
 pub use config::EngineConfig;
-pub use invoke::{HttpInvocation, HttpOutput, InvokeError};
+pub use invoke::{Bindings, HttpOutput, InvokeError};
 pub use state::InvocationState;
 
 use std::path::PathBuf;
@@ -53,9 +53,8 @@ impl Engine {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let inner = wasmtime::Engine::new(&wasm)
-            .map_err(anyhow::Error::from)
-            .context("configuring wasmtime")?;
+        let inner =
+            wasmtime::Engine::new(&wasm).map_err(anyhow::Error::from).context("configuring wasmtime")?;
 
         // A plain thread: the ticker must keep going even if every tokio
         // worker is busy running guests.
@@ -74,12 +73,7 @@ impl Engine {
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating compile cache {}", cache_dir.display()))?;
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_instances as usize));
-        Ok(Self {
-            inner,
-            config: Arc::new(config),
-            cache_dir,
-            slots,
-        })
+        Ok(Self { inner, config: Arc::new(config), cache_dir, slots })
     }
 
     /// The invocation deadline in epoch ticks (at least one).

@@ -10,7 +10,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::capabilities::{kv::KvState, log::LogState, sql::SqlState};
+use crate::capabilities::{kafka::KafkaState, kv::KvState, log::LogState, sql::SqlState};
 
 /// Everything one invocation's store holds. Capability host implementations
 /// each see only their own field.
@@ -23,24 +23,18 @@ pub struct InvocationState {
     pub sql: SqlState,
     pub kv: KvState,
     pub log: LogState,
+    pub kafka: KafkaState,
 }
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for InvocationState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 

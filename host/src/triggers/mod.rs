@@ -2,3 +2,5 @@
 //! invocation with the capabilities bound and never touch wasmtime directly.
 
 pub mod http;
+pub mod kafka;
+pub mod timer;

@@ -12,9 +12,7 @@ impl Host for KvState {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
-        self.store
-            .set(&self.key(&key), value, ttl_ms.map(Duration::from_millis))
-            .await
+        self.store.set(&self.key(&key), value, ttl_ms.map(Duration::from_millis)).await
     }
 
     async fn incr(&mut self, key: String, delta: i64) -> Result<i64, Error> {

@@ -44,10 +44,7 @@ impl MemoryKv {
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
-        lock(&self.map)
-            .get(key)
-            .filter(|e| e.live(now))
-            .map(|e| e.value.clone())
+        lock(&self.map).get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
     }
 
     pub fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
@@ -61,13 +58,7 @@ impl MemoryKv {
         if map.get(key).is_some_and(|e| e.live(now)) {
             return false;
         }
-        map.insert(
-            key.to_string(),
-            Entry {
-                value,
-                expires: Some(now + ttl),
-            },
-        );
+        map.insert(key.to_string(), Entry { value, expires: Some(now + ttl) });
         true
     }
 
@@ -77,9 +68,9 @@ impl MemoryKv {
         let (current, expires) = match map.get(key).filter(|e| e.live(now)) {
             Some(e) => {
                 let text = std::str::from_utf8(&e.value).ok();
-                let n = text.and_then(|t| t.parse::<i64>().ok()).ok_or_else(|| {
-                    KvError::Invalid(format!("value of `{key}` is not an integer"))
-                })?;
+                let n = text
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or_else(|| KvError::Invalid(format!("value of `{key}` is not an integer")))?;
                 (n, e.expires)
             }
             None => (0, ttl.map(|t| now + t)),
@@ -87,13 +78,7 @@ impl MemoryKv {
         let next = current
             .checked_add(delta)
             .ok_or_else(|| KvError::Invalid(format!("incr of `{key}` overflows")))?;
-        map.insert(
-            key.to_string(),
-            Entry {
-                value: next.to_string().into_bytes(),
-                expires,
-            },
-        );
+        map.insert(key.to_string(), Entry { value: next.to_string().into_bytes(), expires });
         Ok(next)
     }
 

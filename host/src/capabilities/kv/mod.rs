@@ -20,9 +20,7 @@ use runtime_config::KvConfig;
 pub const CAPABILITY: Capability = Capability {
     name: "kv",
     interface: "payfn:host/kv",
-    link: |linker| {
-        crate::bindings::kv::add_to_linker::<_, super::Field<KvState>>(linker, |s| &mut s.kv)
-    },
+    link: |linker| crate::bindings::kv::add_to_linker::<_, super::Field<KvState>>(linker, |s| &mut s.kv),
 };
 
 /// The shared store, cheap to clone.
@@ -53,12 +51,7 @@ impl Kv {
         }
     }
 
-    pub async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(), KvError> {
+    pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         match &*self.0 {
             Backend::Memory(m) => {
                 m.set(key, value, ttl);
@@ -103,10 +96,7 @@ pub struct KvState {
 
 impl KvState {
     pub fn new(store: Kv, component: &str) -> Self {
-        Self {
-            store,
-            namespace: format!("c:{component}:"),
-        }
+        Self { store, namespace: format!("c:{component}:") }
     }
 
     fn key(&self, key: &str) -> String {

@@ -9,9 +9,7 @@ use super::Capability;
 pub const CAPABILITY: Capability = Capability {
     name: "log",
     interface: "payfn:host/log",
-    link: |linker| {
-        crate::bindings::log::add_to_linker::<_, super::Field<LogState>>(linker, |s| &mut s.log)
-    },
+    link: |linker| crate::bindings::log::add_to_linker::<_, super::Field<LogState>>(linker, |s| &mut s.log),
 };
 
 /// Longest line kept; a component cannot flood the host's log with one call.

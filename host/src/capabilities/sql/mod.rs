@@ -20,9 +20,7 @@ use super::Capability;
 pub const CAPABILITY: Capability = Capability {
     name: "sql",
     interface: "payfn:host/sql",
-    link: |linker| {
-        crate::bindings::sql::add_to_linker::<_, super::Field<SqlState>>(linker, |s| &mut s.sql)
-    },
+    link: |linker| crate::bindings::sql::add_to_linker::<_, super::Field<SqlState>>(linker, |s| &mut s.sql),
 };
 
 /// Per-invocation state: the shard the invocation is bound to and its

@@ -51,10 +51,7 @@ pub fn default_shards() -> Vec<ShardConfig> {
         .into_iter()
         .map(|name| ShardConfig {
             name: name.to_string(),
-            backend: BackendConfig::Sqlite {
-                path: None,
-                readers: default_readers(),
-            },
+            backend: BackendConfig::Sqlite { path: None, readers: default_readers() },
         })
         .collect()
 }

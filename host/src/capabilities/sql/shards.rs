@@ -117,20 +117,16 @@ impl ShardSet {
                     )
                 }
             };
-            shards.push(Arc::new(Shard {
-                name: config.name.clone(),
-                backend,
-            }));
+            shards.push(Arc::new(Shard { name: config.name.clone(), backend }));
         }
         let mut pins = HashMap::new();
         for (merchant, shard) in &routing.pins {
             let merchant: i64 = merchant.parse().with_context(|| {
                 format!("runtime config: routing.pins: `{merchant}` is not a merchant id")
             })?;
-            let index = shards
-                .iter()
-                .position(|s| &s.name == shard)
-                .with_context(|| format!("runtime config: routing.pins: merchant {merchant} -> unknown shard `{shard}`"))?;
+            let index = shards.iter().position(|s| &s.name == shard).with_context(|| {
+                format!("runtime config: routing.pins: merchant {merchant} -> unknown shard `{shard}`")
+            })?;
             pins.insert(merchant, index);
         }
         Ok(Self { shards, pins })
@@ -146,7 +142,7 @@ impl ShardSet {
         &self.shards[index]
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> + '_ {
         self.shards.iter()
     }
 }

@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Arguments, Column, Row, Sqlite, TypeInfo, ValueRef};
 
@@ -52,11 +52,7 @@ impl SqliteShard {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            writer,
-            readers,
-        })
+        Ok(Self { path: path.to_path_buf(), writer, readers })
     }
 
     pub fn path(&self) -> &Path {
@@ -64,11 +60,8 @@ impl SqliteShard {
     }
 
     pub async fn begin(&self, write: bool) -> Result<SqliteTx, SqlError> {
-        let tx = if write {
-            self.writer.begin_with("BEGIN IMMEDIATE").await
-        } else {
-            self.readers.begin().await
-        };
+        let tx =
+            if write { self.writer.begin_with("BEGIN IMMEDIATE").await } else { self.readers.begin().await };
         tx.map(Transaction).map_err(map_error)
     }
 
@@ -82,10 +75,8 @@ pub struct Transaction(sqlx::Transaction<'static, Sqlite>);
 
 impl Transaction {
     pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
-        let rows = sqlx::query_with(statement, bind(params)?)
-            .fetch_all(&mut *self.0)
-            .await
-            .map_err(map_error)?;
+        let rows =
+            sqlx::query_with(statement, bind(params)?).fetch_all(&mut *self.0).await.map_err(map_error)?;
         let columns = rows
             .first()
             .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
@@ -95,10 +86,8 @@ impl Transaction {
     }
 
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let done = sqlx::query_with(statement, bind(params)?)
-            .execute(&mut *self.0)
-            .await
-            .map_err(map_error)?;
+        let done =
+            sqlx::query_with(statement, bind(params)?).execute(&mut *self.0).await.map_err(map_error)?;
         Ok(done.rows_affected())
     }
 

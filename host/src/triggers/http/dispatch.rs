@@ -23,7 +23,7 @@ use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
 use crate::capabilities::sql::{Shard, ShardTx, SqlState};
-use crate::engine::{HttpInvocation, HttpOutput, InvokeError, LoadedComponent};
+use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
 
 /// Headers only the host may set; stripped from what clients send.
 const HOST_HEADER_PREFIX: &str = "payfn-";
@@ -55,33 +55,20 @@ async fn run(
     request: Request,
 ) -> Result<Response, HostError> {
     let (parts, body) = request.into_parts();
-    let body = to_bytes(body, app.config.max_body_bytes)
-        .await
-        .map_err(|_| {
-            let limit = app.config.max_body_bytes;
-            HostError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {limit} bytes"),
-            )
-        })?;
-    let component = app
-        .components
-        .get(&matched.component)
-        .cloned()
-        .ok_or_else(|| {
-            HostError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the route's component is not loaded",
-            )
-        })?;
+    let body = to_bytes(body, app.config.max_body_bytes).await.map_err(|_| {
+        let limit = app.config.max_body_bytes;
+        HostError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    })?;
+    let component = app.components.get(&matched.component).cloned().ok_or_else(|| {
+        HostError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the route's component is not loaded")
+    })?;
     let shard = app.shards.for_merchant(merchant).clone();
 
-    let claim = match (
-        parts.method == Method::POST,
-        idempotency::key_from(&parts.headers)?,
-    ) {
+    let claim = match (parts.method == Method::POST, idempotency::key_from(&parts.headers)?) {
         (true, Some(key)) => {
             let fingerprint = idempotency::fingerprint(&parts.method, parts.uri.path(), &body);
             // The lock outlives the longest invocation.
@@ -94,14 +81,7 @@ async fn run(
         _ => None,
     };
 
-    let call = Call {
-        app,
-        id,
-        matched,
-        merchant,
-        component: &component,
-        shard: &shard,
-    };
+    let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
     let result = call.invoke(parts, body, claim.as_ref()).await;
     if let Some(claim) = &claim {
         claim.release(&app.kv).await;
@@ -126,14 +106,7 @@ impl Call<'_> {
         body: Bytes,
         claim: Option<&Claim>,
     ) -> Result<Response, HostError> {
-        let Call {
-            app,
-            id,
-            matched,
-            merchant,
-            component,
-            shard,
-        } = *self;
+        let Call { app, id, matched, merchant, component, shard } = *self;
         // Only a component granted `sql` holds a shard transaction while it runs:
         // on SQLite a write transaction is the shard's single writer slot.
         let tx = if component.spec.grants.iter().any(|g| g == "sql") {
@@ -143,21 +116,21 @@ impl Call<'_> {
             None
         };
         let request = guest_request(parts, body, id, matched, merchant);
-        let invocation = HttpInvocation {
+        let bindings = Bindings {
             request_id: id.0.clone(),
-            request,
-            sql: SqlState {
-                shard: shard.name.clone(),
-                dialect: shard.dialect(),
-                tx,
-            },
+            sql: SqlState { shard: shard.name.clone(), dialect: shard.dialect(), tx },
             kv: app.kv.clone(),
+            broker: Some(app.broker.clone()),
         };
 
         let started = Instant::now();
-        let (result, tx) = app.engine.invoke_http(component, invocation).await;
-        app.metrics
-            .invoked(&matched.component, started.elapsed(), &result);
+        let (result, tx) = app.engine.invoke_http(component, bindings, request).await;
+        let failure = match &result {
+            Ok(output) if output.status.is_server_error() => Some("status_5xx"),
+            Ok(_) => None,
+            Err(e) => Some(e.kind()),
+        };
+        app.metrics.invoked(&matched.component, started.elapsed(), failure);
 
         let output = match result {
             Ok(output) => output,
@@ -224,11 +197,8 @@ fn guest_request(
     merchant: i64,
 ) -> http::Request<Full<Bytes>> {
     let mut headers = parts.headers;
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(HOST_HEADER_PREFIX))
-        .cloned()
-        .collect();
+    let forged: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with(HOST_HEADER_PREFIX)).cloned().collect();
     for name in forged {
         headers.remove(name);
     }
@@ -242,6 +212,16 @@ fn guest_request(
     for (name, value) in &matched.params {
         set(format!("payfn-param-{name}"), value);
     }
+    // W3C trace context: the caller's if well formed, else a new trace.
+    let traceparent =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
+    if traceparent.is_none() {
+        let ids: [u8; 24] = rand::random();
+        let value = format!("00-{}-{}-01", hex::encode(&ids[..16]), hex::encode(&ids[16..]));
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert("traceparent", value);
+        }
+    }
     if !headers.contains_key("host") {
         headers.insert("host", HeaderValue::from_static("localhost"));
     }
@@ -250,6 +230,15 @@ fn guest_request(
     *request.uri_mut() = parts.uri;
     *request.headers_mut() = headers;
     request
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(parts.as_slice(), [v, t, p, f]
+        if hex(v, 2) && *v != "ff" && hex(t, 32) && hex(p, 16) && hex(f, 2)
+            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
 }
 
 fn invoke_error(e: InvokeError, id: &RequestId, component: &str) -> HostError {
@@ -276,6 +265,14 @@ fn invoke_error(e: InvokeError, id: &RequestId, component: &str) -> HostError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "no function instance is free; retry shortly",
+            )
+        }
+        InvokeError::Refused(_) | InvokeError::WrongTrigger => {
+            tracing::error!(request_id = %id.0, component, "{e}");
+            HostError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function_failed",
+                "the function failed; nothing was changed",
             )
         }
     }

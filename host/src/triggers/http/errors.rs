@@ -15,11 +15,7 @@ pub struct HostError {
 
 impl HostError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     /// The response, with `request_id` in the envelope.
@@ -34,9 +30,7 @@ impl HostError {
             "requestId": request_id.0,
         });
         let mut response = (self.status, body.to_string()).into_response();
-        response
-            .headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/json"));
+        response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
         response
     }
 }

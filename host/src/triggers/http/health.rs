@@ -25,13 +25,10 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
         shards.insert(shard.name.clone(), json!(if up { "up" } else { "down" }));
     }
     let kv = app.kv.ping().await;
-    ok &= kv;
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({"status": if ok { "ready" } else { "unavailable" }, "shards": shards, "kv": if kv { "up" } else { "down" }});
+    let events = app.broker.ping().await;
+    ok &= kv && events;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({"status": if ok { "ready" } else { "unavailable" }, "shards": shards, "kv": if kv { "up" } else { "down" }, "events": if events { "up" } else { "down" }});
     (status, Json(body)).into_response()
 }
 

@@ -66,9 +66,7 @@ pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn unavailable(e: impl std::fmt::Debug) -> HostError {
@@ -89,10 +87,7 @@ pub async fn begin(
     lock_ttl: Duration,
 ) -> Result<Outcome, HostError> {
     let lock_key = host_key("idem", &[&merchant_id.to_string(), &key]);
-    let locked = kv
-        .set_nx(&lock_key, Vec::new(), lock_ttl)
-        .await
-        .map_err(unavailable)?;
+    let locked = kv.set_nx(&lock_key, Vec::new(), lock_ttl).await.map_err(unavailable)?;
     if !locked {
         return Err(HostError::new(
             StatusCode::CONFLICT,
@@ -100,12 +95,7 @@ pub async fn begin(
             "a request with this Idempotency-Key is still being processed",
         ));
     }
-    let claim = Claim {
-        merchant_id,
-        key,
-        fingerprint,
-        lock_key,
-    };
+    let claim = Claim { merchant_id, key, fingerprint, lock_key };
     let found = match lookup(shard, &claim).await {
         Ok(found) => found,
         Err(e) => {
@@ -149,26 +139,17 @@ async fn lookup(shard: &Shard, claim: &Claim) -> Result<Option<(String, u16, Vec
         return Ok(None);
     };
     match row.as_slice() {
-        [Value::Text(fp), Value::Int64(status), Value::Blob(body)] => Ok(Some((
-            fp.clone(),
-            u16::try_from(*status).unwrap_or(200),
-            body.clone(),
-        ))),
-        other => Err(unavailable(format!(
-            "malformed idempotency record {other:?}"
-        ))),
+        [Value::Text(fp), Value::Int64(status), Value::Blob(body)] => {
+            Ok(Some((fp.clone(), u16::try_from(*status).unwrap_or(200), body.clone())))
+        }
+        other => Err(unavailable(format!("malformed idempotency record {other:?}"))),
     }
 }
 
 impl Claim {
     /// Writes the record in the invocation's transaction (an expired record
     /// under the same key is replaced).
-    pub async fn record(
-        &self,
-        tx: &mut ShardTx,
-        status: StatusCode,
-        body: &[u8],
-    ) -> Result<(), SqlError> {
+    pub async fn record(&self, tx: &mut ShardTx, status: StatusCode, body: &[u8]) -> Result<(), SqlError> {
         let now = now_ms();
         tx.execute(
             "DELETE FROM idempotency_keys WHERE merchant_id = ? AND idempotency_key = ? AND created_at_ms < ?",

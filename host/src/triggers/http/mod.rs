@@ -26,6 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
+use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
 use crate::engine::{Engine, LoadedComponent};
@@ -58,8 +59,9 @@ pub struct App {
     pub engine: Engine,
     pub components: HashMap<String, Arc<LoadedComponent>>,
     pub routes: RouteTable,
-    pub shards: ShardSet,
+    pub shards: Arc<ShardSet>,
     pub kv: Kv,
+    pub broker: Broker,
     pub keys: KeyRing,
     pub config: HttpConfig,
     pub metrics: Metrics,

@@ -39,28 +39,17 @@ impl Default for RateLimitConfig {
     /// The seed's limits: authorize and capture 30,000 and refund 15,000
     /// per 60 s.
     fn default() -> Self {
-        let components = [
-            ("authorize", 30_000),
-            ("capture", 30_000),
-            ("refund", 15_000),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        Self {
-            window_secs: 60,
-            default_capacity: 30_000,
-            components,
-        }
+        let components = [("authorize", 30_000), ("capture", 30_000), ("refund", 15_000)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        Self { window_secs: 60, default_capacity: 30_000, components }
     }
 }
 
 impl RateLimitConfig {
     pub fn capacity_for(&self, component: &str) -> u64 {
-        self.components
-            .get(component)
-            .copied()
-            .unwrap_or(self.default_capacity)
+        self.components.get(component).copied().unwrap_or(self.default_capacity)
     }
 }
 
@@ -90,25 +79,11 @@ pub async fn layer(State(app): State<Arc<App>>, request: Request, next: Next) ->
     let config = &app.config.rate_limits;
     let limit = config.capacity_for(&matched.component);
     let window_secs = config.window_secs.max(1);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let index = now / window_secs;
     let reset_secs = (index + 1) * window_secs - now;
-    let key = host_key(
-        "rl",
-        &[
-            &matched.component,
-            &merchant.to_string(),
-            &index.to_string(),
-        ],
-    );
-    let count = match app
-        .kv
-        .incr(&key, 1, Some(Duration::from_secs(window_secs + 1)))
-        .await
-    {
+    let key = host_key("rl", &[&matched.component, &merchant.to_string(), &index.to_string()]);
+    let count = match app.kv.incr(&key, 1, Some(Duration::from_secs(window_secs + 1))).await {
         Ok(n) => u64::try_from(n).unwrap_or(0),
         Err(e) => {
             // Fail open: an unreachable limiter must not take payments down.
@@ -116,12 +91,8 @@ pub async fn layer(State(app): State<Arc<App>>, request: Request, next: Next) ->
             return next.run(request).await;
         }
     };
-    let window = Window {
-        limit,
-        remaining: limit.saturating_sub(count),
-        reset_secs,
-        allowed: count <= limit,
-    };
+    let window =
+        Window { limit, remaining: limit.saturating_sub(count), reset_secs, allowed: count <= limit };
     let mut response = if window.allowed {
         next.run(request).await
     } else {
@@ -129,9 +100,7 @@ pub async fn layer(State(app): State<Arc<App>>, request: Request, next: Next) ->
         let message = format!("more than {limit} requests in {window_secs} s to this route");
         let mut response = HostError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
             .respond(&RequestId::of(&request));
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(reset_secs));
+        response.headers_mut().insert("retry-after", HeaderValue::from(reset_secs));
         response
     };
     window.write_headers(response.headers_mut());

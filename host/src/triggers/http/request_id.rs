@@ -22,10 +22,6 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
 impl RequestId {
     /// The id the outer layer gave `request`.
     pub fn of<B>(request: &axum::http::Request<B>) -> RequestId {
-        request
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or(RequestId(String::new()))
+        request.extensions().get::<RequestId>().cloned().unwrap_or(RequestId(String::new()))
     }
 }

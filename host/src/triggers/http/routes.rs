@@ -32,9 +32,7 @@ impl RouteTable {
             let pattern = route_pattern(&trigger.route)?;
             router
                 .insert(pattern, trigger.component.clone())
-                .with_context(|| {
-                    format!("route `{}` conflicts with another route", trigger.route)
-                })?;
+                .with_context(|| format!("route `{}` conflicts with another route", trigger.route))?;
         }
         Ok(Self { router })
     }
@@ -43,11 +41,7 @@ impl RouteTable {
         let found = self.router.at(path).ok()?;
         Some(Matched {
             component: found.value.clone(),
-            params: found
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            params: found.params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         })
     }
 }
@@ -60,12 +54,8 @@ pub async fn layer(State(app): State<Arc<App>>, mut request: Request, next: Next
         }
         None => {
             let id = RequestId::of(&request);
-            HostError::new(
-                StatusCode::NOT_FOUND,
-                "route_not_found",
-                "no route matches this path",
-            )
-            .respond(&id)
+            HostError::new(StatusCode::NOT_FOUND, "route_not_found", "no route matches this path")
+                .respond(&id)
         }
     }
 }

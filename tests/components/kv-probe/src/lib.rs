@@ -9,37 +9,18 @@ use serde_json::{json, Value};
 payfn_sdk::http_step!(handle);
 
 fn handle(req: &Request) -> Result<Response, ApiError> {
-    let body: Value =
-        serde_json::from_slice(&req.body).map_err(|e| ApiError::invalid_json(e.to_string()))?;
-    let field = |name: &str| {
-        body.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let body: Value = serde_json::from_slice(&req.body).map_err(|e| ApiError::invalid_json(e.to_string()))?;
+    let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
     let key = field("key");
     let result = match field("op").as_str() {
         "get" => json!(kv::get(&key)?.map(|v| String::from_utf8_lossy(&v).into_owned())),
         "set" => {
-            kv::set(
-                &key,
-                field("value").as_bytes(),
-                body.get("ttlMs").and_then(Value::as_u64),
-            )?;
+            kv::set(&key, field("value").as_bytes(), body.get("ttlMs").and_then(Value::as_u64))?;
             json!(null)
         }
-        "incr" => json!(kv::incr(
-            &key,
-            body.get("delta").and_then(Value::as_i64).unwrap_or(1)
-        )?),
+        "incr" => json!(kv::incr(&key, body.get("delta").and_then(Value::as_i64).unwrap_or(1))?),
         "delete" => json!(kv::delete(&key)?),
-        other => {
-            return Err(ApiError::invalid_field(
-                "invalid_field",
-                "op",
-                format!("unknown op `{other}`"),
-            ))
-        }
+        other => return Err(ApiError::invalid_field("invalid_field", "op", format!("unknown op `{other}`"))),
     };
     log::info(&format!("kv-probe {} {key} -> {result}", field("op")));
     Ok(Response::json(200, &json!({ "result": result })))

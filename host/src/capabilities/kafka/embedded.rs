@@ -1,0 +1,240 @@
+//! The embedded event log: what replaces Kafka when no broker is configured.
+//!
+//! Durable (SQLite, WAL, `synchronous = FULL`), partitioned by key hash,
+//! with consumer-group offsets committed explicitly: at-least-once delivery
+//! with the same semantics the Kafka trigger relies on.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+
+use crate::bindings::kafka::{Delivery, Error, Message};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/event-log");
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+pub struct EventLog {
+    path: PathBuf,
+    pool: SqlitePool,
+    partitions: u32,
+}
+
+impl EventLog {
+    pub async fn open(path: &Path, partitions: u32) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { path: path.to_path_buf(), pool, partitions: partitions.max(1) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of `key`: stable across restarts (FNV-1a), so one key's
+    /// records stay in order. Keyless records go to partition 0.
+    fn partition_for(&self, key: Option<&[u8]>) -> i32 {
+        let Some(key) = key else { return 0 };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % u64::from(self.partitions)) as i32
+    }
+
+    /// Appends all messages in one transaction: all acknowledged or none.
+    pub async fn produce(&self, messages: Vec<Message>) -> Vec<Result<Delivery, Error>> {
+        let count = messages.len();
+        match self.append(messages).await {
+            Ok(deliveries) => deliveries.into_iter().map(Ok).collect(),
+            Err(e) => (0..count).map(|_| Err(Error::Unavailable(format!("event log: {e}")))).collect(),
+        }
+    }
+
+    async fn append(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, sqlx::Error> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            let partition = self.partition_for(message.key.as_deref());
+            let offset: i64 = sqlx::query_scalar(
+                r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
+            )
+            .bind(&message.topic)
+            .bind(partition)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)"#,
+            )
+            .bind(&message.topic)
+            .bind(partition)
+            .bind(offset)
+            .bind(&message.key)
+            .bind(&message.value)
+            .bind(encode_headers(&message.headers))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            deliveries.push(Delivery { partition, offset });
+        }
+        tx.commit().await?;
+        Ok(deliveries)
+    }
+
+    /// Up to `max` records of one partition from the group's committed position.
+    pub async fn fetch(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        max: u32,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        let rows = sqlx::query(
+            r#"SELECT "offset", key, value, headers FROM records
+               WHERE topic = ? AND partition = ? AND "offset" >= COALESCE(
+                 (SELECT next_offset FROM group_offsets WHERE group_id = ? AND topic = ? AND partition = ?), 0)
+               ORDER BY "offset" LIMIT ?"#,
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Record {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: row.try_get(0)?,
+                    key: row.try_get(1)?,
+                    value: row.try_get(2)?,
+                    headers: decode_headers(&row.try_get::<Vec<u8>, _>(3)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Commits the group's position: the next offset it will read.
+    pub async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?, ?, ?, ?)
+             ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Headers as `[u32 name length][name][u32 value length][value]...`.
+fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_slice()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_headers`]; a truncated tail is dropped.
+fn decode_headers(mut bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let take = |bytes: &mut &[u8]| -> Option<Vec<u8>> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let part = bytes.get(4..4 + len)?.to_vec();
+        *bytes = &bytes[4 + len..];
+        Some(part)
+    };
+    let mut headers = Vec::new();
+    while let (Some(name), Some(value)) = (take(&mut bytes), take(&mut bytes)) {
+        headers.push((String::from_utf8_lossy(&name).into_owned(), value));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(key: &str, value: &str) -> Message {
+        Message {
+            topic: "t".into(),
+            key: Some(key.as_bytes().to_vec()),
+            value: value.as_bytes().to_vec(),
+            headers: vec![("event-id".into(), b"e1".to_vec())],
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_in_order_per_key_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let log = EventLog::open(&path, 4).await.unwrap();
+        let results = log.produce(vec![message("p1", "a"), message("p1", "b"), message("p2", "c")]).await;
+        let deliveries: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(deliveries[0].partition, deliveries[1].partition, "one key, one partition");
+        assert_eq!(deliveries[1].offset, deliveries[0].offset + 1);
+        drop(log);
+
+        let log = EventLog::open(&path, 4).await.unwrap();
+        let p = deliveries[0].partition;
+        let records = log.fetch("g", "t", p, 10).await.unwrap();
+        let values: Vec<_> =
+            records.iter().filter(|r| r.key.as_deref() == Some(b"p1")).map(|r| r.value.clone()).collect();
+        assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(records[0].headers, vec![("event-id".to_string(), b"e1".to_vec())]);
+
+        // Committed positions hold per group.
+        log.commit("g", "t", p, records[0].offset + 1).await.unwrap();
+        assert_eq!(log.fetch("g", "t", p, 10).await.unwrap().len(), records.len() - 1);
+        assert_eq!(log.fetch("other", "t", p, 10).await.unwrap().len(), records.len());
+    }
+}

@@ -1,0 +1,92 @@
+//! The timer trigger (`[[trigger.timer]]`): runs a component every
+//! `interval_ms`, once per shard, each firing inside a write transaction on
+//! that shard that commits only if the component returns `ok`.
+//!
+//! Firings of one (trigger, shard) never overlap: the next starts
+//! `interval_ms` after the previous one ended.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
+use crate::capabilities::kafka::Broker;
+use crate::capabilities::kv::Kv;
+use crate::capabilities::sql::{Shard, SqlState};
+use crate::engine::{Bindings, Engine, LoadedComponent};
+use crate::manifest::TimerTrigger;
+use crate::metrics::Metrics;
+
+/// What every firing needs.
+#[derive(Clone)]
+pub struct TimerContext {
+    pub engine: Engine,
+    pub kv: Kv,
+    pub broker: Broker,
+    pub metrics: Metrics,
+}
+
+/// Starts one task per shard for `trigger`; they run until the process ends.
+pub fn start(
+    context: &TimerContext,
+    trigger: &TimerTrigger,
+    component: Arc<LoadedComponent>,
+    shards: impl Iterator<Item = Arc<Shard>>,
+) {
+    for shard in shards {
+        let context = context.clone();
+        let component = component.clone();
+        let interval = Duration::from_millis(trigger.interval_ms);
+        let batch_size = trigger.batch_size;
+        tokio::spawn(async move {
+            let mut firing: u64 = 0;
+            loop {
+                tokio::time::sleep(interval).await;
+                firing += 1;
+                fire(&context, &component, &shard, batch_size, firing).await;
+            }
+        });
+    }
+}
+
+async fn fire(
+    context: &TimerContext,
+    component: &LoadedComponent,
+    shard: &Shard,
+    batch_size: u32,
+    firing: u64,
+) {
+    let name = &component.spec.name;
+    let tx = match shard.begin(true).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: shard unavailable; skipping this firing");
+            return;
+        }
+    };
+    let bindings = Bindings {
+        request_id: format!("timer:{name}:{}:{firing}", shard.name),
+        sql: SqlState { shard: shard.name.clone(), dialect: shard.dialect(), tx: Some(tx) },
+        kv: context.kv.clone(),
+        broker: Some(context.broker.clone()),
+    };
+    let tick = Tick { shard: shard.name.clone(), batch_size };
+    let started = Instant::now();
+    let (result, tx) = context.engine.invoke_timer(component, bindings, tick).await;
+    context.metrics.invoked(name, started.elapsed(), result.as_ref().err().map(|e| e.kind()));
+    match (result, tx) {
+        (Ok(report), Some(tx)) => match tx.commit().await {
+            Ok(()) if report.is_empty() => {}
+            Ok(()) => tracing::debug!(component = %name, shard = %shard.name, "{report}"),
+            Err(e) => {
+                tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: commit failed")
+            }
+        },
+        (Ok(_), None) => {}
+        (Err(e), tx) => {
+            if let Some(tx) = tx {
+                tx.rollback().await;
+            }
+            tracing::warn!(component = %name, shard = %shard.name, "timer firing rolled back: {e}");
+        }
+    }
+}
