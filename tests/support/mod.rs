@@ -86,10 +86,15 @@ impl Host {
         Self::spawn(dir)
     }
 
-    /// Stops this host and starts a new one on the same app directory.
-    pub fn restart(mut self) -> Host {
+    /// Kills the host process (SIGKILL), keeping its app directory.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills this host (SIGKILL) and starts a new one on the same app directory.
+    pub fn restart(mut self) -> Host {
+        self.kill();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
         Self::spawn(dir)
     }
@@ -332,4 +337,83 @@ pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
         assert_eq!(orphans, 0, "{shard}: outbox events without a payment");
         db.close().await;
     }
+}
+
+impl Host {
+    /// A connection to the embedded event log.
+    pub async fn events(&self) -> sqlx::SqlitePool {
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.dir.path().join(".payfn/events.db"));
+        sqlx::SqlitePool::connect_with(options).await.expect("open events.db")
+    }
+}
+
+/// Polls `check` until it returns true or `limit` passes; panics with
+/// `what` on timeout. Asynchronous effects get bounded waits, never sleeps.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Per (merchant, currency): captured and refunded totals and counts, as the
+/// payments tables of `shards` show them.
+pub async fn expected_settlements(host: &Host, shards: &[&str]) -> Vec<(i64, String, i64, i64, i64, i64)> {
+    let mut all = Vec::new();
+    for shard in shards {
+        let db = host.shard(shard).await;
+        let rows: Vec<(i64, String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT p.merchant_id, p.currency, SUM(p.captured_amount), \
+                    (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.merchant_id = p.merchant_id), \
+                    SUM(CASE WHEN p.captured_amount > 0 THEN 1 ELSE 0 END), \
+                    (SELECT COUNT(*) FROM refunds r WHERE r.merchant_id = p.merchant_id) \
+             FROM payments p WHERE p.captured_amount > 0 GROUP BY p.merchant_id, p.currency ORDER BY p.merchant_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        all.extend(rows);
+        db.close().await;
+    }
+    all.sort();
+    all
+}
+
+/// The same figures from the settlement rows of `shards`.
+pub async fn actual_settlements(host: &Host, shards: &[&str]) -> Vec<(i64, String, i64, i64, i64, i64)> {
+    let mut all = Vec::new();
+    for shard in shards {
+        let db = host.shard(shard).await;
+        let rows: Vec<(i64, String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT merchant_id, currency, SUM(gross_captured), SUM(refunded), SUM(capture_count), SUM(refund_count) \
+             FROM settlements GROUP BY merchant_id, currency ORDER BY merchant_id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        all.extend(rows);
+        db.close().await;
+    }
+    all.sort();
+    all
+}
+
+/// Rows of the outbox of `shards` not yet published (dead-lettered included).
+pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
+    let mut n = 0;
+    for shard in shards {
+        let db = host.shard(shard).await;
+        n += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published = 0")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    n
 }

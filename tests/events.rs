@@ -1,0 +1,158 @@
+//! The asynchronous half on the embedded event log: outbox -> relay -> log
+//! -> Kafka trigger -> settlement, with nothing lost and nothing counted twice.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use support::{
+    actual_settlements, assert_money_invariants, expected_settlements, unpublished, wait_for, Host,
+};
+
+const SHARDS: &[&str] = &["shard-1", "shard-2"];
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Takes payments for merchants 1-4 (both shards): captures, partial
+/// refunds, a void and a decline each.
+async fn take_payments(host: &Host, rounds: i64) {
+    join_all((1..=4).map(|merchant| async move {
+        let m = host.merchant(merchant);
+        for i in 0..rounds {
+            let id = m.authorize(10_000 + i).await;
+            assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":9000}"#).await.status, 200);
+            assert_eq!(m.post(&format!("/payments/{id}/refund"), r#"{"amount":1500}"#).await.status, 200);
+            if i % 2 == 0 {
+                assert_eq!(m.post(&format!("/payments/{id}/refund"), "{}").await.status, 200);
+            }
+            let voided = m.authorize(700).await;
+            assert_eq!(m.post(&format!("/payments/{voided}/void"), "{}").await.status, 200);
+        }
+        m.post("/payments/authorize", r#"{"amount":5000000000,"currency":"KRW"}"#).await;
+    }))
+    .await;
+}
+
+async fn settled(host: &Host) -> bool {
+    unpublished(host, SHARDS).await == 0
+        && expected_settlements(host, SHARDS).await == actual_settlements(host, SHARDS).await
+}
+
+#[tokio::test]
+async fn every_event_is_published_once_and_settled_once() {
+    let host = Host::start();
+    take_payments(&host, 5).await;
+    wait_for(SETTLE, "the outbox to drain and settlements to match the payments", || settled(&host)).await;
+
+    // Each outbox row reached the log exactly once, keyed by payment id.
+    let log = host.events().await;
+    let (records, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT value) FROM records WHERE topic = 'payments'")
+            .fetch_one(&log)
+            .await
+            .unwrap();
+    assert_eq!(records, distinct, "no event published twice");
+    let mut outbox_rows = 0;
+    for shard in SHARDS {
+        let db = host.shard(shard).await;
+        outbox_rows +=
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(&db).await.unwrap();
+    }
+    // settlement.updated events are published too, once the relay catches up.
+    wait_for(SETTLE, "settlement.updated events to be published", || async {
+        unpublished(&host, SHARDS).await == 0
+    })
+    .await;
+    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE topic = 'payments'")
+        .fetch_one(&log)
+        .await
+        .unwrap();
+    assert!(records >= outbox_rows, "{records} records for {outbox_rows} outbox rows");
+
+    // The API serves the same totals, fee included.
+    let m = host.merchant(1);
+    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string()[..10].to_string();
+    let body = m.get(&format!("/settlements?date={today}")).await.json();
+    let krw = &body["currencies"][0];
+    assert_eq!(krw["currency"], "KRW");
+    assert_eq!(krw["grossCaptured"], 5 * 9000);
+    assert_eq!(krw["refunded"], 5 * 1500 + 3 * 7500);
+    assert_eq!(krw["fee"], (5 * 9000 * 250 + 5000) / 10_000);
+    assert_eq!(krw["net"], 5 * 9000 - (5 * 1500 + 3 * 7500) - (5 * 9000 * 250 + 5000) / 10_000);
+    m.get("/settlements?date=2026-13-01").await.assert_error(400, "invalid_date");
+    m.get("/settlements").await.assert_error(400, "missing_field");
+    assert_eq!(m.get("/settlements?date=2001-01-01").await.json()["currencies"], serde_json::json!([]));
+
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+#[tokio::test]
+async fn redelivered_events_change_nothing() {
+    let host = Host::start();
+    take_payments(&host, 3).await;
+    wait_for(SETTLE, "settlement", || settled(&host)).await;
+    let before = actual_settlements(&host, SHARDS).await;
+
+    // Rewind the settlement group to the beginning: every event comes again.
+    let mut host = host;
+    host.kill();
+    let log = host.events().await;
+    sqlx::query("UPDATE group_offsets SET next_offset = 0 WHERE group_id = 'settlement'")
+        .execute(&log)
+        .await
+        .unwrap();
+    log.close().await;
+    let host = host.restart();
+    let log = host.events().await;
+    wait_for(SETTLE, "the rewound group to catch up again", || async {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM records r WHERE r.topic = 'payments' AND r.\"offset\" >= COALESCE( \
+               (SELECT next_offset FROM group_offsets g WHERE g.group_id = 'settlement' \
+                AND g.topic = r.topic AND g.partition = r.partition), 0)",
+        )
+        .fetch_one(&log)
+        .await
+        .unwrap();
+        behind == 0
+    })
+    .await;
+    assert_eq!(actual_settlements(&host, SHARDS).await, before, "replays must change nothing");
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
+    let host = Host::start();
+    let log = host.events().await;
+    // No event id, no merchant: can never be handled.
+    sqlx::query(
+        "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
+         VALUES ('payments', 0, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = 0), \
+                 NULL, X'7B7D', X'', 0)",
+    )
+    .execute(&log)
+    .await
+    .unwrap();
+    take_payments(&host, 2).await;
+    wait_for(SETTLE, "settlement after the poison event", || settled(&host)).await;
+
+    let dead: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT headers FROM records WHERE topic = 'payments.dlq'")
+        .fetch_all(&log)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "exactly the poison event is dead-lettered");
+    assert!(String::from_utf8_lossy(&dead[0].0).contains("no event-id header"));
+    let metrics = host.metrics().await;
+    assert!(metrics.contains(r#"payfn_events_dead_lettered_total{component="settlement"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
+    let host = Host::start();
+    take_payments(&host, 2).await;
+    // Kill mid-flow: payments taken, relay and settlement still catching up.
+    let host = host.restart();
+    take_payments(&host, 2).await;
+    let host = host.restart();
+    wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host)).await;
+    assert_money_invariants(&host, SHARDS).await;
+}
