@@ -156,3 +156,34 @@ async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
     wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host)).await;
     assert_money_invariants(&host, SHARDS).await;
 }
+
+#[tokio::test]
+async fn stale_authorizations_expire_through_the_void_path() {
+    let manifest = support::manifest("")
+        .replace(r#"MAX_AGE_SECS = "604800""#, r#"MAX_AGE_SECS = "2""#)
+        .replace("interval_ms = 60000", "interval_ms = 200");
+    let host = Host::start_with(&manifest, "");
+    let m = host.merchant(1);
+    let captured = m.authorize(1000).await;
+    assert_eq!(m.post(&format!("/payments/{captured}/capture"), "{}").await.status, 200);
+    let stale: Vec<String> = join_all((0..3).map(|_| m.authorize(500))).await;
+
+    wait_for(SETTLE, "stale authorizations to expire", || async {
+        let paths: Vec<String> = stale.iter().map(|id| format!("/payments/{id}")).collect();
+        join_all(paths.iter().map(|path| m.get(path))).await.iter().all(|p| p.json()["status"] == "VOIDED")
+    })
+    .await;
+    assert_eq!(m.get(&format!("/payments/{captured}")).await.json()["status"], "CAPTURED");
+    // Capturing after the expiry loses cleanly.
+    m.post(&format!("/payments/{}/capture", stale[0]), "{}").await.assert_error(409, "invalid_state");
+
+    let db = host.shard("shard-2").await;
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT json_extract(payload, '$.data.reason') FROM outbox WHERE event_type = 'payment.voided'",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(reasons, vec!["expired"; 3]);
+    assert_money_invariants(&host, SHARDS).await;
+}

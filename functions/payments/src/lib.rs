@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod model;
 pub mod money;
 pub mod settlement;
+pub mod steps;
 pub mod store;
 
 pub use model::{Payment, Refund, Status};
