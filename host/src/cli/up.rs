@@ -87,6 +87,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             trigger.interval_ms, trigger.component, trigger.batch_size
         );
     }
+    // Every topic a component may write or a trigger reads, and the dead-letter topics.
+    let mut topics: Vec<String> = manifest.components.values().flat_map(|c| c.kafka_topics.clone()).collect();
+    for trigger in &manifest.kafka_triggers {
+        for topic in &trigger.topics {
+            topics.push(topic.clone());
+            topics.push(kafka::dead_letter_topic(trigger, topic));
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    broker.ensure_topics(&topics).await?;
     let consumers = KafkaContext {
         engine: engine.clone(),
         kv: kv.clone(),
@@ -96,7 +107,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     for trigger in &manifest.kafka_triggers {
         let component = components.get(&trigger.component).cloned().context("kafka component not loaded")?;
-        kafka::start(&consumers, trigger, component);
+        kafka::start(&consumers, trigger, component)?;
         eprintln!(
             "  kafka           {} (group {}) -> {}",
             trigger.topics.join(", "),

@@ -15,17 +15,15 @@ use std::time::{Duration, Instant};
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
 use crate::bindings::kafka::Message;
 use crate::bindings::sql::Value;
-use crate::capabilities::kafka::{Broker, Record};
+use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{ShardSet, SqlState};
 use crate::engine::{Bindings, Engine, LoadedComponent};
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
 
-/// Records fetched per poll of one partition.
-const FETCH_MAX: u32 = 100;
-/// Pause when a partition has nothing new.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Pause after a failed fetch or commit.
+const BACKOFF: Duration = Duration::from_secs(1);
 /// First retry delay of a failing record; doubles per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(100);
 
@@ -39,28 +37,22 @@ pub struct KafkaContext {
     pub metrics: Metrics,
 }
 
-/// Starts one consumer task per topic partition of `trigger`.
-pub fn start(context: &KafkaContext, trigger: &KafkaTrigger, component: Arc<LoadedComponent>) {
-    for topic in &trigger.topics {
-        for partition in 0..context.broker.partitions(topic) as i32 {
-            let consumer = Consumer {
-                context: context.clone(),
-                trigger: trigger.clone(),
-                component: component.clone(),
-                topic: topic.clone(),
-                partition,
-            };
-            tokio::spawn(consumer.run());
-        }
-    }
+/// Starts the consumer task of `trigger`.
+pub fn start(
+    context: &KafkaContext,
+    trigger: &KafkaTrigger,
+    component: Arc<LoadedComponent>,
+) -> anyhow::Result<()> {
+    let subscription = context.broker.subscribe(&trigger.group, &trigger.topics)?;
+    let consumer = Consumer { context: context.clone(), trigger: trigger.clone(), component };
+    tokio::spawn(consumer.run(subscription));
+    Ok(())
 }
 
 struct Consumer {
     context: KafkaContext,
     trigger: KafkaTrigger,
     component: Arc<LoadedComponent>,
-    topic: String,
-    partition: i32,
 }
 
 /// What became of one record.
@@ -70,30 +62,23 @@ enum Handled {
 }
 
 impl Consumer {
-    async fn run(self) {
-        let broker = &self.context.broker;
-        let group = &self.trigger.group;
+    async fn run(self, mut subscription: Subscription) {
         loop {
-            let records = match broker.fetch(group, &self.topic, self.partition, FETCH_MAX).await {
+            let records = match subscription.next_batch().await {
                 Ok(records) => records,
                 Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, "fetch failed: {e}");
-                    tokio::time::sleep(IDLE_POLL * 10).await;
+                    tracing::warn!(group = %self.trigger.group, "consume failed: {e}");
+                    tokio::time::sleep(BACKOFF).await;
                     continue;
                 }
             };
-            if records.is_empty() {
-                tokio::time::sleep(IDLE_POLL).await;
-                continue;
-            }
             for record in records {
                 self.deliver(&record).await;
                 // The effect is committed (or dead-lettered): move on. Retried
                 // until it sticks; a replay after a crash here is a duplicate.
-                while let Err(e) = broker.commit(group, &self.topic, self.partition, record.offset + 1).await
-                {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, "offset commit failed: {e}");
-                    tokio::time::sleep(IDLE_POLL * 10).await;
+                while let Err(e) = subscription.commit(&record).await {
+                    tracing::warn!(topic = %record.topic, partition = record.partition, "offset commit failed: {e}");
+                    tokio::time::sleep(BACKOFF).await;
                 }
             }
         }
@@ -112,7 +97,7 @@ impl Consumer {
                 }
                 Err(Failure::Retry(e)) => {
                     tracing::warn!(
-                        component = %self.component.spec.name, topic = %self.topic, offset = record.offset,
+                        component = %self.component.spec.name, topic = %record.topic, offset = record.offset,
                         attempt, "event failed: {e}"
                     );
                     last_error = e;
@@ -194,7 +179,7 @@ impl Consumer {
     }
 
     async fn dead_letter(&self, record: &Record, error: &str) {
-        let topic = self.trigger.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic));
+        let topic = dead_letter_topic(&self.trigger, &record.topic);
         let mut headers = record.headers.clone();
         headers.push(("dlq-error".into(), error.as_bytes().to_vec()));
         headers.push((
@@ -210,12 +195,12 @@ impl Consumer {
                 Some(Ok(_)) => break,
                 other => {
                     tracing::warn!(topic = %topic, "dead-letter produce failed ({other:?}); retrying");
-                    tokio::time::sleep(IDLE_POLL * 10).await;
+                    tokio::time::sleep(BACKOFF).await;
                 }
             }
         }
         tracing::error!(
-            component = %self.component.spec.name, source_topic = %self.topic, offset = record.offset,
+            component = %self.component.spec.name, source_topic = %record.topic, offset = record.offset,
             dead_letter_topic = %topic, "event dead-lettered: {error}"
         );
     }
@@ -227,4 +212,9 @@ enum Failure {
     Retry(String),
     /// Can never succeed (no event id, no merchant): dead-lettered at once.
     Poison(String),
+}
+
+/// Where `trigger` sends records of `topic` that cannot be handled.
+pub fn dead_letter_topic(trigger: &KafkaTrigger, topic: &str) -> String {
+    trigger.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}.dlq"))
 }

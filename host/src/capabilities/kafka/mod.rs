@@ -1,19 +1,25 @@
-//! `kafka`: produce to the configured broker, only to granted topics.
+//! `kafka`: produce to the configured broker, only to granted topics; and the
+//! consumer side the Kafka trigger reads through.
 //!
 //! Backends: the embedded event log (durable SQLite file under the state
-//! directory; the default) and, in production, Kafka through rdkafka. The
-//! relay and the Kafka trigger use the same [`Broker`] handle whatever the
-//! backend.
+//! directory; the default) and Kafka through rdkafka. The relay, the Kafka
+//! trigger and the components use the same [`Broker`] and [`Subscription`]
+//! whatever the backend.
 
+mod breaker;
 mod embedded;
 mod host;
+mod rdkafka;
 pub mod runtime_config;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Capability;
+use crate::bindings::kafka::{Delivery, Error, Message};
 pub use embedded::{EventLog, Record};
+use rdkafka::{KafkaBroker, KafkaSubscription};
 use runtime_config::KafkaConfig;
 
 /// The registry entry.
@@ -25,86 +31,122 @@ pub const CAPABILITY: Capability = Capability {
     },
 };
 
+/// How long an idle embedded subscription waits before polling again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Records an embedded subscription fetches from one partition at a time.
+const FETCH_MAX: u32 = 100;
+
 /// The shared broker handle, cheap to clone.
 #[derive(Clone)]
 pub struct Broker(Arc<Backend>);
 
 enum Backend {
-    Embedded(EventLog),
+    Embedded(Arc<EventLog>),
+    Kafka(KafkaBroker),
 }
 
 impl Broker {
     /// Opens the backend the runtime config names.
     pub async fn from_config(config: &KafkaConfig, state_dir: &Path) -> anyhow::Result<Self> {
-        match config {
+        let backend = match config {
             KafkaConfig::Embedded { path, partitions } => {
                 let path = match path {
                     Some(p) if p.is_absolute() => p.clone(),
                     Some(p) => state_dir.join(p),
                     None => state_dir.join("events.db"),
                 };
-                Ok(Broker(Arc::new(Backend::Embedded(EventLog::open(&path, *partitions).await?))))
+                Backend::Embedded(Arc::new(EventLog::open(&path, *partitions).await?))
             }
-        }
+            KafkaConfig::Kafka { brokers, settings, partitions } => {
+                Backend::Kafka(KafkaBroker::connect(brokers, settings, *partitions)?)
+            }
+        };
+        Ok(Broker(Arc::new(backend)))
     }
 
     pub fn describe(&self) -> String {
         match &*self.0 {
             Backend::Embedded(log) => format!("embedded event log {}", log.path().display()),
+            Backend::Kafka(kafka) => format!("kafka {}", kafka.brokers()),
         }
     }
 
-    /// Appends messages; one result per message, in order.
-    pub async fn produce(
-        &self,
-        messages: Vec<crate::bindings::kafka::Message>,
-    ) -> Vec<Result<crate::bindings::kafka::Delivery, crate::bindings::kafka::Error>> {
+    /// Makes sure `topics` exist (Kafka: created with the configured
+    /// partitions; the embedded log needs nothing).
+    pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
+        match &*self.0 {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Kafka(kafka) => kafka.ensure_topics(topics).await,
+        }
+    }
+
+    /// Produces messages; one result per message, in order.
+    pub async fn produce(&self, messages: Vec<Message>) -> Vec<Result<Delivery, Error>> {
         match &*self.0 {
             Backend::Embedded(log) => log.produce(messages).await,
+            Backend::Kafka(kafka) => kafka.produce(messages).await,
         }
     }
 
-    /// Partitions of `topic` a consumer group reads.
-    pub fn partitions(&self, _topic: &str) -> u32 {
-        match &*self.0 {
-            Backend::Embedded(log) => log.partitions(),
-        }
-    }
-
-    /// Up to `max` records of one partition from `group`'s committed position.
-    pub async fn fetch(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        max: u32,
-    ) -> Result<Vec<Record>, String> {
-        match &*self.0 {
+    /// A consumer of `topics` as `group`, reading from the group's committed position.
+    pub fn subscribe(&self, group: &str, topics: &[String]) -> anyhow::Result<Subscription> {
+        Ok(match &*self.0 {
             Backend::Embedded(log) => {
-                log.fetch(group, topic, partition, max).await.map_err(|e| e.to_string())
+                let partitions = (0..log.partitions() as i32)
+                    .flat_map(|p| topics.iter().map(move |t| (t.clone(), p)))
+                    .collect();
+                Subscription::Embedded { log: log.clone(), group: group.to_string(), partitions, next: 0 }
             }
-        }
+            Backend::Kafka(kafka) => Subscription::Kafka(kafka.subscribe(group, topics)?),
+        })
     }
 
-    /// Commits `group`'s position in one partition: the next offset to read.
-    pub async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
-    ) -> Result<(), String> {
-        match &*self.0 {
-            Backend::Embedded(log) => {
-                log.commit(group, topic, partition, next_offset).await.map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    /// Whether the broker answers (readiness).
+    /// Whether the broker answers (readiness). For Kafka: the breaker is closed.
     pub async fn ping(&self) -> bool {
         match &*self.0 {
             Backend::Embedded(log) => log.ping().await,
+            Backend::Kafka(_) => true,
+        }
+    }
+}
+
+/// A group consumer: records in per-partition order; the position moves only
+/// by [`Subscription::commit`].
+pub enum Subscription {
+    Embedded { log: Arc<EventLog>, group: String, partitions: Vec<(String, i32)>, next: usize },
+    Kafka(KafkaSubscription),
+}
+
+impl Subscription {
+    /// The next records to handle, in order; waits while there are none.
+    pub async fn next_batch(&mut self) -> Result<Vec<Record>, String> {
+        match self {
+            Subscription::Embedded { log, group, partitions, next } => {
+                // Round-robin over partitions so none starves.
+                for _ in 0..partitions.len() {
+                    let (topic, partition) = &partitions[*next % partitions.len()];
+                    *next = (*next + 1) % partitions.len();
+                    let records =
+                        log.fetch(group, topic, *partition, FETCH_MAX).await.map_err(|e| e.to_string())?;
+                    if !records.is_empty() {
+                        return Ok(records);
+                    }
+                }
+                tokio::time::sleep(IDLE_POLL).await;
+                Ok(Vec::new())
+            }
+            Subscription::Kafka(kafka) => Ok(vec![kafka.next().await?]),
+        }
+    }
+
+    /// Moves the group's position past `record`.
+    pub async fn commit(&self, record: &Record) -> Result<(), String> {
+        match self {
+            Subscription::Embedded { log, group, .. } => log
+                .commit(group, &record.topic, record.partition, record.offset + 1)
+                .await
+                .map_err(|e| e.to_string()),
+            Subscription::Kafka(kafka) => kafka.commit(record),
         }
     }
 }

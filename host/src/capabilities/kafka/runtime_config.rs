@@ -1,5 +1,6 @@
 //! The `[kafka]` section of the runtime config.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -13,6 +14,18 @@ pub enum KafkaConfig {
         /// Defaults to `events.db` in the state directory.
         path: Option<PathBuf>,
         /// Partitions per topic; a key always maps to the same one.
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+    },
+    /// A Kafka cluster, through librdkafka.
+    Kafka {
+        /// `host:port,host:port`
+        brokers: String,
+        /// Extra librdkafka settings (`security.protocol`, `sasl.*`,
+        /// `message.timeout.ms`...), applied to every client.
+        #[serde(default)]
+        settings: BTreeMap<String, String>,
+        /// Partitions of the topics payfn creates at start.
         #[serde(default = "default_partitions")]
         partitions: u32,
     },
