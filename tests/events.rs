@@ -7,42 +7,17 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use support::{
-    actual_settlements, assert_money_invariants, expected_settlements, unpublished, wait_for, Host,
+    actual_settlements, assert_money_invariants, settled, take_payments, unpublished, wait_for, Host, SHARDS,
 };
 
-const SHARDS: &[&str] = &["shard-1", "shard-2"];
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Takes payments for merchants 1-4 (both shards): captures, partial
-/// refunds, a void and a decline each.
-async fn take_payments(host: &Host, rounds: i64) {
-    join_all((1..=4).map(|merchant| async move {
-        let m = host.merchant(merchant);
-        for i in 0..rounds {
-            let id = m.authorize(10_000 + i).await;
-            assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":9000}"#).await.status, 200);
-            assert_eq!(m.post(&format!("/payments/{id}/refund"), r#"{"amount":1500}"#).await.status, 200);
-            if i % 2 == 0 {
-                assert_eq!(m.post(&format!("/payments/{id}/refund"), "{}").await.status, 200);
-            }
-            let voided = m.authorize(700).await;
-            assert_eq!(m.post(&format!("/payments/{voided}/void"), "{}").await.status, 200);
-        }
-        m.post("/payments/authorize", r#"{"amount":5000000000,"currency":"KRW"}"#).await;
-    }))
-    .await;
-}
-
-async fn settled(host: &Host) -> bool {
-    unpublished(host, SHARDS).await == 0
-        && expected_settlements(host, SHARDS).await == actual_settlements(host, SHARDS).await
-}
 
 #[tokio::test]
 async fn every_event_is_published_once_and_settled_once() {
     let host = Host::start();
     take_payments(&host, 5).await;
-    wait_for(SETTLE, "the outbox to drain and settlements to match the payments", || settled(&host)).await;
+    wait_for(SETTLE, "the outbox to drain and settlements to match the payments", || settled(&host, SHARDS))
+        .await;
 
     // Each outbox row reached the log exactly once, keyed by payment id.
     let log = host.events().await;
@@ -90,7 +65,7 @@ async fn every_event_is_published_once_and_settled_once() {
 async fn redelivered_events_change_nothing() {
     let host = Host::start();
     take_payments(&host, 3).await;
-    wait_for(SETTLE, "settlement", || settled(&host)).await;
+    wait_for(SETTLE, "settlement", || settled(&host, SHARDS)).await;
     let before = actual_settlements(&host, SHARDS).await;
 
     // Rewind the settlement group to the beginning: every event comes again.
@@ -133,7 +108,7 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     .await
     .unwrap();
     take_payments(&host, 2).await;
-    wait_for(SETTLE, "settlement after the poison event", || settled(&host)).await;
+    wait_for(SETTLE, "settlement after the poison event", || settled(&host, SHARDS)).await;
 
     let dead: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT headers FROM records WHERE topic = 'payments.dlq'")
         .fetch_all(&log)
@@ -153,7 +128,7 @@ async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
     let host = host.restart();
     take_payments(&host, 2).await;
     let host = host.restart();
-    wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host)).await;
+    wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host, SHARDS)).await;
     assert_money_invariants(&host, SHARDS).await;
 }
 

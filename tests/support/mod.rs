@@ -65,7 +65,10 @@ pub fn test_component(route: &str, name: &str, wasm: &str, capabilities: &str) -
 /// A running `payfn up`.
 pub struct Host {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// The app directory (manifest, runtime config, `.payfn/`).
+    pub app: PathBuf,
+    /// Owns the app directory of the host that created it.
+    _dir: Option<std::sync::Arc<tempfile::TempDir>>,
     pub base: String,
     pub client: reqwest::Client,
     log: std::sync::Arc<Mutex<String>>,
@@ -83,7 +86,7 @@ impl Host {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
         std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
-        Self::spawn(dir)
+        Self::spawn(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)))
     }
 
     /// Kills the host process (SIGKILL), keeping its app directory.
@@ -95,14 +98,19 @@ impl Host {
     /// Kills this host (SIGKILL) and starts a new one on the same app directory.
     pub fn restart(mut self) -> Host {
         self.kill();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        Self::spawn(dir)
+        Self::spawn(self.app.clone(), self._dir.take())
     }
 
-    fn spawn(dir: tempfile::TempDir) -> Host {
+    /// A second host process on the same app directory (same shard files,
+    /// same broker): what several hosts in production look like.
+    pub fn another(&self) -> Host {
+        Self::spawn(self.app.clone(), self._dir.clone())
+    }
+
+    fn spawn(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>) -> Host {
         let mut child = Command::new(PAYFN)
             .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
-            .arg(dir.path().join("spin.toml"))
+            .arg(app.join("spin.toml"))
             .env_remove("PAYFN_KEY_SECRET")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -131,7 +139,7 @@ impl Host {
             }
         };
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-        Host { child, dir, base: format!("http://{addr}"), client, log }
+        Host { child, app, _dir: dir, base: format!("http://{addr}"), client, log }
     }
 
     /// What the host has written to stderr so far.
@@ -149,7 +157,7 @@ impl Host {
     pub fn key(&self, merchant: i64) -> String {
         let out = Command::new(PAYFN)
             .args(["keys", "issue", "--merchant", &merchant.to_string(), "--manifest"])
-            .arg(self.dir.path().join("spin.toml"))
+            .arg(self.app.join("spin.toml"))
             .env_remove("PAYFN_KEY_SECRET")
             .output()
             .expect("payfn keys issue");
@@ -164,7 +172,7 @@ impl Host {
 
     /// The SQLite file of a shard.
     pub fn shard_db(&self, shard: &str) -> PathBuf {
-        self.dir.path().join(".payfn/shards").join(format!("{shard}.db"))
+        self.app.join(".payfn/shards").join(format!("{shard}.db"))
     }
 
     /// A read-only connection to a shard file.
@@ -342,8 +350,7 @@ pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
 impl Host {
     /// A connection to the embedded event log.
     pub async fn events(&self) -> sqlx::SqlitePool {
-        let options =
-            sqlx::sqlite::SqliteConnectOptions::new().filename(self.dir.path().join(".payfn/events.db"));
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(self.app.join(".payfn/events.db"));
         sqlx::SqlitePool::connect_with(options).await.expect("open events.db")
     }
 }
@@ -413,6 +420,179 @@ pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
             .fetch_one(&db)
             .await
             .unwrap();
+        db.close().await;
+    }
+    n
+}
+
+/// A tansu broker (in-memory storage) behind a TCP proxy the test can cut,
+/// so an outage loses connections but not the broker's data.
+pub struct Kafka {
+    child: Child,
+    /// Where clients connect: the proxy.
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Kafka {
+    pub async fn start() -> Kafka {
+        let tansu =
+            Command::new(repo().join("infra/kafka/broker.sh")).arg("path").output().expect("broker.sh path");
+        assert!(tansu.status.success(), "tansu is not installed: {}", String::from_utf8_lossy(&tansu.stderr));
+        let bin = String::from_utf8(tansu.stdout).expect("path").trim().to_string();
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+        let port = proxy.local_addr().expect("addr").port();
+        let broker_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
+            // Clients are told to come back through the proxy.
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(proxy_loop(proxy, broker_port, cut.clone()));
+        Kafka { child, port, cut }
+    }
+
+    /// The runtime config that points payfn at this broker.
+    pub fn runtime_config(&self) -> String {
+        format!("[kafka]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\npartitions = 2\n", self.port)
+    }
+
+    /// Cuts (true) or restores (false) every connection to the broker.
+    pub fn set_outage(&self, down: bool) {
+        self.cut.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every record of `topic` as (key, value, headers), read with a fresh group.
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        expected: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .set("group.id", format!("test-reader-{}", uuid_like()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Read until `expected` arrived, then a quiet second proves no extras.
+        loop {
+            let quiet = if out.len() >= expected { Duration::from_secs(2) } else { Duration::from_secs(5) };
+            match tokio::time::timeout(quiet, consumer.recv()).await {
+                Ok(Ok(m)) => out.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    m.headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )),
+                Ok(Err(e)) => panic!("consume: {e}"),
+                Err(_) if out.len() >= expected => return out,
+                Err(_) => {
+                    assert!(std::time::Instant::now() < deadline, "only {} of {expected} records", out.len())
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+async fn proxy_loop(
+    listener: tokio::net::TcpListener,
+    broker_port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else { return };
+        if cut.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else {
+                return;
+            };
+            let mut watch = tokio::time::interval(Duration::from_millis(50));
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut broker);
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    _ = &mut copy => return,
+                    _ = watch.tick() => if cut.load(Ordering::SeqCst) { return },
+                }
+            }
+        });
+    }
+}
+
+/// Both shards of the default routing table.
+pub const SHARDS: &[&str] = &["shard-1", "shard-2"];
+
+/// Takes payments for merchants 1-4 (both shards): per round a capture, one
+/// or two refunds and a void; plus a decline each.
+pub async fn take_payments(host: &Host, rounds: i64) {
+    futures::future::join_all((1..=4).map(|merchant| async move {
+        let m = host.merchant(merchant);
+        for i in 0..rounds {
+            let id = m.authorize(10_000 + i).await;
+            assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":9000}"#).await.status, 200);
+            assert_eq!(m.post(&format!("/payments/{id}/refund"), r#"{"amount":1500}"#).await.status, 200);
+            if i % 2 == 0 {
+                assert_eq!(m.post(&format!("/payments/{id}/refund"), "{}").await.status, 200);
+            }
+            let voided = m.authorize(700).await;
+            assert_eq!(m.post(&format!("/payments/{voided}/void"), "{}").await.status, 200);
+        }
+        m.post("/payments/authorize", r#"{"amount":5000000000,"currency":"KRW"}"#).await;
+    }))
+    .await;
+}
+
+/// Every outbox row published and the settlements equal what the payments
+/// tables show.
+pub async fn settled(host: &Host, shards: &[&str]) -> bool {
+    unpublished(host, shards).await == 0
+        && expected_settlements(host, shards).await == actual_settlements(host, shards).await
+}
+
+/// Outbox rows of `shards`, all types.
+pub async fn outbox_rows(host: &Host, shards: &[&str]) -> i64 {
+    let mut n = 0;
+    for shard in shards {
+        let db = host.shard(shard).await;
+        n += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(&db).await.unwrap();
         db.close().await;
     }
     n

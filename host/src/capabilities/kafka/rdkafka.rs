@@ -2,6 +2,7 @@
 //! behind a circuit breaker, and group consumers with manual commits.
 
 use std::collections::BTreeMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,17 +11,27 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::breaker::Breaker;
 use super::Record;
 use crate::bindings::kafka::{Delivery, Error, Message};
 
+/// How long librdkafka keeps trying to deliver one message, by default. It
+/// must end well inside the invocation deadline: librdkafka then reports the
+/// failure itself, so the relay records it and no late delivery is lost track of.
+const MESSAGE_TIMEOUT_MS: u64 = 2000;
+
 pub struct KafkaBroker {
     brokers: String,
+    /// The host's wait for delivery reports: a little past the message timeout.
+    delivery_wait: Duration,
     settings: BTreeMap<String, String>,
-    producer: FutureProducer,
+    /// Replaced after a fatal producer error (e.g. fenced): librdkafka
+    /// requires a new instance then, and the relay retries what failed.
+    producer: RwLock<FutureProducer>,
+    producer_config: ClientConfig,
     breaker: Breaker,
     partitions: u32,
 }
@@ -34,15 +45,27 @@ impl KafkaBroker {
         let mut config = client_config(brokers, settings);
         // librdkafka defaults to enable.idempotence=false; on, it implies
         // acks=all and no reordering or duplicates on retry.
+        let message_timeout: u64 = match settings.get("message.timeout.ms") {
+            Some(v) => v.parse().context("kafka setting message.timeout.ms")?,
+            None => MESSAGE_TIMEOUT_MS,
+        };
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", settings.get("message.timeout.ms").map_or("5000", String::as_str));
+            .set("message.timeout.ms", message_timeout.to_string())
+            // Reconnect promptly after an outage instead of backing off to 10 s.
+            .set(
+                "reconnect.backoff.max.ms",
+                settings.get("reconnect.backoff.max.ms").map_or("1000", String::as_str),
+            );
         let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let producer_config = config.clone();
         Ok(Self {
             brokers: brokers.to_string(),
+            delivery_wait: Duration::from_millis(message_timeout + 500),
             settings: settings.clone(),
-            producer,
+            producer: RwLock::new(producer),
+            producer_config,
             breaker: Breaker::default(),
             partitions,
         })
@@ -76,6 +99,7 @@ impl KafkaBroker {
             let e = Error::Unavailable(format!("broker circuit open; next attempt in {wait:?}"));
             return messages.iter().map(|_| Err(e.clone())).collect();
         }
+        let producer = self.producer.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut pending = Vec::with_capacity(messages.len());
         for m in &messages {
             let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
@@ -86,22 +110,33 @@ impl KafkaBroker {
             if let Some(key) = &m.key {
                 record = record.key(key);
             }
-            pending.push(self.producer.send_result(record).map_err(|(e, _)| e));
+            pending.push(producer.send_result(record).map_err(|(e, _)| e));
         }
         let mut results = Vec::with_capacity(pending.len());
         let mut transport_failure = false;
+        let mut producer_broken = false;
         for sent in pending {
             let result = match sent {
                 Err(e) => Err(e),
-                Ok(future) => match future.await {
-                    Ok(Ok(delivery)) => {
+                Ok(future) => match tokio::time::timeout(self.delivery_wait, future).await {
+                    Ok(Ok(Ok(delivery))) => {
                         Ok(Delivery { partition: delivery.partition, offset: delivery.offset })
                     }
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
+                    Ok(Ok(Err((e, _)))) => Err(e),
+                    Ok(Err(_)) | Err(_) => Err(KafkaError::Canceled),
                 },
             };
             results.push(result.map_err(|e| {
+                producer_broken |= matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                            | RDKafkaErrorCode::Fatal
+                    )
+                );
                 let error = classify(&e);
                 transport_failure |= matches!(error, Error::Unavailable(_));
                 error
@@ -111,6 +146,15 @@ impl KafkaBroker {
             self.breaker.failure();
         } else {
             self.breaker.success();
+        }
+        // A fenced or fatally failed idempotent producer never recovers; a new
+        // instance gets a new producer id. (Seen with tansu 0.6 after an outage.)
+        if producer_broken || producer.client().fatal_error().is_some() {
+            tracing::warn!("the Kafka producer was fenced or failed fatally; replacing it");
+            match self.producer_config.create::<FutureProducer>() {
+                Ok(fresh) => *self.producer.write().unwrap_or_else(|p| p.into_inner()) = fresh,
+                Err(e) => tracing::error!(error = %e, "could not recreate the Kafka producer"),
+            }
         }
         results
     }

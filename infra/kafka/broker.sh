@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A local Kafka-protocol broker for development and tests: tansu, from
+# crates.io, installed once into a cache outside the repo.
+#
+#   infra/kafka/broker.sh install         # install (about 10 minutes the first time)
+#   infra/kafka/broker.sh path            # print the binary's path (installs if needed)
+#   infra/kafka/broker.sh start [PORT]    # run in the foreground on 127.0.0.1:PORT (default 9092), in-memory storage
+set -euo pipefail
+version=0.6.0
+root="${PAYFN_TOOLS:-$HOME/.cache/payfn/tools}"
+bin="$root/bin/tansu"
+
+install() {
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
+    return
+  fi
+  # A tansu already built by `cargo install` on this machine is reused.
+  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$version"; then
+    mkdir -p "$root/bin" && cp "$(command -v tansu)" "$bin"
+    return
+  fi
+  echo "installing tansu $version into $root (cached for later runs)..." >&2
+  cargo install tansu --version "$version" --locked --features dynostore,postgres --root "$root" >&2
+}
+
+case "${1:-start}" in
+  install) install ;;
+  path) install; echo "$bin" ;;
+  start)
+    install
+    port="${2:-9092}"
+    exec "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/
+    ;;
+  *) echo "usage: $0 install|path|start [PORT]" >&2; exit 2 ;;
+esac

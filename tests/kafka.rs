@@ -1,0 +1,102 @@
+//! The asynchronous half on a real Kafka-protocol broker (tansu) through
+//! rdkafka: end to end, a broker outage, and two relays on one shard.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::{
+    assert_money_invariants, outbox_rows, settled, take_payments, unpublished, wait_for, Host, Kafka, SHARDS,
+};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Every event of the payments topic once: (records, distinct event ids).
+async fn published_once(kafka: &Kafka, expected: usize) -> (usize, usize) {
+    let records = kafka.read_all("payments", expected).await;
+    let ids: HashSet<Vec<u8>> = records
+        .iter()
+        .map(|(_, _, headers)| {
+            headers.iter().find(|(k, _)| k == "event-id").map(|(_, v)| v.clone()).unwrap_or_default()
+        })
+        .collect();
+    (records.len(), ids.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_flow_through_kafka_exactly_once() {
+    let kafka = Kafka::start().await;
+    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    take_payments(&host, 4).await;
+    wait_for(SETTLE, "settlement through Kafka", || settled(&host, SHARDS)).await;
+    wait_for(SETTLE, "settlement.updated to be published", || async {
+        unpublished(&host, SHARDS).await == 0
+    })
+    .await;
+
+    let rows = outbox_rows(&host, SHARDS).await as usize;
+    let (records, distinct) = published_once(&kafka, rows).await;
+    assert_eq!((records, distinct), (rows, rows), "each outbox row published exactly once");
+    // Headers of API.md on every record.
+    let all = kafka.read_all("payments", rows).await;
+    for (key, value, headers) in &all {
+        let names: HashSet<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        for name in ["event-id", "event-type", "merchant-id", "traceparent"] {
+            assert!(names.contains(name), "missing header {name}");
+        }
+        let event: serde_json::Value = serde_json::from_slice(value).unwrap();
+        if event["type"].as_str().unwrap().starts_with("payment.") {
+            assert_eq!(key.as_slice(), event["paymentId"].as_str().unwrap().as_bytes(), "key = payment id");
+        }
+    }
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_delays_events_but_loses_none() {
+    let kafka = Kafka::start().await;
+    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    take_payments(&host, 1).await;
+    wait_for(SETTLE, "first settlement", || settled(&host, SHARDS)).await;
+
+    kafka.set_outage(true);
+    // Payments keep succeeding while the broker is away.
+    take_payments(&host, 3).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(unpublished(&host, SHARDS).await > 0, "nothing can be published during the outage");
+    // Attempts per row stay bounded: exponential backoff (1 s, 2 s, 4 s...).
+    for shard in SHARDS {
+        let db = host.shard(shard).await;
+        let most: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(retry_count), 0) FROM outbox")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert!(most <= 4, "{shard}: {most} attempts on one row in 6 s");
+        let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(dead, 0);
+    }
+
+    kafka.set_outage(false);
+    wait_for(SETTLE, "the backlog to drain after the outage", || settled(&host, SHARDS)).await;
+    wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;
+    let rows = outbox_rows(&host, SHARDS).await as usize;
+    assert_eq!(published_once(&kafka, rows).await, (rows, rows));
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_relaying_one_shard_never_publish_twice() {
+    let kafka = Kafka::start().await;
+    let first = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    let second = first.another();
+    futures::future::join(take_payments(&first, 3), take_payments(&second, 3)).await;
+    wait_for(SETTLE, "settlement with two hosts", || settled(&first, SHARDS)).await;
+    wait_for(SETTLE, "every row published", || async { unpublished(&first, SHARDS).await == 0 }).await;
+    let rows = outbox_rows(&first, SHARDS).await as usize;
+    assert_eq!(published_once(&kafka, rows).await, (rows, rows));
+    assert_money_invariants(&first, SHARDS).await;
+}
