@@ -162,3 +162,30 @@ async fn stale_authorizations_expire_through_the_void_path() {
     assert_eq!(reasons, vec!["expired"; 3]);
     assert_money_invariants(&host, SHARDS).await;
 }
+
+#[tokio::test]
+async fn rows_that_cannot_be_published_are_dead_lettered_after_the_budget() {
+    // The relay told to publish to a topic it is not granted: every attempt fails.
+    let manifest = support::manifest("").replace(
+        r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#,
+        r#"TOPIC = "elsewhere", RETRY_BUDGET = "3", BACKOFF_BASE_MS = "50""#,
+    );
+    let host = Host::start_with(&manifest, "");
+    host.merchant(1).authorize(100).await;
+    wait_for(SETTLE, "the row to be dead-lettered", || async {
+        let db = host.shard("shard-2").await;
+        let dead: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1 AND retry_count = 3")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        dead == 1
+    })
+    .await;
+    let db = host.shard("shard-2").await;
+    let error: String = sqlx::query_scalar("SELECT last_error FROM outbox").fetch_one(&db).await.unwrap();
+    assert!(error.contains("TopicNotGranted"), "{error}");
+    let metrics = host.metrics().await;
+    assert!(metrics.contains("payfn_outbox_dead_lettered{shard=\"shard-2\"} 1"), "{metrics}");
+    assert!(metrics.contains("payfn_outbox_pending{shard=\"shard-2\"} 0"), "{metrics}");
+}

@@ -80,6 +80,15 @@ async fn a_broker_outage_delays_events_but_loses_none() {
         assert_eq!(dead, 0);
     }
 
+    let metrics = host.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("payfn_outbox_pending{shard=\"shard-1\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("payfn_outbox_dead_lettered{shard=\"shard-1\"} 0"), "{metrics}");
+
     kafka.set_outage(false);
     wait_for(SETTLE, "the backlog to drain after the outage", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;

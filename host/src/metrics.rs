@@ -7,12 +7,18 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabel {
     component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +39,8 @@ pub struct Metrics {
     duration: HistogramFamily,
     rate_limited: Family<ComponentLabel, Counter>,
     dead_lettered: Family<ComponentLabel, Counter>,
+    outbox_pending: Family<ShardLabel, Gauge>,
+    outbox_dead: Family<ShardLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -51,6 +59,18 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         let rate_limited = Family::<ComponentLabel, Counter>::default();
         let dead_lettered = Family::<ComponentLabel, Counter>::default();
+        let outbox_pending = Family::<ShardLabel, Gauge>::default();
+        let outbox_dead = Family::<ShardLabel, Gauge>::default();
+        registry.register(
+            "outbox_pending",
+            "Outbox rows not yet published, per shard",
+            outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_dead_lettered",
+            "Outbox rows the relay gave up on after its retry budget, per shard",
+            outbox_dead.clone(),
+        );
         registry.register("invocations", "Component invocations", invocations.clone());
         registry.register("invocation_errors", "Invocations that failed, by kind", errors.clone());
         registry.register(
@@ -71,6 +91,8 @@ impl Metrics {
             duration,
             rate_limited,
             dead_lettered,
+            outbox_pending,
+            outbox_dead,
         }
     }
 
@@ -92,6 +114,13 @@ impl Metrics {
 
     pub fn dead_lettered(&self, component: &str) {
         self.dead_lettered.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
+    }
+
+    /// Sets the outbox gauges of `shard`.
+    pub fn outbox(&self, shard: &str, pending: i64, dead: i64) {
+        let label = ShardLabel { shard: shard.to_string() };
+        self.outbox_pending.get_or_create(&label).set(pending);
+        self.outbox_dead.get_or_create(&label).set(dead);
     }
 
     /// The text exposition.

@@ -9,6 +9,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::App;
+use crate::bindings::sql::{Error as SqlError, Value};
+use crate::capabilities::sql::Shard;
 
 /// The process is up and serving.
 pub async fn live() -> Json<serde_json::Value> {
@@ -33,10 +35,36 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    // Outbox state is read at scrape time: it lives in the shards, and
+    // several hosts share them.
+    for shard in app.shards.iter() {
+        match outbox_counts(shard).await {
+            Ok((pending, dead)) => app.metrics.outbox(&shard.name, pending, dead),
+            Err(e) => tracing::warn!(shard = %shard.name, error = ?e, "cannot read outbox counts"),
+        }
+    }
     let mut response = app.metrics.encode().into_response();
     response.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// Rows waiting to be published, and rows given up on (dead-lettered).
+async fn outbox_counts(shard: &Shard) -> Result<(i64, i64), SqlError> {
+    let mut tx = shard.begin(false).await?;
+    let rows = tx
+        .query(
+            "SELECT COALESCE(SUM(CASE WHEN dead_lettered = 0 THEN 1 ELSE 0 END), 0), \
+                    COALESCE(SUM(CASE WHEN dead_lettered = 1 THEN 1 ELSE 0 END), 0) \
+             FROM outbox WHERE published = 0",
+            Vec::new(),
+        )
+        .await;
+    tx.rollback().await;
+    match rows?.rows.first().map(Vec::as_slice) {
+        Some([Value::Int64(pending), Value::Int64(dead)]) => Ok((*pending, *dead)),
+        other => Err(SqlError::Other(format!("unexpected outbox counts {other:?}"))),
+    }
 }
