@@ -189,3 +189,36 @@ async fn rows_that_cannot_be_published_are_dead_lettered_after_the_budget() {
     assert!(metrics.contains("payfn_outbox_dead_lettered{shard=\"shard-2\"} 1"), "{metrics}");
     assert!(metrics.contains("payfn_outbox_pending{shard=\"shard-2\"} 0"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_trace_context_travels_from_the_request_to_the_settlement_logs() {
+    let host = Host::start();
+    let m = host.merchant(2);
+    let id = m.authorize(3000).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply =
+        m.send("POST", &format!("/payments/{id}/capture"), Some("{}"), &[("traceparent", trace)]).await;
+    assert_eq!(reply.status, 200);
+    wait_for(SETTLE, "the capture to be settled", || settled(&host, SHARDS)).await;
+
+    let db = host.shard("shard-1").await;
+    let stored: String =
+        sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_type = 'payment.captured'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(stored, trace, "the outbox row carries the request's traceparent");
+    let log = host.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("settled payment.captured") && l.contains(&format!("traceparent={trace}"))),
+        "the settlement's log line carries it too: {log}"
+    );
+    // A request without one gets a fresh, valid trace.
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_type = 'payment.authorized'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert!(events.iter().all(|t| t.len() == 55 && t.starts_with("00-") && t != trace), "{events:?}");
+}

@@ -48,6 +48,12 @@ fn apply(event: &Event) -> Result<(), ApiError> {
     next.updated_at = clock::now();
     next.settle(fee_bps);
     settlement::save(prev.as_ref(), &mut next)?;
+    // The host tags this line with the event id and its traceparent.
+    payfn_sdk::log::info(&format!(
+        "settled {kind} of {} for merchant {merchant_id} on {day}: net {} {currency}",
+        payload["paymentId"].as_str().unwrap_or("?"),
+        next.net
+    ));
 
     let event_id = clock::new_id("evt");
     let mut data = next.to_json();
