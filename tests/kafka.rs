@@ -109,3 +109,36 @@ async fn two_hosts_relaying_one_shard_never_publish_twice() {
     assert_eq!(published_once(&kafka, rows).await, (rows, rows));
     assert_money_invariants(&first, SHARDS).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka() {
+    let kafka = Kafka::start().await;
+    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    take_payments(&host, 2).await;
+    let host = host.restart();
+    take_payments(&host, 2).await;
+    let host = host.restart();
+    wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host, SHARDS)).await;
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = Kafka::start().await;
+    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
+        .create()
+        .unwrap();
+    // No event-id, no merchant-id: can never be handled.
+    producer.send(FutureRecord::<(), _>::to("payments").payload("{}"), Duration::from_secs(5)).await.unwrap();
+    take_payments(&host, 2).await;
+    wait_for(SETTLE, "settlement past the poison event", || settled(&host, SHARDS)).await;
+    let dead = kafka.read_all("payments.dlq", 1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]
+        .2
+        .iter()
+        .any(|(k, v)| k == "dlq-error" && String::from_utf8_lossy(v).contains("no event-id")));
+}
