@@ -222,3 +222,21 @@ async fn the_trace_context_travels_from_the_request_to_the_settlement_logs() {
             .unwrap();
     assert!(events.iter().all(|t| t.len() == 55 && t.starts_with("00-") && t != trace), "{events:?}");
 }
+
+#[tokio::test]
+async fn two_hosts_on_one_app_directory_publish_and_settle_once() {
+    let first = Host::start();
+    let second = first.another();
+    futures::future::join(take_payments(&first, 3), take_payments(&second, 3)).await;
+    wait_for(SETTLE, "settlement with two hosts", || settled(&first, SHARDS)).await;
+    wait_for(SETTLE, "every row published", || async { unpublished(&first, SHARDS).await == 0 }).await;
+    let log = first.events().await;
+    let (records, distinct): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT value) FROM records WHERE topic = 'payments'")
+            .fetch_one(&log)
+            .await
+            .unwrap();
+    assert_eq!(records, distinct, "no event published twice by two relays");
+    assert_eq!(records, support::outbox_rows(&first, SHARDS).await);
+    assert_money_invariants(&first, SHARDS).await;
+}
