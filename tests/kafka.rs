@@ -38,6 +38,24 @@ async fn payments_flow_through_kafka_exactly_once() {
     let rows = outbox_rows(&host, SHARDS).await as usize;
     let (records, distinct) = published_once(&kafka, rows).await;
     assert_eq!((records, distinct), (rows, rows), "each outbox row published exactly once");
+    // Per payment, events arrive in commit order.
+    let mut by_payment: std::collections::HashMap<Vec<u8>, Vec<String>> = Default::default();
+    for (key, value, _) in kafka.read_all("payments", rows).await {
+        let event: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        let kind = event["type"].as_str().unwrap().to_string();
+        if kind.starts_with("payment.") {
+            by_payment.entry(key).or_default().push(kind);
+        }
+    }
+    let rank = |kind: &str| match kind {
+        "payment.authorized" | "payment.declined" => 0,
+        "payment.captured" | "payment.voided" => 1,
+        _ => 2,
+    };
+    for (payment, kinds) in &by_payment {
+        let ranks: Vec<_> = kinds.iter().map(|k| rank(k)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{payment:?}: out of order {kinds:?}");
+    }
     // Headers of API.md on every record.
     let all = kafka.read_all("payments", rows).await;
     for (key, value, headers) in &all {
@@ -141,4 +159,50 @@ async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows() {
         .2
         .iter()
         .any(|(k, v)| k == "dlq-error" && String::from_utf8_lossy(v).contains("no event-id")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_events_change_nothing_on_kafka() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let kafka = Kafka::start().await;
+    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    take_payments(&host, 2).await;
+    wait_for(SETTLE, "settlement", || settled(&host, SHARDS)).await;
+    let before = support::actual_settlements(&host, SHARDS).await;
+
+    // With the host down, rewind the settlement group to offset 0 everywhere.
+    let mut host = host;
+    host.kill();
+    // The dead member must leave the group first (session timeout 10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let rewind: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
+        .set("group.id", "settlement")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..2 {
+        list.add_partition_offset("payments", partition, rdkafka::Offset::Offset(0)).unwrap();
+    }
+    rewind.assign(&list).unwrap();
+    rewind.commit(&list, CommitMode::Sync).unwrap();
+    drop(rewind);
+
+    // At least every capture and refund was consumed before the rewind.
+    let consumed: i64 = before.iter().map(|(_, _, _, _, captures, refunds)| captures + refunds).sum();
+    let host = host.restart();
+    // Those events come again and are recognised as already processed.
+    wait_for(SETTLE, "the replay to be consumed", || async {
+        let metrics = host.metrics().await;
+        let duplicates = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("payfn_events_duplicate_total{component=\"settlement\"} "))
+            .and_then(|n| n.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        duplicates >= consumed
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(support::actual_settlements(&host, SHARDS).await, before, "replays must change nothing");
 }

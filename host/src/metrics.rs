@@ -39,6 +39,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     rate_limited: Family<ComponentLabel, Counter>,
     dead_lettered: Family<ComponentLabel, Counter>,
+    duplicates: Family<ComponentLabel, Counter>,
     outbox_pending: Family<ShardLabel, Gauge>,
     outbox_dead: Family<ShardLabel, Gauge>,
 }
@@ -59,6 +60,12 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         let rate_limited = Family::<ComponentLabel, Counter>::default();
         let dead_lettered = Family::<ComponentLabel, Counter>::default();
+        let duplicates = Family::<ComponentLabel, Counter>::default();
+        registry.register(
+            "events_duplicate",
+            "Consumed events skipped because their effect was already committed",
+            duplicates.clone(),
+        );
         let outbox_pending = Family::<ShardLabel, Gauge>::default();
         let outbox_dead = Family::<ShardLabel, Gauge>::default();
         registry.register(
@@ -91,6 +98,7 @@ impl Metrics {
             duration,
             rate_limited,
             dead_lettered,
+            duplicates,
             outbox_pending,
             outbox_dead,
         }
@@ -114,6 +122,10 @@ impl Metrics {
 
     pub fn dead_lettered(&self, component: &str) {
         self.dead_lettered.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
+    }
+
+    pub fn duplicate(&self, component: &str) {
+        self.duplicates.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
     }
 
     /// Sets the outbox gauges of `shard`.

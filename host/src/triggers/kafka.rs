@@ -136,6 +136,7 @@ impl Consumer {
             .map_err(|e| Failure::Retry(format!("{e:?}")))?;
         if !seen.rows.is_empty() {
             tx.rollback().await;
+            self.context.metrics.duplicate(&self.component.spec.name);
             return Ok(Handled::Duplicate);
         }
 
