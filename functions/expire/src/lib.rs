@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use payfn_sdk::bindings::exports::payfn::host::timer_handler::Tick;
-use payfn_sdk::sql::{self, Dialect};
+use payfn_sdk::sql;
 use payfn_sdk::ApiError;
 use payments::{steps, store, Status};
 
@@ -31,10 +31,7 @@ fn expire(tick: &Tick) -> Result<String, ApiError> {
     let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH);
     // Timestamps are RFC 3339 UTC with milliseconds: they compare as text.
     let cutoff = humantime::format_rfc3339_millis(cutoff).to_string();
-    let skip_locked = match sql::dialect() {
-        Dialect::Sqlite => "",
-        Dialect::Mysql | Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-    };
+    let skip_locked = sql::skip_locked_suffix();
     let due = sql::query(
         &format!(
             "SELECT id, merchant_id FROM payments WHERE status = 'AUTHORIZED' AND created_at < ? \

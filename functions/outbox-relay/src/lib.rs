@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use payfn_sdk::bindings::exports::payfn::host::timer_handler::Tick;
 use payfn_sdk::kafka::{self, Message};
-use payfn_sdk::sql::{self, Dialect};
+use payfn_sdk::sql;
 use payfn_sdk::ApiError;
 
 payfn_sdk::timer_step!(on_tick);
@@ -40,10 +40,7 @@ fn relay(tick: &Tick) -> Result<String, ApiError> {
     let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let now_text = humantime::format_rfc3339_millis(now).to_string();
 
-    let skip_locked = match sql::dialect() {
-        Dialect::Sqlite => "",
-        Dialect::Mysql | Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-    };
+    let skip_locked = sql::skip_locked_suffix();
     let rows = sql::query(
         &format!(
             "SELECT o.id, o.event_id, o.aggregate_id, o.merchant_id, o.event_type, o.payload, o.traceparent, o.retry_count \

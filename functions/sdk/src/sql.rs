@@ -142,3 +142,12 @@ pub fn for_update_suffix() -> &'static str {
         Dialect::Mysql | Dialect::Postgres => " FOR UPDATE",
     }
 }
+
+/// `FOR UPDATE SKIP LOCKED` where the dialect has it: several workers (hosts)
+/// claim disjoint rows. On SQLite the write transaction is already exclusive.
+pub fn skip_locked_suffix() -> &'static str {
+    match dialect() {
+        Dialect::Sqlite => "",
+        Dialect::Mysql | Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+    }
+}
