@@ -151,14 +151,29 @@ async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows() {
         .unwrap();
     // No event-id, no merchant-id: can never be handled.
     producer.send(FutureRecord::<(), _>::to("payments").payload("{}"), Duration::from_secs(5)).await.unwrap();
+    // Well addressed, but the settlement component fails on it every time:
+    // retried with backoff, then dead-lettered with the component's error.
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "event-id", value: Some("evt_bad") })
+        .insert(rdkafka::message::Header { key: "merchant-id", value: Some("1") });
+    let bad = FutureRecord::to("payments").key("pay_bad").payload("not json").headers(headers);
+    producer.send(bad, Duration::from_secs(5)).await.unwrap();
     take_payments(&host, 2).await;
     wait_for(SETTLE, "settlement past the poison event", || settled(&host, SHARDS)).await;
-    let dead = kafka.read_all("payments.dlq", 1).await;
-    assert_eq!(dead.len(), 1);
-    assert!(dead[0]
-        .2
+    let dead = kafka.read_all("payments.dlq", 2).await;
+    assert_eq!(dead.len(), 2);
+    let errors: Vec<String> = dead
         .iter()
-        .any(|(k, v)| k == "dlq-error" && String::from_utf8_lossy(v).contains("no event-id")));
+        .flat_map(|(_, _, headers)| headers.iter().filter(|(k, _)| k == "dlq-error"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("no event-id")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("invalid_json")), "{errors:?}");
+    let metrics = host.metrics().await;
+    assert!(
+        metrics.contains(r#"payfn_invocation_errors_total{component="settlement",kind="refused"} 5"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
