@@ -188,8 +188,6 @@ async fn redelivered_events_change_nothing_on_kafka() {
     // With the host down, rewind the settlement group to offset 0 everywhere.
     let mut host = host;
     host.kill();
-    // The dead member must leave the group first (session timeout 10 s).
-    tokio::time::sleep(Duration::from_secs(12)).await;
     let rewind: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
         .set("group.id", "settlement")

@@ -159,17 +159,30 @@ impl KafkaBroker {
         results
     }
 
-    /// A group consumer on `topics`; offsets are committed only by [`KafkaSubscription::commit`].
+    /// A consumer of every partition of `topics`, reading from `group`'s
+    /// committed offsets; offsets move only by [`KafkaSubscription::commit`].
+    ///
+    /// Partitions are assigned by the host, not by group membership: with
+    /// tansu 0.6 a member killed without leaving stalls the group's
+    /// rebalance for good (seen here), which would stop settlement. The group
+    /// id still keys the committed offsets. Several hosts therefore each read
+    /// every partition; processed-events keeps the effects exactly-once.
     pub fn subscribe(&self, group: &str, topics: &[String]) -> anyhow::Result<KafkaSubscription> {
         let mut config = client_config(&self.brokers, &self.settings);
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000");
+        config.set("group.id", group).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
         let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).context("subscribing")?;
+        let mut list = TopicPartitionList::new();
+        for topic in topics {
+            let metadata =
+                tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+                    .with_context(|| format!("reading the partitions of `{topic}`"))?;
+            let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            anyhow::ensure!(partitions > 0, "topic `{topic}` has no partitions");
+            for partition in 0..partitions as i32 {
+                list.add_partition_offset(topic, partition, Offset::Stored).context("assigning")?;
+            }
+        }
+        consumer.assign(&list).context("assigning partitions")?;
         Ok(KafkaSubscription { consumer })
     }
 }
