@@ -53,7 +53,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for shard in shards.iter() {
         eprintln!("  shard           {} ({})", shard.name, shard.describe());
     }
-    let kv = Kv::from_config(&config.kv);
+    let kv = Kv::from_config(&config.kv).await?;
     eprintln!("  kv              {}", kv.describe());
     let broker = Broker::from_config(&config.kafka, &state_dir).await?;
     eprintln!("  events          {}", broker.describe());

@@ -5,6 +5,7 @@
 
 mod host;
 mod memory;
+mod redis;
 pub mod runtime_config;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use crate::bindings::kv::Error as KvError;
 
+use self::redis::RedisKv;
 use super::Capability;
 use memory::MemoryKv;
 use runtime_config::KvConfig;
@@ -29,25 +31,32 @@ pub struct Kv(Arc<Backend>);
 
 enum Backend {
     Memory(MemoryKv),
+    Redis(RedisKv),
 }
 
 impl Kv {
     /// Builds the backend the runtime config names.
-    pub fn from_config(config: &KvConfig) -> Self {
-        match config {
+    pub async fn from_config(config: &KvConfig) -> anyhow::Result<Self> {
+        Ok(match config {
             KvConfig::Memory => Kv(Arc::new(Backend::Memory(MemoryKv::start()))),
-        }
+            KvConfig::Redis { url, prefix, timeout_ms } => {
+                let redis = RedisKv::connect(url, prefix, Duration::from_millis(*timeout_ms)).await?;
+                Kv(Arc::new(Backend::Redis(redis)))
+            }
+        })
     }
 
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match &*self.0 {
-            Backend::Memory(_) => "in-process memory",
+            Backend::Memory(_) => "in-process memory".to_string(),
+            Backend::Redis(r) => format!("redis {}", r.url()),
         }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match &*self.0 {
             Backend::Memory(m) => Ok(m.get(key)),
+            Backend::Redis(r) => r.get(key).await,
         }
     }
 
@@ -57,6 +66,7 @@ impl Kv {
                 m.set(key, value, ttl);
                 Ok(())
             }
+            Backend::Redis(r) => r.set(key, value, ttl).await,
         }
     }
 
@@ -64,12 +74,14 @@ impl Kv {
     pub async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         match &*self.0 {
             Backend::Memory(m) => m.incr(key, delta, ttl),
+            Backend::Redis(r) => r.incr(key, delta, ttl).await,
         }
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
         match &*self.0 {
             Backend::Memory(m) => Ok(m.delete(key)),
+            Backend::Redis(r) => r.delete(key).await,
         }
     }
 
@@ -77,6 +89,7 @@ impl Kv {
     pub async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, KvError> {
         match &*self.0 {
             Backend::Memory(m) => Ok(m.set_nx(key, value, ttl)),
+            Backend::Redis(r) => r.set_nx(key, value, ttl).await,
         }
     }
 
@@ -84,6 +97,7 @@ impl Kv {
     pub async fn ping(&self) -> bool {
         match &*self.0 {
             Backend::Memory(_) => true,
+            Backend::Redis(r) => r.ping().await,
         }
     }
 }
