@@ -55,13 +55,23 @@ async fn run(
     request: Request,
 ) -> Result<Response, HostError> {
     let (parts, body) = request.into_parts();
-    let body = to_bytes(body, app.config.max_body_bytes).await.map_err(|_| {
+    let body = to_bytes(body, app.config.max_body_bytes).await.map_err(|e| {
         let limit = app.config.max_body_bytes;
-        HostError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request bodies are limited to {limit} bytes"),
-        )
+        let too_large =
+            std::error::Error::source(&e).is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            HostError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            )
+        } else {
+            HostError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            )
+        }
     })?;
     let component = app.components.get(&matched.component).cloned().ok_or_else(|| {
         HostError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the route's component is not loaded")
