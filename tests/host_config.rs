@@ -117,42 +117,8 @@ async fn restarts_keep_payments_and_reuse_the_compile_cache() {
 
 #[tokio::test]
 async fn kv_is_namespaced_per_component_and_expires() {
-    // One binary mounted as two components: same keys, separate namespaces.
-    let extra = [
-        test_component("/test/kv-a", "kv-a", "test_kv_probe.wasm", r#"["kv", "log"]"#),
-        test_component("/test/kv-b", "kv-b", "test_kv_probe.wasm", r#"["kv", "log"]"#),
-    ]
-    .join("\n");
-    let host = Host::start_with(&manifest(&extra), "");
-    let m = host.merchant(1);
-    let kv = |route: &'static str, body: &'static str| {
-        let m = &m;
-        async move {
-            let reply = m.post(route, body).await;
-            assert_eq!(reply.status, 200, "{:?}", reply.json());
-            reply.json()["result"].clone()
-        }
-    };
-    use serde_json::json;
-    kv("/test/kv-a", r#"{"op":"set","key":"k","value":"a-value"}"#).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"k"}"#).await, json!("a-value"));
-    assert_eq!(
-        kv("/test/kv-b", r#"{"op":"get","key":"k"}"#).await,
-        json!(null),
-        "kv-b must not see kv-a's key"
-    );
-    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":5}"#).await, json!(5));
-    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":-2}"#).await, json!(3));
-    assert_eq!(kv("/test/kv-a", r#"{"op":"incr","key":"n"}"#).await, json!(1));
-    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(true));
-    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(false));
-    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!("x"));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!(null), "expired");
-    // incr on a non-integer is the guest's error, not a host failure.
-    kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
-    assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
+    let host = Host::start_with(&manifest(&support::kv_probes()), "");
+    support::check_kv_semantics(&host).await;
 
     // Guest log lines reach the host log tagged with component and request id.
     let log = host.log();

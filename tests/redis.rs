@@ -3,8 +3,7 @@
 
 mod support;
 
-use serde_json::json;
-use support::{manifest, test_component, Host};
+use support::{manifest, Host};
 
 /// A runtime config on Redis with a key prefix of its own, plus `extra`.
 fn redis_config(extra: &str) -> String {
@@ -14,35 +13,9 @@ fn redis_config(extra: &str) -> String {
 
 #[tokio::test]
 async fn kv_on_redis_is_namespaced_and_expires() {
-    let extra = [
-        test_component("/test/kv-a", "kv-a", "test_kv_probe.wasm", r#"["kv", "log"]"#),
-        test_component("/test/kv-b", "kv-b", "test_kv_probe.wasm", r#"["kv", "log"]"#),
-    ]
-    .join("\n");
-    let host = Host::start_with(&manifest(&extra), &redis_config(""));
+    let host = Host::start_with(&manifest(&support::kv_probes()), &redis_config(""));
     assert!(host.log().contains("kv              redis redis://127.0.0.1:6379/"), "{}", host.log());
-    let m = host.merchant(1);
-    let kv = |route: &'static str, body: &'static str| {
-        let m = &m;
-        async move {
-            let reply = m.post(route, body).await;
-            assert_eq!(reply.status, 200, "{:?}", reply.json());
-            reply.json()["result"].clone()
-        }
-    };
-    kv("/test/kv-a", r#"{"op":"set","key":"k","value":"a-value"}"#).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"k"}"#).await, json!("a-value"));
-    assert_eq!(kv("/test/kv-b", r#"{"op":"get","key":"k"}"#).await, json!(null));
-    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":5}"#).await, json!(5));
-    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":-2}"#).await, json!(3));
-    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(true));
-    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(false));
-    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!("x"));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!(null), "expired");
-    kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
-    assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
+    support::check_kv_semantics(&host).await;
     let ready = host.client.get(format!("{}/health/ready", host.base)).send().await.unwrap();
     assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["kv"], "up");
 }

@@ -598,3 +598,47 @@ pub async fn outbox_rows(host: &Host, shards: &[&str]) -> i64 {
     }
     n
 }
+
+/// One kv-probe binary mounted as two components, `kv-a` and `kv-b`: same
+/// keys, separate namespaces.
+pub fn kv_probes() -> String {
+    [
+        test_component("/test/kv-a", "kv-a", "test_kv_probe.wasm", r#"["kv", "log"]"#),
+        test_component("/test/kv-b", "kv-b", "test_kv_probe.wasm", r#"["kv", "log"]"#),
+    ]
+    .join("\n")
+}
+
+/// The `kv` capability's contract, through the guest, whatever the backend:
+/// namespacing, get/set/incr/delete, TTL, a type error as the guest's 500.
+pub async fn check_kv_semantics(host: &Host) {
+    use serde_json::json;
+    let m = host.merchant(1);
+    let kv = |route: &'static str, body: &'static str| {
+        let m = &m;
+        async move {
+            let reply = m.post(route, body).await;
+            assert_eq!(reply.status, 200, "{:?}", reply.json());
+            reply.json()["result"].clone()
+        }
+    };
+    kv("/test/kv-a", r#"{"op":"set","key":"k","value":"a-value"}"#).await;
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"k"}"#).await, json!("a-value"));
+    assert_eq!(
+        kv("/test/kv-b", r#"{"op":"get","key":"k"}"#).await,
+        json!(null),
+        "kv-b must not see kv-a's key"
+    );
+    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":5}"#).await, json!(5));
+    assert_eq!(kv("/test/kv-b", r#"{"op":"incr","key":"n","delta":-2}"#).await, json!(3));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"incr","key":"n"}"#).await, json!(1));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(true));
+    assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(false));
+    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#).await;
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!("x"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!(null), "expired");
+    // incr on a non-integer is the guest's error, not a host failure.
+    kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
+    assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
+}
