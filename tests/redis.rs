@@ -41,3 +41,36 @@ async fn rate_limits_on_redis_hold_across_hosts() {
     }
     assert_eq!((created, limited), (5, 3), "one budget of 5 shared by both hosts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_open_or_closed_per_route_and_never_hangs() {
+    let redis = support::Proxy::start(6379).await;
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let config = format!(
+        "[kv]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\nprefix = \"payfn-test-{unique}:\"\ntimeout_ms = 300\n\
+         [http.rate_limits]\nfail_closed = [\"capture\"]\n",
+        redis.port
+    );
+    let host = Host::start_with(&manifest(""), &config);
+    let m = host.merchant(1);
+    let id = m.authorize(1000).await;
+
+    redis.set_outage(true);
+    // The proxy drops open connections within 50 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    // Fail open: reads and writes without an idempotency key carry on.
+    assert_eq!(m.get(&format!("/payments/{id}")).await.status, 200);
+    assert_eq!(m.post("/payments/authorize", r#"{"amount":5,"currency":"KRW"}"#).await.status, 201);
+    // Fail closed where configured.
+    m.post(&format!("/payments/{id}/capture"), "{}").await.assert_error(503, "rate_limiter_unavailable");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "Redis down must not hang requests");
+    let ready = host.client.get(format!("{}/health/ready", host.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    redis.set_outage(false);
+    support::wait_for(std::time::Duration::from_secs(30), "Redis to be back", || async {
+        m.post(&format!("/payments/{id}/capture"), "{}").await.status == 200
+    })
+    .await;
+}

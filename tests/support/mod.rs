@@ -432,7 +432,29 @@ pub struct Kafka {
     child: Child,
     /// Where clients connect: the proxy.
     pub port: u16,
+    proxy: Proxy,
+}
+
+/// A TCP proxy to a local port that the test can cut (every connection
+/// dropped, new ones refused) and restore: an outage of the service behind it.
+pub struct Proxy {
+    pub port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(proxy_loop(listener, target_port, cut.clone()));
+        Proxy { port, cut }
+    }
+
+    /// Cuts (true) or restores (false) every connection.
+    pub fn set_outage(&self, down: bool) {
+        self.cut.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Kafka {
@@ -441,13 +463,12 @@ impl Kafka {
             Command::new(repo().join("infra/kafka/broker.sh")).arg("path").output().expect("broker.sh path");
         assert!(tansu.status.success(), "tansu is not installed: {}", String::from_utf8_lossy(&tansu.stderr));
         let bin = String::from_utf8(tansu.stdout).expect("path").trim().to_string();
-        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
-        let port = proxy.local_addr().expect("addr").port();
         let broker_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let proxy = Proxy::start(broker_port).await;
         let child = Command::new(bin)
             .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
             // Clients are told to come back through the proxy.
-            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", proxy.port)])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -459,9 +480,7 @@ impl Kafka {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(proxy_loop(proxy, broker_port, cut.clone()));
-        Kafka { child, port, cut }
+        Kafka { child, port: proxy.port, proxy }
     }
 
     /// The runtime config that points payfn at this broker.
@@ -471,7 +490,7 @@ impl Kafka {
 
     /// Cuts (true) or restores (false) every connection to the broker.
     pub fn set_outage(&self, down: bool) {
-        self.cut.store(down, std::sync::atomic::Ordering::SeqCst);
+        self.proxy.set_outage(down);
     }
 
     /// Every record of `topic` as (key, value, headers), read with a fresh group.

@@ -33,6 +33,10 @@ pub struct RateLimitConfig {
     pub default_capacity: u64,
     /// Requests per window per merchant, by the route's component.
     pub components: BTreeMap<String, u64>,
+    /// Components whose requests are refused (503 `rate_limiter_unavailable`)
+    /// while the limiter's store cannot be reached. Every other route fails
+    /// open: an unreachable limiter must not take payments down.
+    pub fail_closed: Vec<String>,
 }
 
 impl Default for RateLimitConfig {
@@ -43,7 +47,7 @@ impl Default for RateLimitConfig {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        Self { window_secs: 60, default_capacity: 30_000, components }
+        Self { window_secs: 60, default_capacity: 30_000, components, fail_closed: Vec::new() }
     }
 }
 
@@ -85,9 +89,19 @@ pub async fn layer(State(app): State<Arc<App>>, request: Request, next: Next) ->
     let key = host_key("rl", &[&matched.component, &merchant.to_string(), &index.to_string()]);
     let count = match app.kv.incr(&key, 1, Some(Duration::from_secs(window_secs + 1))).await {
         Ok(n) => u64::try_from(n).unwrap_or(0),
+        Err(e) if config.fail_closed.contains(&matched.component) => {
+            tracing::warn!(error = ?e, component = %matched.component, "rate limiter unavailable; request refused");
+            let refused = HostError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate_limiter_unavailable",
+                "the rate limiter cannot be reached; retry shortly",
+            );
+            let mut response = refused.respond(&RequestId::of(&request));
+            response.headers_mut().insert("retry-after", HeaderValue::from(1));
+            return response;
+        }
         Err(e) => {
-            // Fail open: an unreachable limiter must not take payments down.
-            tracing::warn!(error = ?e, "rate limiter unavailable; request allowed");
+            tracing::warn!(error = ?e, component = %matched.component, "rate limiter unavailable; request allowed");
             return next.run(request).await;
         }
     };
