@@ -54,9 +54,16 @@ pub struct LoadedComponent {
     /// Whether the compile cache served the native code.
     pub from_cache: bool,
     pub(super) entry: Entry,
+    uses_sql: bool,
 }
 
 impl LoadedComponent {
+    /// Whether the component is granted `sql`: only then does an invocation
+    /// hold a shard transaction.
+    pub fn uses_sql(&self) -> bool {
+        self.uses_sql
+    }
+
     /// The first 12 hex digits of the digest, for humans.
     pub fn short_digest(&self) -> &str {
         &self.digest[..12]
@@ -118,6 +125,7 @@ impl Engine {
                 format!("component `{name}` is on a Kafka trigger but does not export payfn:host/event-handler")
             })?),
         };
-        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, entry })
+        let uses_sql = spec.grants.iter().any(|g| g == crate::capabilities::sql::CAPABILITY.name);
+        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, entry, uses_sql })
     }
 }

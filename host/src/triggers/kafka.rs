@@ -17,7 +17,7 @@ use crate::bindings::kafka::Message;
 use crate::bindings::sql::Value;
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::{ShardSet, SqlState};
+use crate::capabilities::sql::ShardSet;
 use crate::engine::{Bindings, Engine, LoadedComponent};
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
@@ -143,7 +143,7 @@ impl Consumer {
         let trace = header("traceparent").unwrap_or_default();
         let bindings = Bindings {
             request_id: format!("{event_id} traceparent={trace}"),
-            sql: SqlState { shard: shard.name.clone(), dialect: shard.dialect(), tx: Some(tx) },
+            sql: shard.bind(Some(tx)),
             kv: self.context.kv.clone(),
             broker: Some(self.context.broker.clone()),
         };

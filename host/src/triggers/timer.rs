@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
 use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::{Shard, SqlState};
+use crate::capabilities::sql::Shard;
 use crate::engine::{Bindings, Engine, LoadedComponent};
 use crate::manifest::TimerTrigger;
 use crate::metrics::Metrics;
@@ -65,7 +65,7 @@ async fn fire(
     };
     let bindings = Bindings {
         request_id: format!("timer:{name}:{}:{firing}", shard.name),
-        sql: SqlState { shard: shard.name.clone(), dialect: shard.dialect(), tx: Some(tx) },
+        sql: shard.bind(Some(tx)),
         kv: context.kv.clone(),
         broker: Some(context.broker.clone()),
     };

@@ -11,6 +11,7 @@ mod shards;
 mod sqlite;
 
 pub use shards::{Shard, ShardSet, ShardTx};
+pub use sqlite::durable_options;
 
 use crate::bindings::sql::{Dialect, Error as SqlError};
 

@@ -19,6 +19,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `begin` waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Options for a SQLite file that must not lose a commit: WAL, and
+/// `synchronous = FULL` so a commit that answered 2xx survives power loss.
+/// Shared by the shard files and the embedded event log. Creates the file's
+/// directory.
+pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(SqliteConnectOptions::from_str("sqlite://")?
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT))
+}
+
 pub struct SqliteShard {
     path: PathBuf,
     /// One connection: SQLite admits one writer, so writers queue here, in
@@ -31,16 +46,7 @@ pub type SqliteTx = Transaction;
 
 impl SqliteShard {
     pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit that answered 2xx survives power loss.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+        let options = durable_options(path)?.foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)

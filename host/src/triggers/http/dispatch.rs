@@ -22,7 +22,7 @@ use super::idempotency::{self, Claim, Outcome};
 use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
-use crate::capabilities::sql::{Shard, ShardTx, SqlState};
+use crate::capabilities::sql::{Shard, ShardTx};
 use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
 
 /// Headers only the host may set; stripped from what clients send.
@@ -119,7 +119,7 @@ impl Call<'_> {
         let Call { app, id, matched, merchant, component, shard } = *self;
         // Only a component granted `sql` holds a shard transaction while it runs:
         // on SQLite a write transaction is the shard's single writer slot.
-        let tx = if component.spec.grants.iter().any(|g| g == "sql") {
+        let tx = if component.uses_sql() {
             let write = !matches!(parts.method, Method::GET | Method::HEAD);
             Some(begin(shard, write, id).await?)
         } else {
@@ -128,7 +128,7 @@ impl Call<'_> {
         let request = guest_request(parts, body, id, matched, merchant);
         let bindings = Bindings {
             request_id: id.0.clone(),
-            sql: SqlState { shard: shard.name.clone(), dialect: shard.dialect(), tx },
+            sql: shard.bind(tx),
             kv: app.kv.clone(),
             broker: Some(app.broker.clone()),
         };
