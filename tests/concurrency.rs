@@ -4,11 +4,10 @@
 mod support;
 
 use futures::future::join_all;
-use support::{assert_money_invariants, Host};
+use support::{assert_money_invariants, Backend};
 
-#[tokio::test]
-async fn fifty_concurrent_captures_one_wins() {
-    let host = Host::start();
+async fn fifty_concurrent_captures_one_wins(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(2);
     let id = m.authorize(10_000).await;
     let path = format!("/payments/{id}/capture");
@@ -29,9 +28,8 @@ async fn fifty_concurrent_captures_one_wins() {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn fifty_concurrent_refunds_never_exceed_the_captured_amount() {
-    let host = Host::start();
+async fn fifty_concurrent_refunds_never_exceed_the_captured_amount(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(9);
     let id = m.authorize(10_000).await;
     assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":7000}"#).await.status, 200);
@@ -77,9 +75,8 @@ async fn fifty_concurrent_refunds_never_exceed_the_captured_amount() {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn capture_and_void_race_one_wins() {
-    let host = Host::start();
+async fn capture_and_void_race_one_wins(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(11);
     for _ in 0..5 {
         let id = m.authorize(1_000).await;
@@ -95,3 +92,9 @@ async fn capture_and_void_race_one_wins() {
     }
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
+
+on_backends!(
+    fifty_concurrent_captures_one_wins,
+    fifty_concurrent_refunds_never_exceed_the_captured_amount,
+    capture_and_void_race_one_wins
+);

@@ -27,12 +27,7 @@ async fn every_event_is_published_once_and_settled_once() {
             .await
             .unwrap();
     assert_eq!(records, distinct, "no event published twice");
-    let mut outbox_rows = 0;
-    for shard in SHARDS {
-        let db = host.shard(shard).await;
-        outbox_rows +=
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(&db).await.unwrap();
-    }
+    let outbox_rows = support::outbox_rows(&host, SHARDS).await;
     // settlement.updated events are published too, once the relay catches up.
     wait_for(SETTLE, "settlement.updated events to be published", || async {
         unpublished(&host, SHARDS).await == 0
@@ -152,13 +147,15 @@ async fn stale_authorizations_expire_through_the_void_path() {
     // Capturing after the expiry loses cleanly.
     m.post(&format!("/payments/{}/capture", stale[0]), "{}").await.assert_error(409, "invalid_state");
 
-    let db = host.shard("shard-2").await;
-    let reasons: Vec<String> = sqlx::query_scalar(
-        "SELECT json_extract(payload, '$.data.reason') FROM outbox WHERE event_type = 'payment.voided'",
-    )
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let mut db = host.shard("shard-2").await;
+    let reasons: Vec<String> = db
+        .column(
+            "SELECT json_extract(payload, '$.data.reason') FROM outbox WHERE event_type = 'payment.voided'",
+        )
+        .await
+        .iter()
+        .map(support::Cell::text)
+        .collect();
     assert_eq!(reasons, vec!["expired"; 3]);
     assert_money_invariants(&host, SHARDS).await;
 }
@@ -173,17 +170,12 @@ async fn rows_that_cannot_be_published_are_dead_lettered_after_the_budget() {
     let host = Host::start_with(&manifest, "");
     host.merchant(1).authorize(100).await;
     wait_for(SETTLE, "the row to be dead-lettered", || async {
-        let db = host.shard("shard-2").await;
-        let dead: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1 AND retry_count = 3")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        dead == 1
+        let mut db = host.shard("shard-2").await;
+        db.i64("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1 AND retry_count = 3").await == 1
     })
     .await;
-    let db = host.shard("shard-2").await;
-    let error: String = sqlx::query_scalar("SELECT last_error FROM outbox").fetch_one(&db).await.unwrap();
+    let mut db = host.shard("shard-2").await;
+    let error = db.column("SELECT last_error FROM outbox").await[0].text();
     assert!(error.contains("TopicNotGranted"), "{error}");
     let metrics = host.metrics().await;
     assert!(metrics.contains("payfn_outbox_dead_lettered{shard=\"shard-2\"} 1"), "{metrics}");
@@ -201,12 +193,9 @@ async fn the_trace_context_travels_from_the_request_to_the_settlement_logs() {
     assert_eq!(reply.status, 200);
     wait_for(SETTLE, "the capture to be settled", || settled(&host, SHARDS)).await;
 
-    let db = host.shard("shard-1").await;
-    let stored: String =
-        sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_type = 'payment.captured'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let mut db = host.shard("shard-1").await;
+    let stored =
+        db.column("SELECT traceparent FROM outbox WHERE event_type = 'payment.captured'").await[0].text();
     assert_eq!(stored, trace, "the outbox row carries the request's traceparent");
     let log = host.log();
     assert!(
@@ -215,11 +204,12 @@ async fn the_trace_context_travels_from_the_request_to_the_settlement_logs() {
         "the settlement's log line carries it too: {log}"
     );
     // A request without one gets a fresh, valid trace.
-    let events: Vec<String> =
-        sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_type = 'payment.authorized'")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let events: Vec<String> = db
+        .column("SELECT traceparent FROM outbox WHERE event_type = 'payment.authorized'")
+        .await
+        .iter()
+        .map(support::Cell::text)
+        .collect();
     assert!(events.iter().all(|t| t.len() == 55 && t.starts_with("00-") && t != trace), "{events:?}");
 }
 

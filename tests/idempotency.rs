@@ -2,13 +2,12 @@
 
 mod support;
 
-use support::{assert_money_invariants, Host};
+use support::{assert_money_invariants, Backend};
 
 const BODY: &str = r#"{"amount":2500,"currency":"USD","orderId":"idem"}"#;
 
-#[tokio::test]
-async fn replay_is_byte_for_byte_and_changes_nothing() {
-    let host = Host::start();
+async fn replay_is_byte_for_byte_and_changes_nothing(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(1);
     let key = [("Idempotency-Key", "order-1-attempt")];
     let first = m.send("POST", "/payments/authorize", Some(BODY), &key).await;
@@ -36,18 +35,14 @@ async fn replay_is_byte_for_byte_and_changes_nothing() {
     assert!(theirs.header("idempotent-replayed").is_none());
     assert_ne!(theirs.json()["id"], first.json()["id"]);
 
-    let db = host.shard("shard-2").await;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE merchant_id = 1")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let mut db = host.shard("shard-2").await;
+    let n = db.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 1").await;
     assert_eq!(n, 1, "replays must not create payments");
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn reused_key_with_another_body_or_route_is_refused() {
-    let host = Host::start();
+async fn reused_key_with_another_body_or_route_is_refused(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(5);
     let key = [("Idempotency-Key", "k-1")];
     assert_eq!(m.send("POST", "/payments/authorize", Some(BODY), &key).await.status, 201);
@@ -65,9 +60,8 @@ async fn reused_key_with_another_body_or_route_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn concurrent_requests_with_one_key_create_one_payment() {
-    let host = Host::start();
+async fn concurrent_requests_with_one_key_create_one_payment(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(7);
     let key = [("Idempotency-Key", "burst")];
     let replies =
@@ -89,10 +83,13 @@ async fn concurrent_requests_with_one_key_create_one_payment() {
             other => panic!("unexpected status {other}: {:?}", reply.json()),
         }
     }
-    let db = host.shard("shard-2").await;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE merchant_id = 7")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let mut db = host.shard("shard-2").await;
+    let n = db.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 7").await;
     assert_eq!(n, 1);
 }
+
+on_backends!(
+    replay_is_byte_for_byte_and_changes_nothing,
+    reused_key_with_another_body_or_route_is_refused,
+    concurrent_requests_with_one_key_create_one_payment
+);

@@ -4,21 +4,20 @@
 mod support;
 
 use futures::future::join_all;
-use support::{manifest, test_component, Host};
+use support::{manifest, test_component, Backend, Host};
 
-fn isolation_host() -> Host {
+async fn isolation_host(backend: Backend) -> Host {
     let extra = [
         test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql", "log"]"#),
         test_component("/test/spin", "spin", "test_spin.wasm", r#"["log"]"#),
         test_component("/test/hog", "hog", "test_hog.wasm", r#"["log"]"#),
     ]
     .join("\n");
-    Host::start_with(&manifest(&extra), "[engine]\ntimeout_ms = 1000\nmemory_limit_mb = 32\n")
+    backend.start_with(&manifest(&extra), "[engine]\ntimeout_ms = 1000\nmemory_limit_mb = 32\n").await
 }
 
-#[tokio::test]
-async fn failures_cost_one_request_only() {
-    let host = isolation_host();
+async fn failures_cost_one_request_only(backend: Backend) {
+    let host = isolation_host(backend).await;
     let m = host.merchant(1);
 
     let trap = m.post("/test/trap", "{}");
@@ -49,11 +48,8 @@ async fn failures_cost_one_request_only() {
     m.post("/test/trap?mode=error", "{}").await.assert_error(500, "internal");
 
     // The trap's and the 5xx's writes were rolled back.
-    let db = host.shard("shard-2").await;
-    let leaked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE aggregate_id = 'trap'")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let mut db = host.shard("shard-2").await;
+    let leaked = db.i64("SELECT COUNT(*) FROM outbox WHERE aggregate_id = 'trap'").await;
     assert_eq!(leaked, 0, "a trapped invocation must commit nothing");
 
     // The host logged each failure with its request id, and still serves.
@@ -75,3 +71,5 @@ async fn failures_cost_one_request_only() {
         "{metrics}"
     );
 }
+
+on_backends!(failures_cost_one_request_only);

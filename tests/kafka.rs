@@ -1,5 +1,6 @@
 //! The asynchronous half on a real Kafka-protocol broker (tansu) through
-//! rdkafka: end to end, a broker outage, and two relays on one shard.
+//! rdkafka, on MariaDB and on PostgreSQL shards with Redis: end to end, a
+//! broker outage, two relays on one shard, SIGKILL, poison events, replays.
 
 mod support;
 
@@ -7,7 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use support::{
-    assert_money_invariants, outbox_rows, settled, take_payments, unpublished, wait_for, Host, Kafka, SHARDS,
+    assert_money_invariants, outbox_rows, settled, take_payments, unpublished, wait_for, Backend, Kafka,
+    SHARDS,
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -24,10 +26,9 @@ async fn published_once(kafka: &Kafka, expected: usize) -> (usize, usize) {
     (records.len(), ids.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_flow_through_kafka_exactly_once() {
-    let kafka = Kafka::start().await;
-    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+async fn payments_flow_through_kafka_exactly_once(backend: Backend) {
+    let host = backend.start().await;
+    let kafka = host.kafka();
     take_payments(&host, 4).await;
     wait_for(SETTLE, "settlement through Kafka", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "settlement.updated to be published", || async {
@@ -36,7 +37,7 @@ async fn payments_flow_through_kafka_exactly_once() {
     .await;
 
     let rows = outbox_rows(&host, SHARDS).await as usize;
-    let (records, distinct) = published_once(&kafka, rows).await;
+    let (records, distinct) = published_once(kafka, rows).await;
     assert_eq!((records, distinct), (rows, rows), "each outbox row published exactly once");
     // Per payment, events arrive in commit order.
     let mut by_payment: std::collections::HashMap<Vec<u8>, Vec<String>> = Default::default();
@@ -71,10 +72,9 @@ async fn payments_flow_through_kafka_exactly_once() {
     assert_money_invariants(&host, SHARDS).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_outage_delays_events_but_loses_none() {
-    let kafka = Kafka::start().await;
-    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+async fn a_broker_outage_delays_events_but_loses_none(backend: Backend) {
+    let host = backend.start().await;
+    let kafka = host.kafka();
     take_payments(&host, 1).await;
     wait_for(SETTLE, "first settlement", || settled(&host, SHARDS)).await;
 
@@ -85,16 +85,10 @@ async fn a_broker_outage_delays_events_but_loses_none() {
     assert!(unpublished(&host, SHARDS).await > 0, "nothing can be published during the outage");
     // Attempts per row stay bounded: exponential backoff (1 s, 2 s, 4 s...).
     for shard in SHARDS {
-        let db = host.shard(shard).await;
-        let most: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(retry_count), 0) FROM outbox")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let mut db = host.shard(shard).await;
+        let most = db.i64("SELECT COALESCE(MAX(retry_count), 0) FROM outbox").await;
         assert!(most <= 4, "{shard}: {most} attempts on one row in 6 s");
-        let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let dead = db.i64("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1").await;
         assert_eq!(dead, 0);
     }
 
@@ -111,27 +105,24 @@ async fn a_broker_outage_delays_events_but_loses_none() {
     wait_for(SETTLE, "the backlog to drain after the outage", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;
     let rows = outbox_rows(&host, SHARDS).await as usize;
-    assert_eq!(published_once(&kafka, rows).await, (rows, rows));
+    assert_eq!(published_once(kafka, rows).await, (rows, rows));
     assert_money_invariants(&host, SHARDS).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hosts_relaying_one_shard_never_publish_twice() {
-    let kafka = Kafka::start().await;
-    let first = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+async fn two_hosts_relaying_one_shard_never_publish_twice(backend: Backend) {
+    let first = backend.start().await;
+    let kafka = first.kafka();
     let second = first.another();
     futures::future::join(take_payments(&first, 3), take_payments(&second, 3)).await;
     wait_for(SETTLE, "settlement with two hosts", || settled(&first, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&first, SHARDS).await == 0 }).await;
     let rows = outbox_rows(&first, SHARDS).await as usize;
-    assert_eq!(published_once(&kafka, rows).await, (rows, rows));
+    assert_eq!(published_once(kafka, rows).await, (rows, rows));
     assert_money_invariants(&first, SHARDS).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka() {
-    let kafka = Kafka::start().await;
-    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+async fn a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka(backend: Backend) {
+    let host = backend.start().await;
     take_payments(&host, 2).await;
     let host = host.restart();
     take_payments(&host, 2).await;
@@ -140,11 +131,10 @@ async fn a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka() {
     assert_money_invariants(&host, SHARDS).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows() {
+async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows(backend: Backend) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let kafka = Kafka::start().await;
-    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    let host = backend.start().await;
+    let kafka = host.kafka();
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
         .create()
@@ -176,11 +166,11 @@ async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivered_events_change_nothing_on_kafka() {
+async fn redelivered_events_change_nothing_on_kafka(backend: Backend) {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    let kafka = Kafka::start().await;
-    let host = Host::start_with(&support::manifest(""), &kafka.runtime_config());
+    let host = backend.start().await;
+    let env = host.env.clone().expect("a server backend");
+    let kafka = env.kafka.as_ref().expect("kafka");
     take_payments(&host, 2).await;
     wait_for(SETTLE, "settlement", || settled(&host, SHARDS)).await;
     let before = support::actual_settlements(&host, SHARDS).await;
@@ -219,3 +209,12 @@ async fn redelivered_events_change_nothing_on_kafka() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(support::actual_settlements(&host, SHARDS).await, before, "replays must change nothing");
 }
+
+on_server_backends!(
+    payments_flow_through_kafka_exactly_once,
+    a_broker_outage_delays_events_but_loses_none,
+    two_hosts_relaying_one_shard_never_publish_twice,
+    a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka,
+    a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows,
+    redelivered_events_change_nothing_on_kafka
+);

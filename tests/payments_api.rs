@@ -3,11 +3,10 @@
 
 mod support;
 
-use support::{assert_money_invariants, Host};
+use support::{assert_money_invariants, Backend};
 
-#[tokio::test]
-async fn authorize_capture_refund_and_read() {
-    let host = Host::start();
+async fn authorize_capture_refund_and_read(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(1);
 
     let created = m
@@ -74,9 +73,8 @@ async fn authorize_capture_refund_and_read() {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn full_capture_void_and_their_state_errors() {
-    let host = Host::start();
+async fn full_capture_void_and_their_state_errors(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(2);
 
     let id = m.authorize(7000).await;
@@ -104,9 +102,8 @@ async fn full_capture_void_and_their_state_errors() {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_with_stable_codes() {
-    let host = Host::start();
+async fn bad_input_is_refused_with_stable_codes(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(3);
     let authorize = |body: &'static str| m.post("/payments/authorize", body);
 
@@ -148,9 +145,8 @@ async fn bad_input_is_refused_with_stable_codes() {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
-#[tokio::test]
-async fn authentication_and_tenancy() {
-    let host = Host::start();
+async fn authentication_and_tenancy(backend: Backend) {
+    let host = backend.start().await;
     let owner = host.merchant(4);
     let other = host.merchant(6);
     let id = owner.authorize(1000).await;
@@ -190,9 +186,8 @@ async fn authentication_and_tenancy() {
     assert_eq!(other.get(&format!("/payments/{new_id}")).await.status, 200);
 }
 
-#[tokio::test]
-async fn health_metrics_and_request_ids() {
-    let host = Host::start();
+async fn health_metrics_and_request_ids(backend: Backend) {
+    let host = backend.start().await;
     let m = host.merchant(1);
     m.authorize(100).await;
     m.get("/payments/pay_missing").await;
@@ -222,3 +217,11 @@ async fn health_metrics_and_request_ids() {
         .map(|r| assert_eq!(r.status(), 404))
         .unwrap();
 }
+
+on_backends!(
+    authorize_capture_refund_and_read,
+    full_capture_void_and_their_state_errors,
+    bad_input_is_refused_with_stable_codes,
+    authentication_and_tenancy,
+    health_metrics_and_request_ids
+);

@@ -62,11 +62,23 @@ async fn redis_down_fails_open_or_closed_per_route_and_never_hangs() {
     // Fail open: reads and writes without an idempotency key carry on.
     assert_eq!(m.get(&format!("/payments/{id}")).await.status, 200);
     assert_eq!(m.post("/payments/authorize", r#"{"amount":5,"currency":"KRW"}"#).await.status, 201);
+    // Idempotency keys still hold: the shard's record is the backstop.
+    let key = [("Idempotency-Key", "while-redis-is-down")];
+    let body = r#"{"amount":6,"currency":"KRW"}"#;
+    let first = m.send("POST", "/payments/authorize", Some(body), &key).await;
+    assert_eq!(first.status, 201);
+    let again = m.send("POST", "/payments/authorize", Some(body), &key).await;
+    assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")));
+    assert_eq!(again.bytes, first.bytes);
     // Fail closed where configured.
     m.post(&format!("/payments/{id}/capture"), "{}").await.assert_error(503, "rate_limiter_unavailable");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "Redis down must not hang requests");
+    // Degraded, not unavailable: every host sees the same Redis, and this
+    // one still serves.
     let ready = host.client.get(format!("{}/health/ready", host.base)).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!((ready["status"].as_str(), ready["kv"].as_str()), (Some("degraded"), Some("down")));
 
     redis.set_outage(false);
     support::wait_for(std::time::Duration::from_secs(30), "Redis to be back", || async {

@@ -77,6 +77,38 @@ mod tests {
     }
 
     #[test]
+    fn the_production_examples_parse_and_name_their_backends() {
+        for (text, backend) in [
+            (include_str!("../../infra/runtime-config/production.toml"), "Mysql"),
+            (include_str!("../../infra/runtime-config/production-postgres.toml"), "Postgres"),
+            (include_str!("../../infra/runtime-config/distributed.toml"), "Mysql"),
+        ] {
+            let config: RuntimeConfig = toml::from_str(text).unwrap();
+            assert_eq!(config.shards.len(), 2);
+            for shard in &config.shards {
+                assert!(format!("{:?}", shard.backend).starts_with(backend), "{:?}", shard.backend);
+            }
+        }
+    }
+
+    #[test]
+    fn server_shards_need_exactly_one_url() {
+        let config: RuntimeConfig =
+            toml::from_str("[[shards]]\nname = \"a\"\nbackend = \"postgres\"\nmax_connections = 4").unwrap();
+        let crate::capabilities::sql::runtime_config::BackendConfig::Postgres(server) =
+            &config.shards[0].backend
+        else {
+            panic!("a postgres shard");
+        };
+        let err = server.url("a").unwrap_err().to_string();
+        assert!(err.contains("exactly one of `url` and `url_env`"), "{err}");
+        assert!(toml::from_str::<RuntimeConfig>(
+            "[[shards]]\nname = \"a\"\nbackend = \"mariadb\"\nurl = \"mysql://x\""
+        )
+        .is_ok());
+    }
+
+    #[test]
     fn unknown_shard_keys_are_named() {
         let err =
             toml::from_str::<RuntimeConfig>("[[shards]]\nname = \"a\"\nbackend = \"sqlite\"\npaht = \"x\"")

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod backend;
+#[allow(unused_imports)]
+pub use backend::{Backend, Cell, Env, ShardDb};
+
 pub const PAYFN: &str = env!("CARGO_BIN_EXE_payfn");
 
 /// The repository root.
@@ -70,6 +74,8 @@ pub struct Host {
     pub app: PathBuf,
     /// Owns the app directory of the host that created it.
     _dir: Option<std::sync::Arc<tempfile::TempDir>>,
+    /// The backend's databases, broker and Redis namespace, if not embedded.
+    pub env: Option<std::sync::Arc<Env>>,
     pub base: String,
     pub client: reqwest::Client,
     log: std::sync::Arc<Mutex<String>>,
@@ -83,11 +89,23 @@ impl Host {
 
     /// Starts `payfn up` with this manifest and runtime config text.
     pub fn start_with(manifest_text: &str, runtime_config: &str) -> Host {
+        Self::start_in(manifest_text, runtime_config, None)
+    }
+
+    /// Starts `payfn up` with this manifest and runtime config on `env`.
+    pub fn start_in(manifest_text: &str, runtime_config: &str, env: Option<std::sync::Arc<Env>>) -> Host {
         build_components();
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
         std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
-        Self::spawn(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)))
+        let mut host = Self::spawn(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)));
+        host.env = env;
+        host
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the host process (SIGKILL), keeping its app directory.
@@ -99,13 +117,17 @@ impl Host {
     /// Kills this host (SIGKILL) and starts a new one on the same app directory.
     pub fn restart(mut self) -> Host {
         self.kill();
-        Self::spawn(self.app.clone(), self._dir.take())
+        let mut host = Self::spawn(self.app.clone(), self._dir.take());
+        host.env = self.env.take();
+        host
     }
 
     /// A second host process on the same app directory (same shard files,
     /// same broker): what several hosts in production look like.
     pub fn another(&self) -> Host {
-        Self::spawn(self.app.clone(), self._dir.clone())
+        let mut host = Self::spawn(self.app.clone(), self._dir.clone());
+        host.env = self.env.clone();
+        host
     }
 
     fn spawn(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>) -> Host {
@@ -140,7 +162,7 @@ impl Host {
             }
         };
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-        Host { child, app, _dir: dir, base: format!("http://{addr}"), client, log }
+        Host { child, app, _dir: dir, env: None, base: format!("http://{addr}"), client, log }
     }
 
     /// What the host has written to stderr so far.
@@ -176,11 +198,29 @@ impl Host {
         self.app.join(".payfn/shards").join(format!("{shard}.db"))
     }
 
-    /// A read-only connection to a shard file.
-    pub async fn shard(&self, shard: &str) -> sqlx::SqlitePool {
+    /// A direct connection to a shard: its database on a server backend,
+    /// its file (read-only) on the embedded one.
+    pub async fn shard(&self, shard: &str) -> ShardDb {
+        use sqlx::ConnectOptions;
+        if let Some(db) = match &self.env {
+            Some(env) => env.shard(shard).await,
+            None => None,
+        } {
+            return db;
+        }
         let options =
             sqlx::sqlite::SqliteConnectOptions::new().filename(self.shard_db(shard)).read_only(true);
-        sqlx::SqlitePool::connect_with(options).await.expect("open shard db")
+        ShardDb::Sqlite(options.connect().await.expect("open shard db"))
+    }
+
+    /// The Kafka broker of this host's backend.
+    pub fn kafka(&self) -> &Kafka {
+        self.env.as_ref().and_then(|e| e.kafka.as_ref()).expect("a backend with Kafka")
+    }
+
+    /// The backend this host runs on.
+    pub fn backend(&self) -> Backend {
+        self.env.as_ref().map_or(Backend::Embedded, |e| e.backend)
     }
 }
 
@@ -238,6 +278,18 @@ impl Merchant<'_> {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.try_send(method, path, body, headers).await.expect("request")
+    }
+
+    /// Like [`Merchant::send`], but `None` when the host cannot be reached
+    /// or dies before answering (a host killed under load).
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<Reply> {
         let url = format!("{}{path}", self.host.base);
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.host.client.request(method, url).bearer_auth(&self.key);
@@ -247,11 +299,11 @@ impl Merchant<'_> {
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let response = request.send().await.expect("request");
+        let response = request.send().await.ok()?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body").to_vec();
-        Reply { status, headers, bytes }
+        let bytes = response.bytes().await.ok()?.to_vec();
+        Some(Reply { status, headers, bytes })
     }
 
     pub async fn post(&self, path: &str, body: &str) -> Reply {
@@ -276,73 +328,61 @@ impl Merchant<'_> {
 /// amounts within bounds; every payment change has its outbox event.
 pub async fn assert_money_invariants(host: &Host, shards: &[&str]) {
     for shard in shards {
-        let db = host.shard(shard).await;
-        let unbalanced: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT posting_id, SUM(amount) FROM ledger_entries GROUP BY posting_id HAVING SUM(amount) <> 0",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
+        let mut db = host.shard(shard).await;
+        let unbalanced = db
+            .rows("SELECT posting_id, SUM(amount) FROM ledger_entries GROUP BY posting_id HAVING SUM(amount) <> 0")
+            .await;
         assert!(unbalanced.is_empty(), "{shard}: unbalanced postings {unbalanced:?}");
 
-        let out_of_bounds: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM payments WHERE NOT (0 <= refunded_amount AND refunded_amount <= captured_amount AND captured_amount <= amount)",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let out_of_bounds = db
+            .i64("SELECT COUNT(*) FROM payments WHERE NOT (0 <= refunded_amount AND refunded_amount <= captured_amount AND captured_amount <= amount)")
+            .await;
         assert_eq!(out_of_bounds, 0, "{shard}: amounts out of bounds");
 
-        let refunds_disagree: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM payments p WHERE p.refunded_amount <> \
-             (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.payment_id = p.id)",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let refunds_disagree = db
+            .i64(
+                "SELECT COUNT(*) FROM payments p WHERE p.refunded_amount <> \
+                 (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.payment_id = p.id)",
+            )
+            .await;
         assert_eq!(refunds_disagree, 0, "{shard}: refunded_amount disagrees with refunds");
 
         // Per merchant: the hold equals what is authorized and not yet
         // captured or voided; the payable equals captured minus refunded.
-        let merchants: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT p.merchant_id, \
-                SUM(CASE WHEN p.status = 'AUTHORIZED' THEN p.amount ELSE 0 END), \
-                SUM(p.captured_amount - p.refunded_amount), \
-                (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'authorization_hold'), \
-                (SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'merchant_payable') \
-             FROM payments p GROUP BY p.merchant_id",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
-        for (merchant, held, net, ledger_held, ledger_net) in merchants {
+        let merchants = db
+            .rows(
+                "SELECT p.merchant_id, \
+                    SUM(CASE WHEN p.status = 'AUTHORIZED' THEN p.amount ELSE 0 END), \
+                    SUM(p.captured_amount - p.refunded_amount), \
+                    (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'authorization_hold'), \
+                    (SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries l WHERE l.merchant_id = p.merchant_id AND l.account = 'merchant_payable') \
+                 FROM payments p GROUP BY p.merchant_id",
+            )
+            .await;
+        for row in merchants {
+            let [merchant, held, net, ledger_held, ledger_net] = [0, 1, 2, 3, 4].map(|i| row[i].i64());
             assert_eq!(held, ledger_held, "{shard}: merchant {merchant} hold disagrees with the ledger");
             assert_eq!(net, ledger_net, "{shard}: merchant {merchant} payable disagrees with the ledger");
         }
 
         // Every payment change has its event: one per payment creation, one
         // per capture, void and refund.
-        let expected: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM payments) \
-                  + (SELECT COUNT(*) FROM payments WHERE captured_amount > 0) \
-                  + (SELECT COUNT(*) FROM payments WHERE status = 'VOIDED') \
-                  + (SELECT COUNT(*) FROM refunds)",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment.%'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let expected = db
+            .i64(
+                "SELECT (SELECT COUNT(*) FROM payments) \
+                      + (SELECT COUNT(*) FROM payments WHERE captured_amount > 0) \
+                      + (SELECT COUNT(*) FROM payments WHERE status = 'VOIDED') \
+                      + (SELECT COUNT(*) FROM refunds)",
+            )
+            .await;
+        let events = db.i64("SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment.%'").await;
         assert_eq!(events, expected, "{shard}: outbox events do not match payment changes");
-        let orphans: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox o WHERE o.event_type LIKE 'payment.%' \
-             AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = o.aggregate_id)",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+        let orphans = db
+            .i64(
+                "SELECT COUNT(*) FROM outbox o WHERE o.event_type LIKE 'payment.%' \
+                 AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = o.aggregate_id)",
+            )
+            .await;
         assert_eq!(orphans, 0, "{shard}: outbox events without a payment");
         db.close().await;
     }
@@ -373,57 +413,56 @@ where
 /// Per (merchant, currency): captured and refunded totals and counts, as the
 /// payments tables of `shards` show them.
 pub async fn expected_settlements(host: &Host, shards: &[&str]) -> Vec<(i64, String, i64, i64, i64, i64)> {
-    let mut all = Vec::new();
-    for shard in shards {
-        let db = host.shard(shard).await;
-        let rows: Vec<(i64, String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT p.merchant_id, p.currency, SUM(p.captured_amount), \
-                    (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.merchant_id = p.merchant_id), \
-                    SUM(CASE WHEN p.captured_amount > 0 THEN 1 ELSE 0 END), \
-                    (SELECT COUNT(*) FROM refunds r WHERE r.merchant_id = p.merchant_id) \
-             FROM payments p WHERE p.captured_amount > 0 GROUP BY p.merchant_id, p.currency ORDER BY p.merchant_id",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
-        all.extend(rows);
-        db.close().await;
-    }
-    all.sort();
-    all
+    settlement_rows(
+        host,
+        shards,
+        "SELECT p.merchant_id, p.currency, SUM(p.captured_amount), \
+                (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r WHERE r.merchant_id = p.merchant_id), \
+                SUM(CASE WHEN p.captured_amount > 0 THEN 1 ELSE 0 END), \
+                (SELECT COUNT(*) FROM refunds r WHERE r.merchant_id = p.merchant_id) \
+         FROM payments p WHERE p.captured_amount > 0 GROUP BY p.merchant_id, p.currency",
+    )
+    .await
 }
 
 /// The same figures from the settlement rows of `shards`.
 pub async fn actual_settlements(host: &Host, shards: &[&str]) -> Vec<(i64, String, i64, i64, i64, i64)> {
+    settlement_rows(
+        host,
+        shards,
+        "SELECT merchant_id, currency, SUM(gross_captured), SUM(refunded), SUM(capture_count), SUM(refund_count) \
+         FROM settlements GROUP BY merchant_id, currency",
+    )
+    .await
+}
+
+async fn settlement_rows(host: &Host, shards: &[&str], sql: &str) -> Vec<(i64, String, i64, i64, i64, i64)> {
     let mut all = Vec::new();
     for shard in shards {
-        let db = host.shard(shard).await;
-        let rows: Vec<(i64, String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT merchant_id, currency, SUM(gross_captured), SUM(refunded), SUM(capture_count), SUM(refund_count) \
-             FROM settlements GROUP BY merchant_id, currency ORDER BY merchant_id",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap();
-        all.extend(rows);
+        let mut db = host.shard(shard).await;
+        for r in db.rows(sql).await {
+            all.push((r[0].i64(), r[1].text(), r[2].i64(), r[3].i64(), r[4].i64(), r[5].i64()));
+        }
         db.close().await;
     }
     all.sort();
     all
 }
 
-/// Rows of the outbox of `shards` not yet published (dead-lettered included).
-pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
+/// The sum over `shards` of the integer `sql` returns.
+pub async fn count(host: &Host, shards: &[&str], sql: &str) -> i64 {
     let mut n = 0;
     for shard in shards {
-        let db = host.shard(shard).await;
-        n += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE published = 0")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let mut db = host.shard(shard).await;
+        n += db.i64(sql).await;
         db.close().await;
     }
     n
+}
+
+/// Rows of the outbox of `shards` not yet published (dead-lettered included).
+pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
+    count(host, shards, "SELECT COUNT(*) FROM outbox WHERE published = 0").await
 }
 
 /// A tansu broker (in-memory storage) behind a TCP proxy the test can cut,
@@ -609,13 +648,39 @@ pub async fn settled(host: &Host, shards: &[&str]) -> bool {
 
 /// Outbox rows of `shards`, all types.
 pub async fn outbox_rows(host: &Host, shards: &[&str]) -> i64 {
-    let mut n = 0;
-    for shard in shards {
-        let db = host.shard(shard).await;
-        n += sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(&db).await.unwrap();
-        db.close().await;
-    }
-    n
+    count(host, shards, "SELECT COUNT(*) FROM outbox").await
+}
+
+/// Runs each named `async fn(Backend)` once per backend, as tests named
+/// `<fn>::embedded`, `<fn>::mariadb` and `<fn>::postgres`.
+#[macro_export]
+macro_rules! on_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() { super::$name(Backend::Embedded).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() { super::$name(Backend::Mariadb).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(Backend::Postgres).await }
+        }
+    )*};
+}
+
+/// Like [`on_backends!`], on the production backends only (MariaDB or
+/// PostgreSQL shards, Redis, Kafka).
+#[macro_export]
+macro_rules! on_server_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::support::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() { super::$name(Backend::Mariadb).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(Backend::Postgres).await }
+        }
+    )*};
 }
 
 /// One kv-probe binary mounted as two components, `kv-a` and `kv-b`: same

@@ -100,7 +100,8 @@ fn relay(tick: &Tick) -> Result<String, ApiError> {
                         now_text.as_str().into(),
                         (now_ms + delay.as_millis() as i64).into(),
                         format!("{error:?}").into(),
-                        give_up.into(),
+                        // Flags are integer columns on every dialect.
+                        i64::from(give_up).into(),
                         id.into(),
                     ],
                 )?;

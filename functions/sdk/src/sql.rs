@@ -105,6 +105,16 @@ impl Row<'_> {
         }
     }
 
+    /// A blob column. Also accepts text: MariaDB reports a UTF-8 value of a
+    /// binary-flagged column as text (docs/ARCHITECTURE.md, SQL capability).
+    pub fn bytes(&self, column: &str) -> Result<Vec<u8>, ApiError> {
+        match self.value(column)? {
+            Value::Blob(v) => Ok(v.clone()),
+            Value::Text(v) => Ok(v.clone().into_bytes()),
+            other => Err(type_error(column, "blob", other)),
+        }
+    }
+
     pub fn opt_text(&self, column: &str) -> Result<Option<String>, ApiError> {
         match self.value(column)? {
             Value::Null => Ok(None),

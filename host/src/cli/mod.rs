@@ -1,7 +1,8 @@
-//! The command line: `payfn up`, `payfn build`, `payfn keys issue`.
+//! The command line: `payfn up`, `payfn build`, `payfn migrate`, `payfn keys issue`.
 
 mod build;
 mod keys;
+mod migrate;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run every component's build command.
     Build(AppArgs),
+    /// Apply the schema migrations to every shard, then exit.
+    Migrate(migrate::MigrateArgs),
     /// Merchant API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -71,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Build(args) => build::run(&args),
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Keys(command) => keys::run(command),
     }
 }

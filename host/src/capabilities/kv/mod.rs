@@ -31,7 +31,8 @@ pub struct Kv(Arc<Backend>);
 
 enum Backend {
     Memory(MemoryKv),
-    Redis(RedisKv),
+    // Boxed: the Redis state is much larger than the in-process map handle.
+    Redis(Box<RedisKv>),
 }
 
 impl Kv {
@@ -41,7 +42,7 @@ impl Kv {
             KvConfig::Memory => Kv(Arc::new(Backend::Memory(MemoryKv::start()))),
             KvConfig::Redis { url, prefix, timeout_ms } => {
                 let redis = RedisKv::connect(url, prefix, Duration::from_millis(*timeout_ms)).await?;
-                Kv(Arc::new(Backend::Redis(redis)))
+                Kv(Arc::new(Backend::Redis(Box::new(redis))))
             }
         })
     }

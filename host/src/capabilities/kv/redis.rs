@@ -5,9 +5,11 @@
 //! error quickly, never a hung request. Keys carry the configured prefix
 //! (one per application) before the component or host namespace.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::bindings::kv::Error as KvError;
@@ -26,21 +28,44 @@ pub struct RedisKv {
     url: String,
     prefix: String,
     timeout: Duration,
-    connection: ConnectionManager,
+    client: redis::Client,
+    /// Replaced as a whole when it stays broken (see [`RedisKv::observe`]).
+    connection: Arc<RwLock<ConnectionManager>>,
+    /// Milliseconds since `started` of the last call that reached Redis.
+    last_ok_ms: AtomicU64,
+    started: Instant,
+    replacing: Arc<AtomicBool>,
     incr: Script,
+}
+
+/// A connection manager that reconnects by itself, with a short first
+/// attempt: the caller's timeout bounds every call anyway.
+fn config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(2)
+        .set_max_delay(1_000)
 }
 
 impl RedisKv {
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
-        let connection = tokio::time::timeout(timeout * 5, ConnectionManager::new(client))
-            .await
-            .map_err(|_| anyhow::anyhow!("Redis at {url} did not answer"))??;
+        let connection = tokio::time::timeout(
+            timeout * 5,
+            ConnectionManager::new_with_config(client.clone(), config(timeout)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("Redis at {url} did not answer"))??;
         Ok(Self {
             url: url.to_string(),
             prefix: prefix.to_string(),
             timeout,
-            connection,
+            client,
+            connection: Arc::new(RwLock::new(connection)),
+            last_ok_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            replacing: Arc::new(AtomicBool::new(false)),
             incr: Script::new(INCR_WITH_TTL),
         })
     }
@@ -53,11 +78,54 @@ impl RedisKv {
         format!("{}{key}", self.prefix)
     }
 
+    fn conn(&self) -> ConnectionManager {
+        self.connection.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Tracks whether calls reach Redis. redis-rs's manager can stay broken
+    /// after a failed reconnect (redis-rs issues 984, 1556), so after a
+    /// second without a successful call a fresh manager is built in the
+    /// background and swapped in once it connects.
+    fn observe(&self, reached: bool) {
+        let now = self.started.elapsed().as_millis() as u64;
+        if reached {
+            self.last_ok_ms.store(now, Ordering::Relaxed);
+            return;
+        }
+        if now.saturating_sub(self.last_ok_ms.load(Ordering::Relaxed)) < 1_000
+            || self.replacing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (client, slot, replacing, timeout) =
+            (self.client.clone(), self.connection.clone(), self.replacing.clone(), self.timeout);
+        tokio::spawn(async move {
+            let fresh = tokio::time::timeout(
+                timeout * 2,
+                ConnectionManager::new_with_config(client, config(timeout)),
+            );
+            if let Ok(Ok(fresh)) = fresh.await {
+                tracing::info!("Redis reachable again; connection replaced");
+                *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+            replacing.store(false, Ordering::Release);
+        });
+    }
+
     async fn run<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, KvError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let result = self.classify(tokio::time::timeout(self.timeout, call).await);
+        self.observe(!matches!(result, Err(KvError::Unavailable(_))));
+        result
+    }
+
+    fn classify<T>(
+        &self,
+        outcome: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, KvError> {
+        match outcome {
             Err(_) => Err(KvError::Unavailable(format!("Redis did not answer within {:?}", self.timeout))),
             Ok(Err(e))
                 if e.kind() == redis::ErrorKind::TypeError || e.kind() == redis::ErrorKind::ResponseError =>
@@ -70,12 +138,12 @@ impl RedisKv {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         self.run(c.get(self.key(key))).await
     }
 
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         let key = self.key(key);
         match ttl {
             Some(ttl) => self.run(c.pset_ex(key, value, ttl.as_millis().max(1) as u64)).await,
@@ -84,7 +152,7 @@ impl RedisKv {
     }
 
     pub async fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         let ttl = ttl.map(|t| t.as_millis().max(1).to_string()).unwrap_or_default();
         let mut invocation = self.incr.key(self.key(key));
         invocation.arg(delta).arg(ttl);
@@ -92,13 +160,13 @@ impl RedisKv {
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         let removed: i64 = self.run(c.del(self.key(key))).await?;
         Ok(removed > 0)
     }
 
     pub async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, KvError> {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64);
         let reply: Option<String> = self.run(cmd.query_async(&mut c)).await?;
@@ -106,7 +174,7 @@ impl RedisKv {
     }
 
     pub async fn ping(&self) -> bool {
-        let mut c = self.connection.clone();
+        let mut c = self.conn();
         let pong: Result<String, _> = self.run(redis::cmd("PING").query_async(&mut c)).await;
         pong.is_ok()
     }

@@ -5,12 +5,17 @@
 //! to commit or roll back (DESIGN.md rule 2). A component can only reach the
 //! transaction it was given, so it never sees another shard.
 
+mod errors;
 mod host;
+mod mysql;
+mod placeholders;
+mod postgres;
 pub mod runtime_config;
+mod server;
 mod shards;
 mod sqlite;
 
-pub use shards::{Shard, ShardSet, ShardTx};
+pub use shards::{migrate, Shard, ShardSet, ShardTx};
 pub use sqlite::durable_options;
 
 use crate::bindings::sql::{Dialect, Error as SqlError};

@@ -29,6 +29,87 @@ pub enum BackendConfig {
         #[serde(default = "default_readers")]
         readers: u32,
     },
+    /// A MariaDB or MySQL database.
+    #[serde(alias = "mariadb")]
+    Mysql(ServerConfig),
+    /// A PostgreSQL database.
+    #[serde(alias = "postgresql")]
+    Postgres(ServerConfig),
+}
+
+/// A shard on a database server: where it is, and how the host's pool of
+/// connections to it behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `mysql://user:pass@host:3306/db` or `postgres://user@host:5432/db`.
+    pub url: Option<String>,
+    /// The name of an environment variable holding the URL instead (keeps
+    /// passwords out of files). Exactly one of `url` / `url_env`.
+    pub url_env: Option<String>,
+    /// Connections per host. Each invocation holds one for its transaction.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    #[serde(default)]
+    pub min_connections: u32,
+    /// How long an invocation waits for a connection (including connecting);
+    /// past it the request fails with 503 `shard_unavailable`.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    /// Longest a single statement may run, set on every session.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Longest a statement waits for a row lock before failing with
+    /// `conflict` (MariaDB rounds it up to whole seconds).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// Idle connections above `min_connections` close after this.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections are replaced after this, so server-side failovers and
+    /// configuration changes reach every connection.
+    #[serde(default = "default_max_lifetime_ms")]
+    pub max_lifetime_ms: u64,
+    /// Apply the dialect's migrations at start. `false`: run `payfn migrate`
+    /// beforehand; the host then refuses to use a database that is behind.
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+}
+
+impl ServerConfig {
+    /// The connection URL, from `url` or the variable `url_env` names.
+    pub fn url(&self, shard: &str) -> anyhow::Result<String> {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("runtime config: shard `{shard}`: url_env names `{var}`, which is not set")
+            }),
+            _ => anyhow::bail!("runtime config: shard `{shard}` needs exactly one of `url` and `url_env`"),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    32
+}
+fn default_acquire_timeout_ms() -> u64 {
+    2_000
+}
+fn default_statement_timeout_ms() -> u64 {
+    5_000
+}
+fn default_lock_timeout_ms() -> u64 {
+    3_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    600_000
+}
+fn default_max_lifetime_ms() -> u64 {
+    1_800_000
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_readers() -> u32 {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use super::mysql::Mysql;
+use super::postgres::Postgres;
 use super::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
+use super::server::{self, ServerShard, ServerTx};
 use super::sqlite::{SqliteShard, SqliteTx};
 use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
 
@@ -18,12 +21,16 @@ pub struct Shard {
 
 enum Backend {
     Sqlite(SqliteShard),
+    Mysql(ServerShard<Mysql>),
+    Postgres(ServerShard<Postgres>),
 }
 
 impl Shard {
     pub fn dialect(&self) -> Dialect {
         match self.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Mysql(_) => Dialect::Mysql,
+            Backend::Postgres(_) => Dialect::Postgres,
         }
     }
 
@@ -32,13 +39,27 @@ impl Shard {
     pub async fn begin(&self, write: bool) -> Result<ShardTx, SqlError> {
         match &self.backend {
             Backend::Sqlite(s) => Ok(ShardTx::Sqlite(s.begin(write).await?)),
+            Backend::Mysql(s) => Ok(ShardTx::Mysql(s.begin(write).await?)),
+            Backend::Postgres(s) => Ok(ShardTx::Postgres(s.begin(write).await?)),
         }
     }
 
-    /// Whether the shard answers a trivial query (readiness).
+    /// Whether the shard is migrated and answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(s) => s.ping().await,
+            Backend::Mysql(s) => s.ping().await,
+            Backend::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Why the shard cannot take transactions yet (unreachable since start,
+    /// or not migrated), if it cannot.
+    pub fn not_ready(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Mysql(s) => s.not_ready(),
+            Backend::Postgres(s) => s.not_ready(),
         }
     }
 
@@ -51,6 +72,8 @@ impl Shard {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Sqlite(s) => format!("sqlite {}", s.path().display()),
+            Backend::Mysql(s) => s.describe(),
+            Backend::Postgres(s) => s.describe(),
         }
     }
 }
@@ -59,30 +82,40 @@ impl Shard {
 /// it back.
 pub enum ShardTx {
     Sqlite(SqliteTx),
+    Mysql(ServerTx<Mysql>),
+    Postgres(ServerTx<Postgres>),
 }
 
 impl ShardTx {
     pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
         match self {
             ShardTx::Sqlite(tx) => tx.query(statement, params).await,
+            ShardTx::Mysql(tx) => tx.query(statement, params).await,
+            ShardTx::Postgres(tx) => tx.query(statement, params).await,
         }
     }
 
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
         match self {
             ShardTx::Sqlite(tx) => tx.execute(statement, params).await,
+            ShardTx::Mysql(tx) => tx.execute(statement, params).await,
+            ShardTx::Postgres(tx) => tx.execute(statement, params).await,
         }
     }
 
     pub async fn commit(self) -> Result<(), SqlError> {
         match self {
             ShardTx::Sqlite(tx) => tx.commit().await,
+            ShardTx::Mysql(tx) => tx.commit().await,
+            ShardTx::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub async fn rollback(self) {
         match self {
             ShardTx::Sqlite(tx) => tx.rollback().await,
+            ShardTx::Mysql(tx) => tx.rollback().await,
+            ShardTx::Postgres(tx) => tx.rollback().await,
         }
     }
 }
@@ -109,17 +142,16 @@ impl ShardSet {
                 bail!("runtime config: shard `{}` is defined twice", config.name);
             }
             let backend = match &config.backend {
-                BackendConfig::Sqlite { path, readers } => {
-                    let path = match path {
-                        Some(p) if p.is_absolute() => p.clone(),
-                        Some(p) => state_dir.join(p),
-                        None => state_dir.join("shards").join(format!("{}.db", config.name)),
-                    };
-                    Backend::Sqlite(
-                        SqliteShard::open(&path, *readers)
-                            .await
-                            .with_context(|| format!("opening shard `{}`", config.name))?,
-                    )
+                BackendConfig::Sqlite { path, readers } => Backend::Sqlite(
+                    SqliteShard::open(&sqlite_path(config, path.as_deref(), state_dir), *readers)
+                        .await
+                        .with_context(|| format!("opening shard `{}`", config.name))?,
+                ),
+                BackendConfig::Mysql(server) => {
+                    Backend::Mysql(ServerShard::open(&config.name, server).await?)
+                }
+                BackendConfig::Postgres(server) => {
+                    Backend::Postgres(ServerShard::open(&config.name, server).await?)
                 }
             };
             shards.push(Arc::new(Shard { name: config.name.clone(), backend }));
@@ -149,5 +181,38 @@ impl ShardSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> + '_ {
         self.shards.iter()
+    }
+}
+
+fn sqlite_path(config: &ShardConfig, path: Option<&Path>, state_dir: &Path) -> std::path::PathBuf {
+    match path {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
+        Some(p) => state_dir.join(p),
+        None => state_dir.join("shards").join(format!("{}.db", config.name)),
+    }
+}
+
+/// Applies the shard's migrations (creating the database first when
+/// `create` is set and it does not exist) and returns the applied versions.
+pub async fn migrate(config: &ShardConfig, state_dir: &Path, create: bool) -> anyhow::Result<Vec<i64>> {
+    use sqlx::migrate::MigrateDatabase;
+    let name = &config.name;
+    match &config.backend {
+        BackendConfig::Sqlite { path, readers } => {
+            let shard = SqliteShard::open(&sqlite_path(config, path.as_deref(), state_dir), *readers).await?;
+            shard.applied_migrations().await
+        }
+        BackendConfig::Mysql(server) => {
+            if create && !sqlx::MySql::database_exists(&server.url(name)?).await? {
+                sqlx::MySql::create_database(&server.url(name)?).await?;
+            }
+            server::migrate::<Mysql>(name, server).await
+        }
+        BackendConfig::Postgres(server) => {
+            if create && !sqlx::Postgres::database_exists(&server.url(name)?).await? {
+                sqlx::Postgres::create_database(&server.url(name)?).await?;
+            }
+            server::migrate::<Postgres>(name, server).await
+        }
     }
 }

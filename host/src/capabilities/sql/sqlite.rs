@@ -71,6 +71,13 @@ impl SqliteShard {
         tx.map(Transaction).map_err(map_error)
     }
 
+    /// The migration versions applied to the file.
+    pub async fn applied_migrations(&self) -> anyhow::Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.writer)
+            .await?)
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
     }
@@ -146,26 +153,9 @@ fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
 
 /// Sorts a sqlx error into the WIT error the component can act on.
 fn map_error(e: sqlx::Error) -> SqlError {
-    use sqlx::error::ErrorKind;
-    match &e {
-        sqlx::Error::Database(db) => match db.kind() {
-            ErrorKind::UniqueViolation
-            | ErrorKind::ForeignKeyViolation
-            | ErrorKind::NotNullViolation
-            | ErrorKind::CheckViolation => SqlError::ConstraintViolation(db.message().to_string()),
-            // SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock too long.
-            _ if matches!(db.code().as_deref(), Some("5" | "6" | "517")) => {
-                SqlError::Conflict(db.message().to_string())
-            }
-            _ => SqlError::InvalidStatement(db.message().to_string()),
-        },
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed => SqlError::Unavailable(e.to_string()),
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. } => SqlError::InvalidStatement(e.to_string()),
-        _ => SqlError::Other(e.to_string()),
-    }
+    super::errors::map(e, |db| {
+        // SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock too long.
+        matches!(db.code().as_deref(), Some("5" | "6" | "517"))
+            .then(|| SqlError::Conflict(db.message().to_string()))
+    })
 }

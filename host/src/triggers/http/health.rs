@@ -17,21 +17,38 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Every shard and the kv store answer.
+/// Whether this host should get traffic, and what is wrong if anything.
+///
+/// 200 `ready`: every shard, the kv store and the event backend answer.
+/// 200 `degraded`: some of them do not, but the host still serves the
+/// merchants of the shards that do; a load balancer must keep it, because
+/// every other host sees the same outage (`shard_errors` names the reason).
+/// 503 `unavailable`: no shard answers, so the host can serve nobody.
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     let mut shards = serde_json::Map::new();
-    let mut ok = true;
+    let mut shard_errors = serde_json::Map::new();
+    let (mut up_count, mut all_up) = (0, true);
     for shard in app.shards.iter() {
         let up = shard.ping().await;
-        ok &= up;
+        up_count += usize::from(up);
+        all_up &= up;
         shards.insert(shard.name.clone(), json!(if up { "up" } else { "down" }));
+        if let Some(why) = shard.not_ready().filter(|_| !up) {
+            shard_errors.insert(shard.name.clone(), json!(why));
+        }
     }
     let kv = app.kv.ping().await;
     let events = app.broker.ping().await;
-    ok &= kv && events;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({"status": if ok { "ready" } else { "unavailable" }, "shards": shards, "kv": if kv { "up" } else { "down" }, "events": if events { "up" } else { "down" }});
-    (status, Json(body)).into_response()
+    let (code, status) = match (up_count, all_up && kv && events) {
+        (0, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (_, true) => (StatusCode::OK, "ready"),
+        (_, false) => (StatusCode::OK, "degraded"),
+    };
+    let mut body = json!({"status": status, "shards": shards, "kv": if kv { "up" } else { "down" }, "events": if events { "up" } else { "down" }});
+    if !shard_errors.is_empty() {
+        body["shard_errors"] = serde_json::Value::Object(shard_errors);
+    }
+    (code, Json(body)).into_response()
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -25,7 +25,8 @@ pub struct Claim {
     pub merchant_id: i64,
     pub key: String,
     pub fingerprint: String,
-    lock_key: String,
+    /// The kv lock held, if the kv store could be reached.
+    lock_key: Option<String>,
 }
 
 /// What to do with a request that carries a key.
@@ -87,7 +88,17 @@ pub async fn begin(
     lock_ttl: Duration,
 ) -> Result<Outcome, HostError> {
     let lock_key = host_key("idem", &[&merchant_id.to_string(), &key]);
-    let locked = kv.set_nx(&lock_key, Vec::new(), lock_ttl).await.map_err(unavailable)?;
+    // The kv lock turns a concurrent duplicate into an early 409. If the kv
+    // store is down the request goes on without it: the record's primary key
+    // in the shard transaction still lets only one of two racing requests
+    // commit (the other rolls back and gets 409), so nothing happens twice.
+    let (locked, lock_key) = match kv.set_nx(&lock_key, Vec::new(), lock_ttl).await {
+        Ok(locked) => (locked, Some(lock_key)),
+        Err(e) => {
+            tracing::warn!(error = ?e, "kv store unreachable; idempotency falls back to the shard's key");
+            (true, None)
+        }
+    };
     if !locked {
         return Err(HostError::new(
             StatusCode::CONFLICT,
@@ -139,8 +150,12 @@ async fn lookup(shard: &Shard, claim: &Claim) -> Result<Option<(String, u16, Vec
         return Ok(None);
     };
     match row.as_slice() {
+        // MariaDB returns a UTF-8 blob as text (see sql/mysql.rs).
         [Value::Text(fp), Value::Int64(status), Value::Blob(body)] => {
             Ok(Some((fp.clone(), u16::try_from(*status).unwrap_or(200), body.clone())))
+        }
+        [Value::Text(fp), Value::Int64(status), Value::Text(body)] => {
+            Ok(Some((fp.clone(), u16::try_from(*status).unwrap_or(200), body.clone().into_bytes())))
         }
         other => Err(unavailable(format!("malformed idempotency record {other:?}"))),
     }
@@ -178,7 +193,8 @@ impl Claim {
 
     /// Drops the lock once the outcome is committed or abandoned.
     pub async fn release(&self, kv: &Kv) {
-        if let Err(e) = kv.delete(&self.lock_key).await {
+        let Some(lock_key) = &self.lock_key else { return };
+        if let Err(e) = kv.delete(lock_key).await {
             tracing::warn!(error = ?e, "could not release an idempotency lock; it expires by itself");
         }
     }

@@ -1,0 +1,165 @@
+//! MariaDB / MySQL shards.
+//!
+//! Sessions run at READ COMMITTED (as PostgreSQL does by default): steps
+//! lock what they change with `FOR UPDATE`, and REPEATABLE READ's gap locks
+//! would only add deadlocks. Tables use a binary collation, so ids and
+//! idempotency keys compare byte for byte, as on the other dialects.
+//!
+//! One consequence: the wire protocol flags text in a binary collation as
+//! binary, so values of binary-flagged columns are returned as `text` when
+//! they are valid UTF-8 and as `blob` otherwise. Readers of blob columns
+//! accept both (the SDK's `Row::bytes`, the host's idempotency lookup).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::error::DatabaseError;
+use sqlx::mysql::{
+    MySql, MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlQueryResult, MySqlRow,
+};
+use sqlx::pool::Pool;
+use sqlx::{Arguments, Column, ConnectOptions, Executor, Row, TypeInfo, ValueRef};
+
+use super::errors;
+use super::runtime_config::ServerConfig;
+use super::server::{pool_options, Driver};
+use crate::bindings::sql::{Error as SqlError, Value};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/mysql");
+
+/// The MariaDB/MySQL [`Driver`].
+pub struct Mysql;
+
+impl Driver for Mysql {
+    type Db = MySql;
+    const READ_ONLY_BEGIN: &'static str = "START TRANSACTION READ ONLY";
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<MySql>> {
+        let options = MySqlConnectOptions::from_str(url)?.charset("utf8mb4").disable_statement_logging();
+        // innodb_lock_wait_timeout is in whole seconds.
+        let lock_secs = config.lock_timeout_ms.div_ceil(1000).max(1);
+        let statement_ms = config.statement_timeout_ms;
+        Ok(pool_options::<MySql>(config)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                    conn.execute(
+                        format!("SET SESSION innodb_lock_wait_timeout = {lock_secs}, time_zone = '+00:00'")
+                            .as_str(),
+                    )
+                    .await?;
+                    // MariaDB's statement limit is max_statement_time (seconds);
+                    // MySQL's is max_execution_time (milliseconds, SELECT only).
+                    let mariadb =
+                        format!("SET SESSION max_statement_time = {}", statement_ms as f64 / 1000.0);
+                    if conn.execute(mariadb.as_str()).await.is_err() {
+                        conn.execute(format!("SET SESSION max_execution_time = {statement_ms}").as_str())
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options))
+    }
+
+    fn statement(statement: &str) -> Cow<'_, str> {
+        Cow::Borrowed(statement)
+    }
+
+    fn bind(params: Vec<Value>) -> Result<MySqlArguments, SqlError> {
+        let mut args = MySqlArguments::default();
+        for value in params {
+            let added = match value {
+                Value::Null => args.add(None::<i64>),
+                Value::Int64(v) => args.add(v),
+                Value::Float64(v) => args.add(v),
+                Value::Text(v) => args.add(v),
+                Value::Blob(v) => args.add(v),
+                Value::Boolean(v) => args.add(v),
+            };
+            added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
+        }
+        Ok(args)
+    }
+
+    fn decode_row(row: &MySqlRow) -> Result<Vec<Value>, SqlError> {
+        let map = |e| errors::map(e, Self::classify);
+        (0..row.len())
+            .map(|i| {
+                let raw = row.try_get_raw(i).map_err(map)?;
+                if raw.is_null() {
+                    return Ok(Value::Null);
+                }
+                let type_name = raw.type_info().name().to_string();
+                let value = match type_name.as_str() {
+                    "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+                        Value::Int64(row.try_get(i).map_err(map)?)
+                    }
+                    "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+                    | "BIGINT UNSIGNED" => {
+                        let v: u64 = row.try_get(i).map_err(map)?;
+                        Value::Int64(i64::try_from(v).map_err(|_| {
+                            SqlError::InvalidStatement(format!("{v} does not fit a signed 64-bit integer"))
+                        })?)
+                    }
+                    "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map)?),
+                    "FLOAT" | "DOUBLE" => Value::Float64(row.try_get(i).map_err(map)?),
+                    // SUM() and exact numerics: whole numbers stay integers.
+                    "DECIMAL" => {
+                        let v: rust_decimal::Decimal = row.try_get(i).map_err(map)?;
+                        decimal(v)
+                    }
+                    "CHAR" | "VARCHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET"
+                    | "JSON" => Value::Text(row.try_get(i).map_err(map)?),
+                    // The protocol flags text in a binary collation (utf8mb4_bin,
+                    // which the migrations use) exactly like binary strings, so
+                    // these come back as text when they are UTF-8.
+                    "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+                        let bytes: Vec<u8> = row.try_get(i).map_err(map)?;
+                        match String::from_utf8(bytes) {
+                            Ok(text) => Value::Text(text),
+                            Err(e) => Value::Blob(e.into_bytes()),
+                        }
+                    }
+                    other => return Err(errors::unsupported(row.columns()[i].name(), other)),
+                };
+                Ok(value)
+            })
+            .collect()
+    }
+
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<SqlError> {
+        let number = error.try_downcast_ref::<MySqlDatabaseError>()?.number();
+        let message = error.message().to_string();
+        match number {
+            // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT: another transaction holds
+            // the rows; the caller may retry.
+            1213 | 1205 => Some(SqlError::Conflict(message)),
+            // MariaDB's and MySQL's statement-time limits; server shutdown;
+            // too many connections.
+            1969 | 3024 | 1053 | 1040 => Some(SqlError::Unavailable(message)),
+            // MariaDB's CHECK failure (MySQL's 3819 sqlx sorts itself).
+            4025 => Some(SqlError::ConstraintViolation(message)),
+            _ => None,
+        }
+    }
+}
+
+/// A DECIMAL as an integer when it is whole and fits, else as text (exact).
+pub fn decimal(v: rust_decimal::Decimal) -> Value {
+    if v.fract().is_zero() {
+        if let Some(i) = v.to_i64() {
+            return Value::Int64(i);
+        }
+    }
+    Value::Text(v.normalize().to_string())
+}

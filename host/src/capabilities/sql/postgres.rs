@@ -1,0 +1,138 @@
+//! PostgreSQL shards.
+//!
+//! Statements carry `?` placeholders like on every dialect; they are
+//! numbered (`$1, $2, …`) here. NULL parameters are sent untyped, so the
+//! server infers their type from the column, as it does for `?` elsewhere.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use sqlx::encode::IsNull;
+use sqlx::error::{BoxDynError, DatabaseError};
+use sqlx::pool::Pool;
+use sqlx::postgres::{
+    PgArgumentBuffer, PgArguments, PgConnectOptions, PgDatabaseError, PgQueryResult, PgRow, PgTypeInfo,
+    Postgres as Pg,
+};
+use sqlx::{Arguments, Column, ConnectOptions, Encode, Row, Type, TypeInfo, ValueRef};
+
+use super::errors;
+use super::mysql::decimal;
+use super::placeholders;
+use super::runtime_config::ServerConfig;
+use super::server::{pool_options, Driver};
+use crate::bindings::sql::{Error as SqlError, Value};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/postgres");
+
+/// The PostgreSQL [`Driver`].
+pub struct Postgres;
+
+impl Driver for Postgres {
+    type Db = Pg;
+    const READ_ONLY_BEGIN: &'static str = "BEGIN READ ONLY";
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Pg>> {
+        // Session settings travel in the startup packet: no extra round trip.
+        let statement = config.statement_timeout_ms.to_string();
+        let lock = config.lock_timeout_ms.to_string();
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("payfn")
+            .options([
+                ("statement_timeout", statement.as_str()),
+                ("lock_timeout", lock.as_str()),
+                ("TimeZone", "UTC"),
+            ])
+            .disable_statement_logging();
+        Ok(pool_options::<Pg>(config).connect_lazy_with(options))
+    }
+
+    fn statement(statement: &str) -> Cow<'_, str> {
+        placeholders::numbered(statement)
+    }
+
+    fn bind(params: Vec<Value>) -> Result<PgArguments, SqlError> {
+        let mut args = PgArguments::default();
+        for value in params {
+            let added = match value {
+                Value::Null => args.add(UntypedNull),
+                Value::Int64(v) => args.add(v),
+                Value::Float64(v) => args.add(v),
+                Value::Text(v) => args.add(v),
+                Value::Blob(v) => args.add(v),
+                Value::Boolean(v) => args.add(v),
+            };
+            added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
+        }
+        Ok(args)
+    }
+
+    fn decode_row(row: &PgRow) -> Result<Vec<Value>, SqlError> {
+        let map = |e| errors::map(e, Self::classify);
+        (0..row.len())
+            .map(|i| {
+                let raw = row.try_get_raw(i).map_err(map)?;
+                if raw.is_null() {
+                    return Ok(Value::Null);
+                }
+                let type_name = raw.type_info().name().to_string();
+                let value = match type_name.as_str() {
+                    "INT8" => Value::Int64(row.try_get(i).map_err(map)?),
+                    "INT4" => Value::Int64(row.try_get::<i32, _>(i).map_err(map)?.into()),
+                    "INT2" => Value::Int64(row.try_get::<i16, _>(i).map_err(map)?.into()),
+                    "BOOL" => Value::Boolean(row.try_get(i).map_err(map)?),
+                    "FLOAT8" => Value::Float64(row.try_get(i).map_err(map)?),
+                    "FLOAT4" => Value::Float64(row.try_get::<f32, _>(i).map_err(map)?.into()),
+                    // SUM(bigint) is NUMERIC: whole numbers stay integers.
+                    "NUMERIC" => decimal(row.try_get(i).map_err(map)?),
+                    "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
+                        Value::Text(row.try_get(i).map_err(map)?)
+                    }
+                    "BYTEA" => Value::Blob(row.try_get(i).map_err(map)?),
+                    other => return Err(errors::unsupported(row.columns()[i].name(), other)),
+                };
+                Ok(value)
+            })
+            .collect()
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn classify(error: &(dyn DatabaseError + 'static)) -> Option<SqlError> {
+        let code = error.try_downcast_ref::<PgDatabaseError>()?.code();
+        let message = error.message().to_string();
+        match code {
+            // serialization_failure, deadlock_detected, lock_not_available.
+            "40001" | "40P01" | "55P03" => Some(SqlError::Conflict(message)),
+            // query_canceled (statement_timeout), connection exceptions,
+            // insufficient resources, operator intervention (shutdown).
+            "57014" => Some(SqlError::Unavailable(message)),
+            _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") => {
+                Some(SqlError::Unavailable(message))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A NULL parameter without a declared type (OID 0): PostgreSQL infers it
+/// from where it is used, so one NULL fits a text or an integer column.
+struct UntypedNull;
+
+impl Type<Pg> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl Encode<'_, Pg> for UntypedNull {
+    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        Ok(IsNull::Yes)
+    }
+}

@@ -1,0 +1,240 @@
+//! The production shapes: MariaDB or PostgreSQL shards, Redis and Kafka,
+//! several hosts at once. A shard that is down costs only its merchants;
+//! hosts share one rate-limit budget; a host killed under load loses
+//! nothing that was acknowledged and counts nothing twice.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{assert_money_invariants, manifest, settled, wait_for, Backend, Host, SHARDS};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+async fn ready(host: &Host) -> (u16, serde_json::Value) {
+    let reply = host.client.get(format!("{}/health/ready", host.base)).send().await.expect("ready");
+    (reply.status().as_u16(), reply.json().await.expect("ready json"))
+}
+
+/// Merchant 1 lives on shard-2, merchant 2 on shard-1.
+async fn a_shard_down_fails_only_its_merchants(backend: Backend) {
+    let host = backend.start().await;
+    let env = host.env.clone().expect("a server backend");
+    let (odd, even) = (host.merchant(1), host.merchant(2));
+    let paid = odd.authorize(500).await;
+    even.authorize(500).await;
+
+    env.set_shard_outage("shard-2", true);
+    // The proxy drops open connections within 50 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    odd.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#)
+        .await
+        .assert_error(503, "shard_unavailable");
+    odd.get(&format!("/payments/{paid}")).await.assert_error(503, "shard_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5), "a down shard must fail fast, not hang");
+    assert_eq!(even.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#).await.status, 201);
+    // Degraded, still in the load balancer: it serves shard-1's merchants.
+    let (status, body) = ready(&host).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("degraded")));
+    assert_eq!(
+        (body["shards"]["shard-1"].as_str(), body["shards"]["shard-2"].as_str()),
+        (Some("up"), Some("down"))
+    );
+
+    env.set_shard_outage("shard-2", false);
+    wait_for(Duration::from_secs(30), "shard-2 to serve again", || async {
+        odd.get(&format!("/payments/{paid}")).await.status == 200
+    })
+    .await;
+    assert_eq!(ready(&host).await.0, 200);
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+/// A shard unreachable when the host starts: the host starts anyway and
+/// serves the other shard; the missing one migrates and joins when it
+/// comes back.
+async fn a_shard_unreachable_at_start_joins_when_it_comes_back(backend: Backend) {
+    let env = Arc::new(backend.env().await);
+    env.set_shard_outage("shard-2", true);
+    let host = Host::start_in(&manifest(""), &env.runtime_config(), Some(env.clone()));
+    let (odd, even) = (host.merchant(1), host.merchant(2));
+    assert_eq!(even.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#).await.status, 201);
+    odd.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#)
+        .await
+        .assert_error(503, "shard_unavailable");
+    let (status, body) = ready(&host).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("degraded")));
+    assert!(body["shard_errors"]["shard-2"].is_string(), "the reason is given: {body}");
+    assert!(host.log().contains("shard not ready"), "{}", host.log());
+
+    env.set_shard_outage("shard-2", false);
+    wait_for(Duration::from_secs(40), "shard-2 to be migrated and ready", || async {
+        odd.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#).await.status == 201
+    })
+    .await;
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+/// `migrate = false`: the host refuses a database that is behind until
+/// `payfn migrate` has run; then the shard becomes ready by itself.
+async fn payfn_migrate_brings_a_database_up_to_date(backend: Backend) {
+    let env = Arc::new(backend.env().await);
+    let config = env
+        .runtime_config()
+        .replace("acquire_timeout_ms = 1000\n", "acquire_timeout_ms = 1000\nmigrate = false\n");
+    let host = Host::start_in(&manifest(""), &config, Some(env.clone()));
+    let m = host.merchant(2);
+    m.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#)
+        .await
+        .assert_error(503, "shard_unavailable");
+    let (status, body) = ready(&host).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("unavailable")), "no shard can serve");
+    let why = body["shard_errors"]["shard-1"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("payfn migrate"), "{body}");
+
+    let out = std::process::Command::new(support::PAYFN)
+        .args(["migrate", "--manifest"])
+        .arg(host.app.join("spin.toml"))
+        .output()
+        .expect("payfn migrate");
+    let printed = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("3 migrations applied, latest 3"), "{printed}");
+    // Idempotent: a second run applies nothing new.
+    let again = std::process::Command::new(support::PAYFN)
+        .args(["migrate", "--manifest"])
+        .arg(host.app.join("spin.toml"))
+        .output()
+        .expect("payfn migrate");
+    assert!(again.status.success());
+
+    wait_for(Duration::from_secs(40), "the shards to notice the migration", || async {
+        m.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#).await.status == 201
+    })
+    .await;
+}
+
+/// Two hosts, one Redis: 40 concurrent requests against a budget of 10
+/// create exactly 10 payments (the fixed window's counter is one atomic
+/// INCR on the server, so the tolerance is zero within a window).
+async fn rate_limits_hold_across_hosts_under_concurrency(backend: Backend) {
+    let first = backend
+        .start_with(&manifest(""), "[http.rate_limits]\nwindow_secs = 60\ncomponents = { authorize = 10 }\n")
+        .await;
+    let second = first.another();
+    let (a, b) = (first.merchant(3), second.merchant(3));
+    let replies = futures::future::join_all((0..40).map(|i| {
+        let m = if i % 2 == 0 { &a } else { &b };
+        m.post("/payments/authorize", r#"{"amount":1,"currency":"KRW"}"#)
+    }))
+    .await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    let limited = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((created, limited), (10, 30));
+    let mut db = first.shard("shard-2").await;
+    assert_eq!(db.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 3").await, 10);
+}
+
+/// What a client was told: payment id -> (authorized amount, captured).
+type Acknowledged = Arc<Mutex<HashMap<String, (i64, bool)>>>;
+
+/// Authorize-and-capture rounds through `host` until it stops answering
+/// or `rounds` are done, recording every 2xx.
+async fn load(host: &Host, merchant: i64, rounds: i64, acked: Acknowledged) {
+    let m = host.merchant(merchant);
+    for i in 0..rounds {
+        let amount = 1_000 + i;
+        let body = format!(r#"{{"amount":{amount},"currency":"KRW"}}"#);
+        let Some(reply) = m.try_send("POST", "/payments/authorize", Some(&body), &[]).await else { return };
+        if reply.status != 201 {
+            continue;
+        }
+        let id = reply.json()["id"].as_str().expect("id").to_string();
+        acked.lock().unwrap().insert(id.clone(), (amount, false));
+        let Some(reply) = m.try_send("POST", &format!("/payments/{id}/capture"), Some("{}"), &[]).await
+        else {
+            return;
+        };
+        if reply.status == 200 {
+            acked.lock().unwrap().insert(id, (amount, true));
+        }
+    }
+}
+
+/// Three hosts under load, one killed with SIGKILL mid-flight: every
+/// acknowledged payment and capture is committed, nothing counts twice,
+/// and after a restart the backlog drains into exact settlements.
+async fn a_host_killed_under_load_loses_nothing_acknowledged(backend: Backend) {
+    let first = backend.start().await;
+    let second = first.another();
+    let third = first.another();
+    let acked: Acknowledged = Arc::default();
+    let work = async {
+        futures::future::join3(
+            futures::future::join_all((1..=4).map(|m| load(&first, m, 15, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| load(&second, m, 1_000, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| load(&third, m, 15, acked.clone()))),
+        )
+        .await
+    };
+    let kill = async {
+        wait_for(Duration::from_secs(60), "load on the second host", || async {
+            acked.lock().unwrap().len() >= 40
+        })
+        .await;
+        // SIGKILL while its requests are in flight.
+        let killed = std::process::Command::new("kill").args(["-9", &second.pid().to_string()]).status();
+        assert!(killed.is_ok_and(|s| s.success()));
+    };
+    futures::future::join(work, kill).await;
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 40, "the load ran: {}", acked.len());
+    for shard in SHARDS {
+        let mut db = first.shard(shard).await;
+        for row in db.rows("SELECT id, amount, captured_amount FROM payments").await {
+            if let Some((amount, captured)) = acked.get(&row[0].text()) {
+                assert_eq!(row[1].i64(), *amount);
+                if *captured {
+                    assert_eq!(row[2].i64(), *amount, "an acknowledged capture is committed");
+                }
+            }
+        }
+        db.close().await;
+    }
+    let committed = support::count(&first, SHARDS, "SELECT COUNT(*) FROM payments").await;
+    assert!(committed as usize >= acked.len(), "every acknowledged payment is committed");
+    let mut stored = std::collections::HashSet::new();
+    for shard in SHARDS {
+        let mut db = first.shard(shard).await;
+        stored.extend(db.column("SELECT id FROM payments").await.iter().map(support::Cell::text));
+        db.close().await;
+    }
+    let missing: Vec<&String> = acked.keys().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged but not committed: {missing:?}");
+
+    let _restarted = second.restart();
+    wait_for(SETTLE, "settlements to match the payments after the kill", || settled(&first, SHARDS)).await;
+    assert_money_invariants(&first, SHARDS).await;
+    // No settlement effect twice: one processed event per capture.
+    let captures =
+        support::count(&first, SHARDS, "SELECT COUNT(*) FROM payments WHERE captured_amount > 0").await;
+    let processed = support::count(
+        &first,
+        SHARDS,
+        "SELECT COUNT(*) FROM processed_events p JOIN outbox o ON o.event_id = p.event_id WHERE o.event_type = 'payment.captured'",
+    )
+    .await;
+    assert_eq!(processed, captures);
+}
+
+on_server_backends!(
+    a_shard_down_fails_only_its_merchants,
+    a_shard_unreachable_at_start_joins_when_it_comes_back,
+    payfn_migrate_brings_a_database_up_to_date,
+    rate_limits_hold_across_hosts_under_concurrency,
+    a_host_killed_under_load_loses_nothing_acknowledged,
+);
