@@ -192,7 +192,7 @@ impl KafkaBroker {
         topics: &[String],
         metrics: &Metrics,
     ) -> anyhow::Result<KafkaSubscription> {
-        let mut config = client_config(&self.brokers, &self.settings);
+        let mut config = consumer_config(&self.brokers, &self.settings);
         config.set("group.id", group).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
         let context = GroupContext {
             group: group.to_string(),
@@ -238,7 +238,31 @@ impl KafkaBroker {
     }
 }
 
+/// Group-consumer settings that only the consumers get: librdkafka warns
+/// about each one set on a producer or admin client.
+const CONSUMER_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.instance.id",
+    "group.protocol",
+];
+
+/// A producer or admin client's config: `settings` but [`CONSUMER_ONLY`].
 fn client_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        if !CONSUMER_ONLY.contains(&k.as_str()) {
+            config.set(k, v);
+        }
+    }
+    config
+}
+
+/// A consumer's config: every one of `settings`.
+fn consumer_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (k, v) in settings {
