@@ -1,5 +1,5 @@
-//! Prometheus metrics: per component invocations, errors and latency, and
-//! rate-limit rejections.
+//! Prometheus metrics: per component invocations, errors and latency,
+//! rate-limit rejections, and which Kafka partitions this host consumes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +28,13 @@ struct ErrorLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    group: String,
+    topic: String,
+    partition: String,
+}
+
 type HistogramFamily = Family<ComponentLabel, Histogram, fn() -> Histogram>;
 
 /// The host's metrics, cheap to clone.
@@ -42,6 +49,8 @@ pub struct Metrics {
     duplicates: Family<ComponentLabel, Counter>,
     outbox_pending: Family<ShardLabel, Gauge>,
     outbox_dead: Family<ShardLabel, Gauge>,
+    partition_owned: Family<PartitionLabels, Gauge>,
+    partition_records: Family<PartitionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +100,18 @@ impl Metrics {
             "Consumed events sent to the dead-letter topic, by consuming component",
             dead_lettered.clone(),
         );
+        let partition_owned = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "kafka_partition_owned",
+            "1 while this host's consumer group member owns the partition, else 0",
+            partition_owned.clone(),
+        );
+        let partition_records = Family::<PartitionLabels, Counter>::default();
+        registry.register(
+            "kafka_records_handled",
+            "Records this host's Kafka trigger handled (processed, duplicate or dead-lettered), per partition",
+            partition_records.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             invocations,
@@ -101,6 +122,8 @@ impl Metrics {
             duplicates,
             outbox_pending,
             outbox_dead,
+            partition_owned,
+            partition_records,
         }
     }
 
@@ -135,6 +158,17 @@ impl Metrics {
         self.outbox_dead.get_or_create(&label).set(dead);
     }
 
+    /// Marks `topic`/`partition` as owned (or no longer) by `group`'s consumer on this host.
+    pub fn partition_owned(&self, group: &str, topic: &str, partition: i32, owned: bool) {
+        let labels = partition_labels(group, topic, partition);
+        self.partition_owned.get_or_create(&labels).set(i64::from(owned));
+    }
+
+    /// Counts one record of `topic`/`partition` handled by `group`'s consumer.
+    pub fn record_handled(&self, group: &str, topic: &str, partition: i32) {
+        self.partition_records.get_or_create(&partition_labels(group, topic, partition)).inc();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -144,4 +178,8 @@ impl Metrics {
         }
         out
     }
+}
+
+fn partition_labels(group: &str, topic: &str, partition: i32) -> PartitionLabels {
+    PartitionLabels { group: group.to_string(), topic: topic.to_string(), partition: partition.to_string() }
 }

@@ -118,6 +118,23 @@ mod tests {
     }
 
     #[test]
+    fn kafka_assignment_defaults_to_group_and_names_bad_values() {
+        use crate::capabilities::kafka::runtime_config::Assignment;
+        let assignment = |extra: &str| {
+            let text = format!("[kafka]\nbackend = \"kafka\"\nbrokers = \"b:9092\"\n{extra}");
+            toml::from_str::<RuntimeConfig>(&text).map(|c| match c.kafka {
+                KafkaConfig::Kafka { assignment, .. } => assignment,
+                KafkaConfig::Embedded { .. } => unreachable!("backend = kafka"),
+            })
+        };
+        assert_eq!(assignment("").unwrap(), Assignment::Group);
+        assert_eq!(assignment("assignment = \"group\"").unwrap(), Assignment::Group);
+        assert_eq!(assignment("assignment = \"all-partitions\"").unwrap(), Assignment::AllPartitions);
+        let err = assignment("assignment = \"everything\"").unwrap_err().to_string();
+        assert!(err.contains("everything"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5").unwrap_err().to_string();
         assert!(err.contains("timeout"), "{err}");

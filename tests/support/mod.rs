@@ -522,9 +522,23 @@ impl Kafka {
         Kafka { child, port: proxy.port, proxy }
     }
 
-    /// The runtime config that points payfn at this broker.
+    /// The runtime config that points payfn at this broker: topics of 2
+    /// partitions, Kafka triggers as consumer-group members (the default
+    /// `assignment = "group"`).
     pub fn runtime_config(&self) -> String {
-        format!("[kafka]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\npartitions = 2\n", self.port)
+        self.runtime_config_with(2, "group")
+    }
+
+    /// A runtime config with topics of `partitions` partitions and this
+    /// `[kafka] assignment`, with a short session timeout (6 s) so a killed
+    /// host's partitions move to the others within seconds.
+    pub fn runtime_config_with(&self, partitions: u32, assignment: &str) -> String {
+        format!(
+            "[kafka]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\npartitions = {partitions}\n\
+             assignment = \"{assignment}\"\n\
+             [kafka.settings]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+            self.port
+        )
     }
 
     /// Cuts (true) or restores (false) every connection to the broker.
@@ -614,6 +628,39 @@ async fn proxy_loop(
             }
         });
     }
+}
+
+/// The partitions of `topic` that `host`'s consumer of `group` owns, from
+/// its `payfn_kafka_partition_owned` gauges.
+pub async fn owned_partitions(host: &Host, group: &str, topic: &str) -> std::collections::BTreeSet<i32> {
+    partition_samples(&host.metrics().await, "payfn_kafka_partition_owned", group, topic)
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Per partition of `topic`: the records `host`'s consumer of `group` handled
+/// (`payfn_kafka_records_handled_total`), partitions it handled none of left out.
+pub async fn handled_records(host: &Host, group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    partition_samples(&host.metrics().await, "payfn_kafka_records_handled_total", group, topic)
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// `(partition, value)` of every sample of `metric` labelled with `group` and `topic`.
+fn partition_samples(metrics: &str, metric: &str, group: &str, topic: &str) -> Vec<(i32, i64)> {
+    let prefix = format!("{metric}{{group=\"{group}\",topic=\"{topic}\",partition=\"");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (partition, rest) = rest.split_once('"')?;
+            let value = rest.rsplit(' ').next()?;
+            Some((partition.parse().ok()?, value.trim().parse::<f64>().ok()? as i64))
+        })
+        .collect()
 }
 
 /// Both shards of the default routing table.

@@ -43,7 +43,7 @@ pub fn start(
     trigger: &KafkaTrigger,
     component: Arc<LoadedComponent>,
 ) -> anyhow::Result<()> {
-    let subscription = context.broker.subscribe(&trigger.group, &trigger.topics)?;
+    let subscription = context.broker.subscribe(&trigger.group, &trigger.topics, &context.metrics)?;
     let consumer = Consumer { context: context.clone(), trigger: trigger.clone(), component };
     tokio::spawn(consumer.run(subscription));
     Ok(())
@@ -74,8 +74,11 @@ impl Consumer {
             };
             for record in records {
                 self.deliver(&record).await;
+                self.context.metrics.record_handled(&self.trigger.group, &record.topic, record.partition);
                 // The effect is committed (or dead-lettered): move on. Retried
                 // until it sticks; a replay after a crash here is a duplicate.
+                // (Kafka: skipped if the partition was revoked meanwhile, and
+                // asynchronous commit failures are only logged.)
                 while let Err(e) = subscription.commit(&record).await {
                     tracing::warn!(topic = %record.topic, partition = record.partition, "offset commit failed: {e}");
                     tokio::time::sleep(BACKOFF).await;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::Capability;
 use crate::bindings::kafka::{Delivery, Error, Message};
+use crate::metrics::Metrics;
 pub use embedded::{EventLog, Record};
 use rdkafka::{KafkaBroker, KafkaSubscription};
 use runtime_config::KafkaConfig;
@@ -57,8 +58,8 @@ impl Broker {
                 };
                 Backend::Embedded(Arc::new(EventLog::open(&path, *partitions).await?))
             }
-            KafkaConfig::Kafka { brokers, settings, partitions } => {
-                Backend::Kafka(KafkaBroker::connect(brokers, settings, *partitions)?)
+            KafkaConfig::Kafka { brokers, settings, partitions, assignment } => {
+                Backend::Kafka(KafkaBroker::connect(brokers, settings, *partitions, *assignment)?)
             }
         };
         Ok(Broker(Arc::new(backend)))
@@ -88,16 +89,26 @@ impl Broker {
         }
     }
 
-    /// A consumer of `topics` as `group`, reading from the group's committed position.
-    pub fn subscribe(&self, group: &str, topics: &[String]) -> anyhow::Result<Subscription> {
+    /// A consumer of `topics` as `group`, reading from the group's committed
+    /// position. The partitions it owns show in `metrics`
+    /// (`payfn_kafka_partition_owned`); on the embedded log, all of them.
+    pub fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        metrics: &Metrics,
+    ) -> anyhow::Result<Subscription> {
         Ok(match &*self.0 {
             Backend::Embedded(log) => {
-                let partitions = (0..log.partitions() as i32)
+                let partitions: Vec<(String, i32)> = (0..log.partitions() as i32)
                     .flat_map(|p| topics.iter().map(move |t| (t.clone(), p)))
                     .collect();
+                for (topic, partition) in &partitions {
+                    metrics.partition_owned(group, topic, *partition, true);
+                }
                 Subscription::Embedded { log: log.clone(), group: group.to_string(), partitions, next: 0 }
             }
-            Backend::Kafka(kafka) => Subscription::Kafka(kafka.subscribe(group, topics)?),
+            Backend::Kafka(kafka) => Subscription::Kafka(kafka.subscribe(group, topics, metrics)?),
         })
     }
 

@@ -1,22 +1,30 @@
 //! Kafka through rdkafka (librdkafka): an idempotent producer (acks=all)
 //! behind a circuit breaker, and group consumers with manual commits.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::breaker::Breaker;
+use super::runtime_config::Assignment;
 use super::Record;
 use crate::bindings::kafka::{Delivery, Error, Message};
+use crate::metrics::Metrics;
+
+/// The group assignment strategy unless the settings name one: incremental
+/// (a rebalance moves only the partitions that change owner, the others keep
+/// being consumed), and with tansu 0.6 the only one under which a surviving
+/// member takes over a dead follower's partitions (see [`KafkaBroker::subscribe`]).
+const ASSIGNMENT_STRATEGY: &str = "cooperative-sticky";
 
 /// How long librdkafka keeps trying to deliver one message, by default. It
 /// must end well inside the invocation deadline: librdkafka then reports the
@@ -34,6 +42,7 @@ pub struct KafkaBroker {
     producer_config: ClientConfig,
     breaker: Breaker,
     partitions: u32,
+    assignment: Assignment,
 }
 
 impl KafkaBroker {
@@ -41,6 +50,7 @@ impl KafkaBroker {
         brokers: &str,
         settings: &BTreeMap<String, String>,
         partitions: u32,
+        assignment: Assignment,
     ) -> anyhow::Result<Self> {
         let mut config = client_config(brokers, settings);
         // librdkafka defaults to enable.idempotence=false; on, it implies
@@ -68,6 +78,7 @@ impl KafkaBroker {
             producer_config,
             breaker: Breaker::default(),
             partitions,
+            assignment,
         })
     }
 
@@ -159,35 +170,99 @@ impl KafkaBroker {
         results
     }
 
-    /// A consumer of every partition of `topics`, reading from `group`'s
-    /// committed offsets; offsets move only by [`KafkaSubscription::commit`].
+    /// A consumer of `topics` as `group`, reading from the group's committed
+    /// offsets; offsets move only by [`KafkaSubscription::commit`]. Which
+    /// partitions it reads depends on the configured [`Assignment`]:
     ///
-    /// Partitions are assigned by the host, not by group membership: with
-    /// tansu 0.6 a member killed without leaving stalls the group's
-    /// rebalance for good (seen here), which would stop settlement. The group
-    /// id still keys the committed offsets. Several hosts therefore each read
-    /// every partition; processed-events keeps the effects exactly-once.
-    pub fn subscribe(&self, group: &str, topics: &[String]) -> anyhow::Result<KafkaSubscription> {
-        let mut config = client_config(&self.brokers, &self.settings);
+    /// - `group`: it joins the consumer group (`subscribe`); the coordinator
+    ///   splits the partitions among the group's members and, once a member
+    ///   misses `session.timeout.ms`, gives its partitions to the others.
+    ///   [`GroupContext`] tracks what this member owns.
+    /// - `all-partitions`: it assigns itself every partition, and the group id
+    ///   only keys the committed offsets; several hosts each read everything.
+    ///
+    /// **tansu 0.6** (docs/ARCHITECTURE.md has the source lines): when the
+    /// member that dies is the group's *leader*, the survivors never get its
+    /// partitions back (the group keeps the dead leader), and with an eager
+    /// strategy (`range`, `roundrobin`) not even a dead follower's. Hence
+    /// `cooperative-sticky` by default and `all-partitions` for tansu.
+    pub fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        metrics: &Metrics,
+    ) -> anyhow::Result<KafkaSubscription> {
+        let mut config = consumer_config(&self.brokers, &self.settings);
         config.set("group.id", group).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
-        let consumer: StreamConsumer = config.create().context("creating the Kafka consumer")?;
-        let mut list = TopicPartitionList::new();
-        for topic in topics {
-            let metadata =
-                tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+        let context = GroupContext {
+            group: group.to_string(),
+            owned: Arc::new(Mutex::new(BTreeSet::new())),
+            metrics: metrics.clone(),
+        };
+        let owned = context.owned.clone();
+        match self.assignment {
+            Assignment::Group => {
+                if !self.settings.contains_key("partition.assignment.strategy") {
+                    config.set("partition.assignment.strategy", ASSIGNMENT_STRATEGY);
+                }
+                let consumer: StreamConsumer<GroupContext> =
+                    config.create_with_context(context).context("creating the Kafka consumer")?;
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics).context("subscribing")?;
+                Ok(KafkaSubscription { consumer, owned })
+            }
+            Assignment::AllPartitions => {
+                let consumer: StreamConsumer<GroupContext> =
+                    config.create_with_context(context).context("creating the Kafka consumer")?;
+                let mut list = TopicPartitionList::new();
+                for topic in topics {
+                    let metadata = tokio::task::block_in_place(|| {
+                        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+                    })
                     .with_context(|| format!("reading the partitions of `{topic}`"))?;
-            let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
-            anyhow::ensure!(partitions > 0, "topic `{topic}` has no partitions");
-            for partition in 0..partitions as i32 {
-                list.add_partition_offset(topic, partition, Offset::Stored).context("assigning")?;
+                    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+                    anyhow::ensure!(partitions > 0, "topic `{topic}` has no partitions");
+                    for partition in 0..partitions as i32 {
+                        list.add_partition_offset(topic, partition, Offset::Stored).context("assigning")?;
+                    }
+                }
+                consumer.assign(&list).context("assigning partitions")?;
+                let context = consumer.context();
+                let owned_now =
+                    list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let all = context.set_owned(owned_now);
+                tracing::info!(group, assigned = %all, "kafka partitions assigned (all-partitions)");
+                Ok(KafkaSubscription { consumer, owned })
             }
         }
-        consumer.assign(&list).context("assigning partitions")?;
-        Ok(KafkaSubscription { consumer })
     }
 }
 
+/// Group-consumer settings that only the consumers get: librdkafka warns
+/// about each one set on a producer or admin client.
+const CONSUMER_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.instance.id",
+    "group.protocol",
+];
+
+/// A producer or admin client's config: `settings` but [`CONSUMER_ONLY`].
 fn client_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        if !CONSUMER_ONLY.contains(&k.as_str()) {
+            config.set(k, v);
+        }
+    }
+    config
+}
+
+/// A consumer's config: every one of `settings`.
+fn consumer_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (k, v) in settings {
@@ -210,9 +285,94 @@ fn classify(e: &KafkaError) -> Error {
     }
 }
 
+/// What one group consumer owns, kept up to date by the rebalance callbacks
+/// (librdkafka runs them inside `recv`, so never while a record is being
+/// handled), and where commit results land.
+pub struct GroupContext {
+    group: String,
+    /// (topic, partition) pairs this member currently owns.
+    owned: Arc<Mutex<BTreeSet<(String, i32)>>>,
+    metrics: Metrics,
+}
+
+impl GroupContext {
+    /// Replaces what this member owns with `now`, gauges included.
+    fn set_owned(&self, now: BTreeSet<(String, i32)>) -> String {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, partition) in owned.difference(&now) {
+            self.metrics.partition_owned(&self.group, topic, *partition, false);
+        }
+        for (topic, partition) in now.difference(&owned) {
+            self.metrics.partition_owned(&self.group, topic, *partition, true);
+        }
+        *owned = now;
+        describe_set(&owned)
+    }
+
+    fn owned(&self) -> BTreeSet<(String, i32)> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    /// Forgets revoked partitions before librdkafka unassigns them: from here
+    /// on their offsets are the new owner's to commit.
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let mut now = self.owned();
+                for e in list.elements() {
+                    now.remove(&(e.topic().to_string(), e.partition()));
+                }
+                let owned = self.set_owned(now);
+                tracing::info!(group = %self.group, revoked = %describe(list), %owned, "kafka partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(group = %self.group, "kafka rebalance failed: {e}"),
+        }
+    }
+
+    /// Takes librdkafka's assignment, once applied, as what this member owns
+    /// (eager and cooperative strategies alike).
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let now = match consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
+            Err(e) => {
+                tracing::warn!(group = %self.group, "reading the kafka assignment: {e}");
+                return;
+            }
+        };
+        let owned = self.set_owned(now);
+        if let Rebalance::Assign(list) = rebalance {
+            tracing::info!(group = %self.group, assigned = %describe(list), %owned, "kafka partitions assigned");
+        }
+    }
+
+    /// An asynchronous commit that failed (e.g. the partition moved to another
+    /// member meanwhile) only means the record may be replayed, and the
+    /// processed-events row absorbs the replay: logged, never fatal.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(group = %self.group, offsets = %describe(offsets), "kafka offset commit failed: {e}");
+        }
+    }
+}
+
+/// `topic/partition` pairs, comma separated.
+fn describe(list: &TopicPartitionList) -> String {
+    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+}
+
+fn describe_set(set: &BTreeSet<(String, i32)>) -> String {
+    set.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
+}
+
 /// One group consumer.
 pub struct KafkaSubscription {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
+    owned: Arc<Mutex<BTreeSet<(String, i32)>>>,
 }
 
 impl KafkaSubscription {
@@ -234,7 +394,23 @@ impl KafkaSubscription {
 
     /// Commits the group's position past `record`. Asynchronous: a lost
     /// commit replays the record, and processed-events absorbs the replay.
+    ///
+    /// Nothing is committed for a partition this member no longer owns: its
+    /// new owner has started from the last committed offset and commits its
+    /// own progress, which a late commit from here could move backwards.
     pub fn commit(&self, record: &Record) -> Result<(), String> {
+        let owned = self
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(record.topic.clone(), record.partition));
+        if !owned {
+            tracing::info!(
+                topic = %record.topic, partition = record.partition, offset = record.offset,
+                "partition revoked before its offset commit; left to the new owner"
+            );
+            return Ok(());
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&record.topic, record.partition, Offset::Offset(record.offset + 1))
             .map_err(|e| e.to_string())?;

@@ -28,7 +28,28 @@ pub enum KafkaConfig {
         /// Partitions of the topics payfn creates at start.
         #[serde(default = "default_partitions")]
         partitions: u32,
+        /// How the Kafka triggers' consumers get their partitions.
+        #[serde(default)]
+        assignment: Assignment,
     },
+}
+
+/// How a Kafka trigger's consumer gets its partitions (`[kafka] assignment`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Assignment {
+    /// Consumer-group membership (`"group"`, the default): the broker's group
+    /// coordinator splits the partitions among the hosts of a group and moves
+    /// a dead host's partitions to the others after `session.timeout.ms`.
+    /// Strategy `cooperative-sticky` unless `settings` names another.
+    #[default]
+    Group,
+    /// Every host reads every partition (`"all-partitions"`); the group id
+    /// only keys the committed offsets. For brokers whose group coordinator
+    /// cannot be trusted with failover (tansu 0.6: see docs/ARCHITECTURE.md).
+    /// Effects stay exactly-once through `processed_events`, but every host
+    /// does all the work.
+    AllPartitions,
 }
 
 fn default_partitions() -> u32 {
