@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Throughput of the HTTP steps on embedded backends, with wrk on loopback.
-# Usage: infra/bench/run.sh [seconds] [connections]
+# Throughput of the HTTP steps, with wrk on loopback.
+# Usage: [BACKEND=embedded|mariadb|postgres] infra/bench/run.sh [seconds] [connections]
 # Builds the release host and the components, starts `payfn up` on a fresh
 # state directory, then runs: authorize (both shards), GET /payments/{id}.
+# BACKEND=mariadb / postgres: two fresh shard databases on the local server
+# (127.0.0.1:3306 root / 127.0.0.1:5432 postgres) and Redis (127.0.0.1:6379)
+# for kv and rate limits; events stay on the embedded log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-15}
@@ -18,6 +21,25 @@ cat > "$state/bench.toml" <<'TOML'
 default_capacity = 1000000000
 components = {}
 TOML
+backend=${BACKEND:-embedded}
+case "$backend" in
+  embedded) ;;
+  mariadb|postgres)
+    for n in 1 2; do
+      if [ "$backend" = mariadb ]; then
+        mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS payfn_bench_$n; CREATE DATABASE payfn_bench_$n"
+        url="mysql://root@127.0.0.1:3306/payfn_bench_$n"; dialect=mysql
+      else
+        psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS payfn_bench_$n WITH (FORCE)" -c "CREATE DATABASE payfn_bench_$n"
+        url="postgres://postgres@127.0.0.1:5432/payfn_bench_$n"; dialect=postgres
+      fi
+      printf '[[shards]]\nname = "shard-%s"\nbackend = "%s"\nurl = "%s"\nmax_connections = 64\n\n' "$n" "$dialect" "$url" >> "$state/bench.toml"
+    done
+    printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:6379/"\nprefix = "payfn-bench-%s:"\n' "$$" >> "$state/bench.toml"
+    ;;
+  *) echo "BACKEND must be embedded, mariadb or postgres" >&2; exit 1 ;;
+esac
+echo "== backend: $backend"
 ./target/release/payfn build >/dev/null 2>&1
 ./target/release/payfn up --listen 127.0.0.1:3999 --state-dir "$state" --runtime-config "$state/bench.toml" 2>"$state/log" &
 pid=$!
