@@ -39,10 +39,11 @@ pub fn start(
         let batch_size = trigger.batch_size;
         tokio::spawn(async move {
             let mut firing: u64 = 0;
+            let mut shard_down = false;
             loop {
                 tokio::time::sleep(interval).await;
                 firing += 1;
-                fire(&context, &component, &shard, batch_size, firing).await;
+                fire(&context, &component, &shard, batch_size, firing, &mut shard_down).await;
             }
         });
     }
@@ -54,15 +55,25 @@ async fn fire(
     shard: &Shard,
     batch_size: u32,
     firing: u64,
+    shard_down: &mut bool,
 ) {
     let name = &component.spec.name;
+    // An outage is logged when it starts and when it ends, not every tick.
     let tx = match shard.begin(true).await {
         Ok(tx) => tx,
+        Err(e) if !*shard_down => {
+            *shard_down = true;
+            tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: shard unavailable; skipping firings until it is back");
+            return;
+        }
         Err(e) => {
-            tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: shard unavailable; skipping this firing");
+            tracing::debug!(component = %name, shard = %shard.name, error = ?e, "timer: shard still unavailable");
             return;
         }
     };
+    if std::mem::take(shard_down) {
+        tracing::info!(component = %name, shard = %shard.name, "timer: shard available again");
+    }
     let bindings = Bindings {
         request_id: format!("timer:{name}:{}:{firing}", shard.name),
         sql: shard.bind(Some(tx)),
