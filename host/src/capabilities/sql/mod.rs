@@ -8,6 +8,7 @@
 mod errors;
 mod host;
 mod mysql;
+mod params;
 mod placeholders;
 mod postgres;
 pub mod runtime_config;

@@ -21,9 +21,9 @@ use sqlx::mysql::{
 use sqlx::pool::Pool;
 use sqlx::{Arguments, Column, ConnectOptions, Executor, Row, TypeInfo, ValueRef};
 
-use super::errors;
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
+use super::{errors, params};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/mysql");
@@ -72,19 +72,7 @@ impl Driver for Mysql {
     }
 
     fn bind(params: Vec<Value>) -> Result<MySqlArguments, SqlError> {
-        let mut args = MySqlArguments::default();
-        for value in params {
-            let added = match value {
-                Value::Null => args.add(None::<i64>),
-                Value::Int64(v) => args.add(v),
-                Value::Float64(v) => args.add(v),
-                Value::Text(v) => args.add(v),
-                Value::Blob(v) => args.add(v),
-                Value::Boolean(v) => args.add(v),
-            };
-            added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
-        }
-        Ok(args)
+        params::bind::<MySql>(params, |args| args.add(None::<i64>))
     }
 
     fn decode_row(row: &MySqlRow) -> Result<Vec<Value>, SqlError> {

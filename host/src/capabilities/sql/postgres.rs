@@ -16,11 +16,11 @@ use sqlx::postgres::{
 };
 use sqlx::{Arguments, Column, ConnectOptions, Encode, Row, Type, TypeInfo, ValueRef};
 
-use super::errors;
 use super::mysql::decimal;
 use super::placeholders;
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
+use super::{errors, params};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/postgres");
@@ -56,19 +56,7 @@ impl Driver for Postgres {
     }
 
     fn bind(params: Vec<Value>) -> Result<PgArguments, SqlError> {
-        let mut args = PgArguments::default();
-        for value in params {
-            let added = match value {
-                Value::Null => args.add(UntypedNull),
-                Value::Int64(v) => args.add(v),
-                Value::Float64(v) => args.add(v),
-                Value::Text(v) => args.add(v),
-                Value::Blob(v) => args.add(v),
-                Value::Boolean(v) => args.add(v),
-            };
-            added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
-        }
-        Ok(args)
+        params::bind::<Pg>(params, |args| args.add(UntypedNull))
     }
 
     fn decode_row(row: &PgRow) -> Result<Vec<Value>, SqlError> {

@@ -116,19 +116,7 @@ impl Transaction {
 }
 
 fn bind(params: Vec<Value>) -> Result<SqliteArguments<'static>, SqlError> {
-    let mut args = SqliteArguments::default();
-    for value in params {
-        let added = match value {
-            Value::Null => args.add(None::<i64>),
-            Value::Int64(v) => args.add(v),
-            Value::Float64(v) => args.add(v),
-            Value::Text(v) => args.add(v),
-            Value::Blob(v) => args.add(v),
-            Value::Boolean(v) => args.add(v),
-        };
-        added.map_err(|e| SqlError::InvalidStatement(format!("cannot bind parameter: {e}")))?;
-    }
-    Ok(args)
+    super::params::bind::<Sqlite>(params, |args| args.add(None::<i64>))
 }
 
 fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
