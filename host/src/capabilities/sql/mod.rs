@@ -8,13 +8,13 @@
 mod errors;
 mod host;
 mod mysql;
-mod params;
 mod placeholders;
 mod postgres;
 pub mod runtime_config;
 mod server;
 mod shards;
 mod sqlite;
+mod values;
 
 pub use shards::{migrate, Shard, ShardSet, ShardTx};
 pub use sqlite::durable_options;

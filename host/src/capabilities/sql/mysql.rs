@@ -13,17 +13,16 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use rust_decimal::prelude::ToPrimitive;
 use sqlx::error::DatabaseError;
 use sqlx::mysql::{
     MySql, MySqlArguments, MySqlConnectOptions, MySqlDatabaseError, MySqlQueryResult, MySqlRow,
 };
 use sqlx::pool::Pool;
-use sqlx::{Arguments, Column, ConnectOptions, Executor, Row, TypeInfo, ValueRef};
+use sqlx::{Arguments, ConnectOptions, Executor, Row};
 
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
-use super::{errors, params};
+use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/mysql");
@@ -72,53 +71,45 @@ impl Driver for Mysql {
     }
 
     fn bind(params: Vec<Value>) -> Result<MySqlArguments, SqlError> {
-        params::bind::<MySql>(params, |args| args.add(None::<i64>))
+        values::bind::<MySql>(params, |args| args.add(None::<i64>))
     }
 
     fn decode_row(row: &MySqlRow) -> Result<Vec<Value>, SqlError> {
         let map = |e| errors::map(e, Self::classify);
-        (0..row.len())
-            .map(|i| {
-                let raw = row.try_get_raw(i).map_err(map)?;
-                if raw.is_null() {
-                    return Ok(Value::Null);
+        values::decode_row(row, map, |i, type_name| {
+            Ok(Some(match type_name {
+                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+                    Value::Int64(row.try_get(i).map_err(map)?)
                 }
-                let type_name = raw.type_info().name().to_string();
-                let value = match type_name.as_str() {
-                    "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
-                        Value::Int64(row.try_get(i).map_err(map)?)
+                "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+                | "BIGINT UNSIGNED" => {
+                    let v: u64 = row.try_get(i).map_err(map)?;
+                    Value::Int64(i64::try_from(v).map_err(|_| {
+                        SqlError::InvalidStatement(format!("{v} does not fit a signed 64-bit integer"))
+                    })?)
+                }
+                "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map)?),
+                "FLOAT" | "DOUBLE" => Value::Float64(row.try_get(i).map_err(map)?),
+                // SUM() and exact numerics: whole numbers stay integers.
+                "DECIMAL" => {
+                    let v: rust_decimal::Decimal = row.try_get(i).map_err(map)?;
+                    values::decimal(v)
+                }
+                "CHAR" | "VARCHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET"
+                | "JSON" => Value::Text(row.try_get(i).map_err(map)?),
+                // The protocol flags text in a binary collation (utf8mb4_bin,
+                // which the migrations use) exactly like binary strings, so
+                // these come back as text when they are UTF-8.
+                "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+                    let bytes: Vec<u8> = row.try_get(i).map_err(map)?;
+                    match String::from_utf8(bytes) {
+                        Ok(text) => Value::Text(text),
+                        Err(e) => Value::Blob(e.into_bytes()),
                     }
-                    "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
-                    | "BIGINT UNSIGNED" => {
-                        let v: u64 = row.try_get(i).map_err(map)?;
-                        Value::Int64(i64::try_from(v).map_err(|_| {
-                            SqlError::InvalidStatement(format!("{v} does not fit a signed 64-bit integer"))
-                        })?)
-                    }
-                    "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map)?),
-                    "FLOAT" | "DOUBLE" => Value::Float64(row.try_get(i).map_err(map)?),
-                    // SUM() and exact numerics: whole numbers stay integers.
-                    "DECIMAL" => {
-                        let v: rust_decimal::Decimal = row.try_get(i).map_err(map)?;
-                        decimal(v)
-                    }
-                    "CHAR" | "VARCHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET"
-                    | "JSON" => Value::Text(row.try_get(i).map_err(map)?),
-                    // The protocol flags text in a binary collation (utf8mb4_bin,
-                    // which the migrations use) exactly like binary strings, so
-                    // these come back as text when they are UTF-8.
-                    "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
-                        let bytes: Vec<u8> = row.try_get(i).map_err(map)?;
-                        match String::from_utf8(bytes) {
-                            Ok(text) => Value::Text(text),
-                            Err(e) => Value::Blob(e.into_bytes()),
-                        }
-                    }
-                    other => return Err(errors::unsupported(row.columns()[i].name(), other)),
-                };
-                Ok(value)
-            })
-            .collect()
+                }
+                _ => return Ok(None),
+            }))
+        })
     }
 
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
@@ -140,14 +131,4 @@ impl Driver for Mysql {
             _ => None,
         }
     }
-}
-
-/// A DECIMAL as an integer when it is whole and fits, else as text (exact).
-pub fn decimal(v: rust_decimal::Decimal) -> Value {
-    if v.fract().is_zero() {
-        if let Some(i) = v.to_i64() {
-            return Value::Int64(i);
-        }
-    }
-    Value::Text(v.normalize().to_string())
 }

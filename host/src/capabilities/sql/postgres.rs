@@ -14,13 +14,12 @@ use sqlx::postgres::{
     PgArgumentBuffer, PgArguments, PgConnectOptions, PgDatabaseError, PgQueryResult, PgRow, PgTypeInfo,
     Postgres as Pg,
 };
-use sqlx::{Arguments, Column, ConnectOptions, Encode, Row, Type, TypeInfo, ValueRef};
+use sqlx::{Arguments, ConnectOptions, Encode, Row, Type};
 
-use super::mysql::decimal;
 use super::placeholders;
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
-use super::{errors, params};
+use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/postgres");
@@ -56,36 +55,26 @@ impl Driver for Postgres {
     }
 
     fn bind(params: Vec<Value>) -> Result<PgArguments, SqlError> {
-        params::bind::<Pg>(params, |args| args.add(UntypedNull))
+        values::bind::<Pg>(params, |args| args.add(UntypedNull))
     }
 
     fn decode_row(row: &PgRow) -> Result<Vec<Value>, SqlError> {
         let map = |e| errors::map(e, Self::classify);
-        (0..row.len())
-            .map(|i| {
-                let raw = row.try_get_raw(i).map_err(map)?;
-                if raw.is_null() {
-                    return Ok(Value::Null);
-                }
-                let type_name = raw.type_info().name().to_string();
-                let value = match type_name.as_str() {
-                    "INT8" => Value::Int64(row.try_get(i).map_err(map)?),
-                    "INT4" => Value::Int64(row.try_get::<i32, _>(i).map_err(map)?.into()),
-                    "INT2" => Value::Int64(row.try_get::<i16, _>(i).map_err(map)?.into()),
-                    "BOOL" => Value::Boolean(row.try_get(i).map_err(map)?),
-                    "FLOAT8" => Value::Float64(row.try_get(i).map_err(map)?),
-                    "FLOAT4" => Value::Float64(row.try_get::<f32, _>(i).map_err(map)?.into()),
-                    // SUM(bigint) is NUMERIC: whole numbers stay integers.
-                    "NUMERIC" => decimal(row.try_get(i).map_err(map)?),
-                    "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
-                        Value::Text(row.try_get(i).map_err(map)?)
-                    }
-                    "BYTEA" => Value::Blob(row.try_get(i).map_err(map)?),
-                    other => return Err(errors::unsupported(row.columns()[i].name(), other)),
-                };
-                Ok(value)
-            })
-            .collect()
+        values::decode_row(row, map, |i, type_name| {
+            Ok(Some(match type_name {
+                "INT8" => Value::Int64(row.try_get(i).map_err(map)?),
+                "INT4" => Value::Int64(row.try_get::<i32, _>(i).map_err(map)?.into()),
+                "INT2" => Value::Int64(row.try_get::<i16, _>(i).map_err(map)?.into()),
+                "BOOL" => Value::Boolean(row.try_get(i).map_err(map)?),
+                "FLOAT8" => Value::Float64(row.try_get(i).map_err(map)?),
+                "FLOAT4" => Value::Float64(row.try_get::<f32, _>(i).map_err(map)?.into()),
+                // SUM(bigint) is NUMERIC: whole numbers stay integers.
+                "NUMERIC" => values::decimal(row.try_get(i).map_err(map)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => Value::Text(row.try_get(i).map_err(map)?),
+                "BYTEA" => Value::Blob(row.try_get(i).map_err(map)?),
+                _ => return Ok(None),
+            }))
+        })
     }
 
     fn rows_affected(result: &PgQueryResult) -> u64 {

@@ -143,24 +143,25 @@ async fn prepare_until_ready<D: Driver>(
     let mut backoff = Duration::from_millis(500);
     let mut first_attempt = Some(first_attempt);
     loop {
-        match prepare::<D>(&pool, migrate).await {
+        let ready = match prepare::<D>(&pool, migrate).await {
             Ok(()) => {
                 *readiness.write().unwrap_or_else(|p| p.into_inner()) = Readiness::Ready;
                 tracing::info!(shard = %name, "shard ready");
-                if let Some(done) = first_attempt.take() {
-                    let _ = done.send(());
-                }
-                return;
+                true
             }
             Err(e) => {
                 let why = format!("{e:#}");
                 tracing::warn!(shard = %name, error = %why, retry_in = ?backoff,
                     "shard not ready; its merchants get 503 shard_unavailable until it is");
                 *readiness.write().unwrap_or_else(|p| p.into_inner()) = Readiness::Pending(why);
+                false
             }
-        }
+        };
         if let Some(done) = first_attempt.take() {
             let _ = done.send(());
+        }
+        if ready {
+            return;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(15));

@@ -8,7 +8,7 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Arguments, Column, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Arguments, Column, Row, Sqlite};
 
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
 
@@ -116,27 +116,19 @@ impl Transaction {
 }
 
 fn bind(params: Vec<Value>) -> Result<SqliteArguments<'static>, SqlError> {
-    super::params::bind::<Sqlite>(params, |args| args.add(None::<i64>))
+    super::values::bind::<Sqlite>(params, |args| args.add(None::<i64>))
 }
 
 fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
-    (0..row.len())
-        .map(|i| {
-            let raw = row.try_get_raw(i).map_err(map_error)?;
-            if raw.is_null() {
-                return Ok(Value::Null);
-            }
-            let type_name = raw.type_info().name().to_string();
-            let value = match type_name.as_str() {
-                "INTEGER" | "INT8" | "BIGINT" => Value::Int64(row.try_get(i).map_err(map_error)?),
-                "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map_error)?),
-                "REAL" => Value::Float64(row.try_get(i).map_err(map_error)?),
-                "BLOB" => Value::Blob(row.try_get(i).map_err(map_error)?),
-                _ => Value::Text(row.try_get(i).map_err(map_error)?),
-            };
-            Ok(value)
-        })
-        .collect()
+    super::values::decode_row(row, map_error, |i, type_name| {
+        Ok(Some(match type_name {
+            "INTEGER" | "INT8" | "BIGINT" => Value::Int64(row.try_get(i).map_err(map_error)?),
+            "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map_error)?),
+            "REAL" => Value::Float64(row.try_get(i).map_err(map_error)?),
+            "BLOB" => Value::Blob(row.try_get(i).map_err(map_error)?),
+            _ => Value::Text(row.try_get(i).map_err(map_error)?),
+        }))
+    })
 }
 
 /// Sorts a sqlx error into the WIT error the component can act on.
