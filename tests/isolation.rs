@@ -62,14 +62,15 @@ async fn failures_cost_one_request_only(backend: Backend) {
         assert_eq!(m.authorize(100).await.len(), 36);
     }
     let metrics = host.metrics().await;
-    assert!(
-        metrics.contains(r#"payfn_invocation_errors_total{component="spin",kind="timeout"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"payfn_invocation_errors_total{component="trap",kind="trap"} 4"#),
-        "{metrics}"
-    );
+    let errors = |component, kind| {
+        support::metric(
+            &metrics,
+            "payfn_invocation_errors_total",
+            &[("component", component), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("spin", "timeout"), 1.0, "{metrics}");
+    assert_eq!(errors("trap", "trap"), 4.0, "{metrics}");
 }
 
 on_backends!(failures_cost_one_request_only);

@@ -165,10 +165,12 @@ async fn a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows(backend: Ba
     assert!(errors.iter().any(|e| e.contains("no event-id")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("invalid_json")), "{errors:?}");
     let metrics = host.metrics().await;
-    assert!(
-        metrics.contains(r#"payfn_invocation_errors_total{component="settlement",kind="refused"} 5"#),
-        "{metrics}"
+    let refused = support::metric(
+        &metrics,
+        "payfn_invocation_errors_total",
+        &[("component", "settlement"), ("kind", "refused")],
     );
+    assert_eq!(refused, 5.0, "{metrics}");
 }
 
 async fn redelivered_events_change_nothing_on_kafka(backend: Backend) {

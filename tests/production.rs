@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::{assert_money_invariants, manifest, settled, wait_for, Backend, Host, SHARDS};
@@ -138,32 +137,6 @@ async fn rate_limits_hold_across_hosts_under_concurrency(backend: Backend) {
     assert_eq!(db.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 3").await, 10);
 }
 
-/// What a client was told: payment id -> (authorized amount, captured).
-type Acknowledged = Arc<Mutex<HashMap<String, (i64, bool)>>>;
-
-/// Authorize-and-capture rounds through `host` until it stops answering
-/// or `rounds` are done, recording every 2xx.
-async fn load(host: &Host, merchant: i64, rounds: i64, acked: Acknowledged) {
-    let m = host.merchant(merchant);
-    for i in 0..rounds {
-        let amount = 1_000 + i;
-        let body = format!(r#"{{"amount":{amount},"currency":"KRW"}}"#);
-        let Some(reply) = m.try_send("POST", "/payments/authorize", Some(&body), &[]).await else { return };
-        if reply.status != 201 {
-            continue;
-        }
-        let id = reply.json()["id"].as_str().expect("id").to_string();
-        acked.lock().unwrap().insert(id.clone(), (amount, false));
-        let Some(reply) = m.try_send("POST", &format!("/payments/{id}/capture"), Some("{}"), &[]).await
-        else {
-            return;
-        };
-        if reply.status == 200 {
-            acked.lock().unwrap().insert(id, (amount, true));
-        }
-    }
-}
-
 /// Three hosts under load, one killed with SIGKILL mid-flight: every
 /// acknowledged payment and capture is committed, nothing counts twice,
 /// and after a restart the backlog drains into exact settlements.
@@ -174,12 +147,12 @@ async fn a_host_killed_under_load_loses_nothing_acknowledged(backend: Backend) {
     let first = backend.start_with(&manifest(""), "[kafka]\nassignment = \"all-partitions\"\n").await;
     let second = first.another();
     let third = first.another();
-    let acked: Acknowledged = Arc::default();
+    let acked: support::Acknowledged = Arc::default();
     let work = async {
         futures::future::join3(
-            futures::future::join_all((1..=4).map(|m| load(&first, m, 15, acked.clone()))),
-            futures::future::join_all((1..=4).map(|m| load(&second, m, 1_000, acked.clone()))),
-            futures::future::join_all((1..=4).map(|m| load(&third, m, 15, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&first, m, 15, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&second, m, 1_000, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&third, m, 15, acked.clone()))),
         )
         .await
     };
@@ -194,30 +167,7 @@ async fn a_host_killed_under_load_loses_nothing_acknowledged(backend: Backend) {
     };
     futures::future::join(work, kill).await;
 
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 40, "the load ran: {}", acked.len());
-    for shard in SHARDS {
-        let mut db = first.shard(shard).await;
-        for row in db.rows("SELECT id, amount, captured_amount FROM payments").await {
-            if let Some((amount, captured)) = acked.get(&row[0].text()) {
-                assert_eq!(row[1].i64(), *amount);
-                if *captured {
-                    assert_eq!(row[2].i64(), *amount, "an acknowledged capture is committed");
-                }
-            }
-        }
-        db.close().await;
-    }
-    let committed = support::count(&first, SHARDS, "SELECT COUNT(*) FROM payments").await;
-    assert!(committed as usize >= acked.len(), "every acknowledged payment is committed");
-    let mut stored = std::collections::HashSet::new();
-    for shard in SHARDS {
-        let mut db = first.shard(shard).await;
-        stored.extend(db.column("SELECT id FROM payments").await.iter().map(support::Cell::text));
-        db.close().await;
-    }
-    let missing: Vec<&String> = acked.keys().filter(|id| !stored.contains(*id)).collect();
-    assert!(missing.is_empty(), "acknowledged but not committed: {missing:?}");
+    support::assert_acknowledged_committed(&first, &acked, 40).await;
 
     let restarted = second.restart();
     let converged = tokio::time::timeout(SETTLE, async {

@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
     imports: { default: async },
 });
 
-pub use payfn::host::{kafka, kv, log, sql};
+pub use self::payfn::host::{kafka, kv, log, sql};
 
 /// The `timer-step` world's export, sharing the capability types above.
 pub mod timer {

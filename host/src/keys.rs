@@ -108,10 +108,20 @@ fn parse_secret(hex_text: &str) -> anyhow::Result<Vec<u8>> {
 /// The development secret, created on first use, readable only by its owner.
 fn dev_secret(state_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = state_dir.join(DEV_SECRET_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return parse_secret(&text).with_context(|| format!("{}", path.display()));
+    let text = local_secret(&path)?;
+    parse_secret(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The hex secret in `path`, created (32 random bytes, mode 0600) if absent.
+/// Several hosts on one state directory may race here: one file wins and
+/// every one of them reads it.
+pub fn local_secret(path: &Path) -> anyhow::Result<String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return Ok(text.trim().to_string());
     }
-    std::fs::create_dir_all(state_dir)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let secret: [u8; 32] = rand::random();
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, hex::encode(secret))?;
@@ -120,13 +130,11 @@ fn dev_secret(state_dir: &Path) -> anyhow::Result<Vec<u8>> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     }
-    // Two processes racing here: the first rename wins and both re-read it.
-    if std::fs::hard_link(&tmp, &path).is_err() && !path.exists() {
+    if std::fs::hard_link(&tmp, path).is_err() && !path.exists() {
         bail!("cannot create {}", path.display());
     }
     let _ = std::fs::remove_file(&tmp);
-    let text = std::fs::read_to_string(&path)?;
-    parse_secret(&text)
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
 #[cfg(test)]

@@ -1,25 +1,11 @@
-//! `payfn`: runs payment steps as isolated WebAssembly components.
-//!
-//! Layout: [`manifest`] and [`runtime_config`] say what to run and on what;
-//! [`engine`] owns wasmtime; [`capabilities`] are what components may do;
-//! [`triggers`] decide when they run; [`cli`] is the command line.
-
-mod bindings;
-mod capabilities;
-mod cli;
-mod engine;
-mod keys;
-mod manifest;
-mod metrics;
-mod runtime_config;
-mod triggers;
+//! `payfn`: the command line over the [`payfn`] library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = payfn::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,sqlx=warn".into());
     // Colours only for a terminal: logs that go to files or collectors stay plain.
@@ -33,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    match runtime.block_on(payfn::cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

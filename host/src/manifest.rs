@@ -153,10 +153,10 @@ pub struct Build {
     /// Relative to the manifest's directory.
     #[serde(default)]
     pub workdir: Option<PathBuf>,
-    /// Globs of the files the build reads; accepted for Spin compatibility
-    /// (`payfn build` always runs the command and lets cargo decide).
+    /// Globs (relative to `workdir`, else the manifest's directory) of the
+    /// files the build reads: `payfn up --watch` rebuilds and swaps the
+    /// component when one changes.
     #[serde(default)]
-    #[allow(dead_code)]
     pub watch: Vec<String>,
 }
 

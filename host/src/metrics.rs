@@ -1,6 +1,9 @@
-//! Prometheus metrics: per component invocations, errors and latency,
-//! rate-limit rejections, and which Kafka partitions this host consumes.
+//! Prometheus metrics: per component and version invocations, errors and
+//! latency, rate-limit rejections, and which Kafka partitions this host
+//! consumes. Plus [`VersionStats`], the same figures per version kept for
+//! the admin API.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,13 @@ struct ComponentLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    component: String,
+    /// The first 12 hex digits of the version's SHA-256.
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
     shard: String,
 }
@@ -24,6 +34,7 @@ struct ShardLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     component: String,
+    version: String,
     /// `trap`, `timeout`, `unavailable` or `status_5xx`.
     kind: String,
 }
@@ -35,13 +46,13 @@ struct PartitionLabels {
     partition: String,
 }
 
-type HistogramFamily = Family<ComponentLabel, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
 
 /// The host's metrics, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
-    invocations: Family<ComponentLabel, Counter>,
+    invocations: Family<VersionLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: HistogramFamily,
     rate_limited: Family<ComponentLabel, Counter>,
@@ -51,6 +62,7 @@ pub struct Metrics {
     outbox_dead: Family<ShardLabel, Gauge>,
     partition_owned: Family<PartitionLabels, Gauge>,
     partition_records: Family<PartitionLabels, Counter>,
+    loaded_versions: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,7 +74,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("payfn");
-        let invocations = Family::<ComponentLabel, Counter>::default();
+        let invocations = Family::<VersionLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         // 0.1 ms .. ~3.3 s
         let duration: HistogramFamily =
@@ -112,6 +124,12 @@ impl Metrics {
             "Records this host's Kafka trigger handled (processed, duplicate or dead-lettered), per partition",
             partition_records.clone(),
         );
+        let loaded_versions = Gauge::default();
+        registry.register(
+            "loaded_versions",
+            "Component versions held in memory: serving, on standby for a rollback, or replaced and still finishing invocations",
+            loaded_versions.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             invocations,
@@ -124,17 +142,35 @@ impl Metrics {
             outbox_dead,
             partition_owned,
             partition_records,
+            loaded_versions,
         }
     }
 
-    /// Records one invocation of `component`; `failure` is the error kind
-    /// (`trap`, `timeout`, `status_5xx`...) when it failed.
-    pub fn invoked(&self, component: &str, elapsed: Duration, failure: Option<&str>) {
-        let label = ComponentLabel { component: component.to_string() };
-        self.invocations.get_or_create(&label).inc();
-        self.duration.get_or_create(&label).observe(elapsed.as_secs_f64());
+    /// Sets the loaded-versions gauge (read at scrape time).
+    pub fn loaded_versions(&self, count: i64) {
+        self.loaded_versions.set(count);
+    }
+
+    /// Records one invocation of version `version` of `component`; `failure`
+    /// is the error kind (`trap`, `timeout`, `status_5xx`...) when it failed.
+    pub fn invoked(
+        &self,
+        component: &str,
+        version: &str,
+        stats: &VersionStats,
+        elapsed: Duration,
+        failure: Option<&str>,
+    ) {
+        stats.record(elapsed, failure.is_some());
+        let labels = VersionLabels { component: component.to_string(), version: version.to_string() };
+        self.invocations.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         if let Some(kind) = failure {
-            let labels = ErrorLabels { component: component.to_string(), kind: kind.to_string() };
+            let labels = ErrorLabels {
+                component: component.to_string(),
+                version: version.to_string(),
+                kind: kind.to_string(),
+            };
             self.errors.get_or_create(&labels).inc();
         }
     }
@@ -182,4 +218,94 @@ impl Metrics {
 
 fn partition_labels(group: &str, topic: &str, partition: i32) -> PartitionLabels {
     PartitionLabels { group: group.to_string(), topic: topic.to_string(), partition: partition.to_string() }
+}
+
+/// Invocations, failures and latency of one component version on this host
+/// since it started: lock-free counters the hot path bumps.
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    invocations: AtomicU64,
+    errors: AtomicU64,
+    total_micros: AtomicU64,
+    /// Bucket i counts latencies below 2^(i+6) microseconds (64 µs .. 8.4 s),
+    /// the last one everything slower.
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+const LATENCY_BUCKETS: usize = 19;
+
+/// A snapshot of [`VersionStats`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub invocations: u64,
+    pub errors: u64,
+    pub mean_ms: f64,
+    /// Upper bounds of the buckets holding the median and the 99th percentile.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl VersionStats {
+    fn record(&self, elapsed: Duration, failed: bool) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.total_micros.fetch_add(micros, Ordering::Relaxed);
+        let index = (64 - (micros >> 6).leading_zeros()) as usize;
+        self.buckets[index.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let invocations = self.invocations.load(Ordering::Relaxed);
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let quantile = |q: f64| {
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                return 0.0;
+            }
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    return (1u64 << (i + 6)) as f64 / 1000.0;
+                }
+            }
+            f64::INFINITY
+        };
+        StatsSnapshot {
+            invocations,
+            errors: self.errors.load(Ordering::Relaxed),
+            mean_ms: if invocations == 0 {
+                0.0
+            } else {
+                self.total_micros.load(Ordering::Relaxed) as f64 / invocations as f64 / 1000.0
+            },
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_stats_bucket_latencies() {
+        let stats = VersionStats::default();
+        for _ in 0..98 {
+            stats.record(Duration::from_micros(900), false);
+        }
+        stats.record(Duration::from_millis(40), true);
+        stats.record(Duration::from_millis(40), false);
+        let s = stats.snapshot();
+        assert_eq!((s.invocations, s.errors), (100, 1));
+        // 900 µs lies in the bucket below 1,024 µs; 40 ms below 65.5 ms.
+        assert_eq!(s.p50_ms, 1.024);
+        assert_eq!(s.p99_ms, 65.536);
+        assert!((s.mean_ms - 1.682).abs() < 0.001, "{}", s.mean_ms);
+    }
 }

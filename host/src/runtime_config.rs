@@ -10,12 +10,14 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::capabilities::kafka::runtime_config::KafkaConfig;
 use crate::capabilities::kv::runtime_config::KvConfig;
 use crate::capabilities::sql::runtime_config::{default_shards, RoutingConfig, ShardConfig};
 use crate::engine::EngineConfig;
 use crate::keys::KeysConfig;
 use crate::triggers::http::HttpConfig;
+use crate::versions::config::ControlConfig;
 
 /// The whole runtime config.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,10 @@ pub struct RuntimeConfig {
     pub shards: Vec<ShardConfig>,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 impl Default for RuntimeConfig {

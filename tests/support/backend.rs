@@ -33,6 +33,8 @@ pub struct Env {
     /// Shard name, the database URL the test reads it at, and the proxy
     /// the hosts reach it through.
     shards: Vec<(String, String, Proxy)>,
+    /// The control store's database URL (deployed versions).
+    control: Option<String>,
     pub kafka: Option<Kafka>,
     pub redis_prefix: Option<String>,
 }
@@ -44,7 +46,13 @@ impl Backend {
         let tag = format!("payfn_t{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let server = match self {
             Backend::Embedded => {
-                return Env { backend: self, shards: Vec::new(), kafka: None, redis_prefix: None }
+                return Env {
+                    backend: self,
+                    shards: Vec::new(),
+                    control: None,
+                    kafka: None,
+                    redis_prefix: None,
+                }
             }
             Backend::Mariadb => MARIADB,
             Backend::Postgres => POSTGRES,
@@ -57,9 +65,13 @@ impl Backend {
             let port = if self == Backend::Mariadb { 3306 } else { 5432 };
             shards.push((name.to_string(), format!("{server}/{db}"), Proxy::start(port).await));
         }
+        // The control store on the same server, a database of its own.
+        let control = format!("{tag}_control");
+        admin(self, &format!("CREATE DATABASE {control}")).await;
         Env {
             backend: self,
             shards,
+            control: Some(format!("{server}/{control}")),
             kafka: Some(Kafka::start().await),
             redis_prefix: Some(format!("{tag}:")),
         }
@@ -96,6 +108,9 @@ impl Env {
             text.push_str(&format!(
                 "[[shards]]\nname = \"{name}\"\nbackend = \"{backend}\"\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\n"
             ));
+        }
+        if let Some(url) = &self.control {
+            text.push_str(&format!("[control]\nurl = \"{url}\"\n\n"));
         }
         if let Some(prefix) = &self.redis_prefix {
             text.push_str(&format!(

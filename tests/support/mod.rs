@@ -130,9 +130,24 @@ impl Host {
         host
     }
 
+    /// `payfn up --watch` on this manifest and runtime config, in `dir`
+    /// (which the caller owns and may fill with sources first).
+    pub fn start_watching(dir: &Path, manifest_text: &str, runtime_config: &str) -> Host {
+        build_components();
+        std::fs::write(dir.join("spin.toml"), manifest_text).expect("write manifest");
+        std::fs::write(dir.join("runtime-config.toml"), runtime_config).expect("write config");
+        Self::spawn_with(dir.to_path_buf(), None, &["--watch"])
+    }
+
     fn spawn(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>) -> Host {
+        Self::spawn_with(app, dir, &[])
+    }
+
+    fn spawn_with(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>, extra: &[&str]) -> Host {
         let mut child = Command::new(PAYFN)
-            .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--manifest")
             .arg(app.join("spin.toml"))
             .env_remove("PAYFN_KEY_SECRET")
             .env("RUST_LOG", "info")
@@ -154,7 +169,18 @@ impl Host {
                 log.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+        // Waiting blocks this thread: inside a multi-thread runtime hand the
+        // worker's queued tasks (the test's proxies among them) to another
+        // worker first, or they stall until the host is up, and the host
+        // waits on them.
+        let wait = || rx.recv_timeout(Duration::from_secs(120));
+        let started = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        let addr = match started {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
@@ -502,24 +528,50 @@ impl Kafka {
             Command::new(repo().join("infra/kafka/broker.sh")).arg("path").output().expect("broker.sh path");
         assert!(tansu.status.success(), "tansu is not installed: {}", String::from_utf8_lossy(&tansu.stderr));
         let bin = String::from_utf8(tansu.stdout).expect("path").trim().to_string();
-        let broker_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let proxy = Proxy::start(broker_port).await;
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
-            // Clients are told to come back through the proxy.
-            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", proxy.port)])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tansu");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.is_ok() {
-                break;
+        // The broker's port is picked free and then released, so another
+        // process may take it before tansu binds it: tansu then exits, and we
+        // try again on a new port.
+        for _attempt in 0..5 {
+            let broker_port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let proxy = Proxy::start(broker_port).await;
+            let log = tempfile::NamedTempFile::new().expect("broker log");
+            let mut child = Command::new(&bin)
+                .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
+                // Clients are told to come back through the proxy.
+                .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", proxy.port)])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(log.reopen().expect("broker log"))
+                .spawn()
+                .expect("spawn tansu");
+            let mut up = false;
+            for _ in 0..200 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.is_ok() {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Connected, and still alive a moment later: the process that
+            // listens is tansu, not whoever took the port first.
+            if up {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if up && matches!(child.try_wait(), Ok(None)) {
+                return Kafka { child, port: proxy.port, proxy };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "tansu did not come up on port {broker_port}: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
         }
-        Kafka { child, port: proxy.port, proxy }
+        panic!("tansu did not start in 5 attempts");
     }
 
     /// The runtime config that points payfn at this broker: topics of 2
@@ -607,7 +659,15 @@ async fn proxy_loop(
 ) {
     use std::sync::atomic::Ordering;
     loop {
-        let Ok((mut client, _)) = listener.accept().await else { return };
+        // A connection reset before it was accepted (ECONNABORTED) is an
+        // error of that connection, not of the listener: keep serving.
+        let mut client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         if cut.load(Ordering::SeqCst) {
             drop(client);
             continue;
@@ -772,4 +832,154 @@ pub async fn check_kv_semantics(host: &Host) {
     // incr on a non-integer is the guest's error, not a host failure.
     kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
     assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
+}
+
+/// A second build of the authorize, capture and settlement components, built
+/// once per test binary: `PAYFN_BUILD_ID=b` (responses carry `build-id: b`)
+/// and optimised for size, so every binary differs from the main build. Its
+/// own target directory keeps the main build's files untouched.
+pub fn variant_b() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_components();
+            let target = repo().join("target/variant-b");
+            let status = Command::new("cargo")
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .args(["-p", "authorize", "-p", "capture", "-p", "settlement"])
+                .current_dir(repo())
+                .env("CARGO_TARGET_DIR", &target)
+                .env("PAYFN_BUILD_ID", "b")
+                .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+                .status()
+                .expect("run cargo build for variant b");
+            assert!(status.success(), "building variant b failed");
+            target.join("wasm32-wasip2/release")
+        })
+        .clone()
+}
+
+/// What a `payfn` admin command printed and whether it succeeded.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Host {
+    /// Runs `payfn <args>` against this host's admin API (its development
+    /// token, from the app directory).
+    pub async fn admin(&self, args: &[&str]) -> CliOutput {
+        let output = tokio::process::Command::new(PAYFN)
+            .args(args)
+            .arg("--manifest")
+            .arg(self.app.join("spin.toml"))
+            .args(["--admin-url", &self.base])
+            .env_remove("PAYFN_ADMIN_TOKEN")
+            .env_remove("PAYFN_ADMIN_URL")
+            .output()
+            .await
+            .expect("run payfn admin command");
+        CliOutput {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The `payfn versions --json` listing.
+    pub async fn versions(&self) -> Value {
+        let out = self.admin(&["versions", "--json"]).await;
+        assert!(out.ok, "payfn versions failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("versions JSON")
+    }
+
+    /// The digest serving `component` now, per the admin API.
+    pub async fn active_digest(&self, component: &str) -> String {
+        let listing = self.versions().await;
+        listing["components"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["component"] == component))
+            .and_then(|c| c["active"]["digest"].as_str())
+            .unwrap_or_else(|| panic!("no active version of {component}: {listing}"))
+            .to_string()
+    }
+}
+
+/// The hex SHA-256 of a file: the version id the host gives it.
+pub fn file_digest(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read component")))
+}
+
+/// The sum of the samples of metric `name` whose labels include every one of
+/// `labels` (other labels, such as `version`, may vary), from `/metrics` text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} "),
+                None => rest.strip_prefix(' ').map(|value| ("", value)),
+            }
+        })
+        .filter(|(set, _)| labels.iter().all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\""))))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// What a client was told: payment id -> (authorized amount, captured).
+pub type Acknowledged = std::sync::Arc<Mutex<std::collections::HashMap<String, (i64, bool)>>>;
+
+/// Authorize-and-capture rounds through `host` until it stops answering
+/// or `rounds` are done, recording every 2xx.
+pub async fn load(host: &Host, merchant: i64, rounds: i64, acked: Acknowledged) {
+    let m = host.merchant(merchant);
+    for i in 0..rounds {
+        let amount = 1_000 + i;
+        let body = format!(r#"{{"amount":{amount},"currency":"KRW"}}"#);
+        let Some(reply) = m.try_send("POST", "/payments/authorize", Some(&body), &[]).await else { return };
+        if reply.status != 201 {
+            continue;
+        }
+        let id = reply.json()["id"].as_str().expect("id").to_string();
+        acked.lock().unwrap().insert(id.clone(), (amount, false));
+        let Some(reply) = m.try_send("POST", &format!("/payments/{id}/capture"), Some("{}"), &[]).await
+        else {
+            return;
+        };
+        if reply.status == 200 {
+            acked.lock().unwrap().insert(id, (amount, true));
+        }
+    }
+}
+
+/// Every payment and capture in `acked` (at least `at_least` of them) is
+/// committed on the shards `host` reads.
+pub async fn assert_acknowledged_committed(host: &Host, acked: &Acknowledged, at_least: usize) {
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= at_least, "the load ran: {}", acked.len());
+    for shard in SHARDS {
+        let mut db = host.shard(shard).await;
+        for row in db.rows("SELECT id, amount, captured_amount FROM payments").await {
+            if let Some((amount, captured)) = acked.get(&row[0].text()) {
+                assert_eq!(row[1].i64(), *amount);
+                if *captured {
+                    assert_eq!(row[2].i64(), *amount, "an acknowledged capture is committed");
+                }
+            }
+        }
+        db.close().await;
+    }
+    let committed = count(host, SHARDS, "SELECT COUNT(*) FROM payments").await;
+    assert!(committed as usize >= acked.len(), "every acknowledged payment is committed");
+    let mut stored = std::collections::HashSet::new();
+    for shard in SHARDS {
+        let mut db = host.shard(shard).await;
+        stored.extend(db.column("SELECT id FROM payments").await.iter().map(Cell::text));
+        db.close().await;
+    }
+    let missing: Vec<&String> = acked.keys().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged but not committed: {missing:?}");
 }

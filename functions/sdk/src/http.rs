@@ -118,6 +118,11 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, ApiError> {
     Ok(bytes)
 }
 
+/// Set `PAYFN_BUILD_ID` when building (a commit, a CI run number) and every
+/// response carries it as `build-id`: which build answered, beside the
+/// host's `payfn-version` digest.
+const BUILD_ID: Option<&str> = option_env!("PAYFN_BUILD_ID");
+
 /// A JSON response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -137,6 +142,9 @@ impl Response {
         let headers = Fields::new();
         // Only fails for forbidden or malformed header names; this one is neither.
         let _ = headers.append("content-type", b"application/json");
+        if let Some(build) = BUILD_ID {
+            let _ = headers.append("build-id", build.as_bytes());
+        }
         let response = OutgoingResponse::new(headers);
         let _ = response.set_status_code(self.status);
         let Ok(body) = response.body() else { return };

@@ -1,4 +1,5 @@
-//! `payfn migrate`: bring every shard's schema up to date, then exit.
+//! `payfn migrate`: bring every shard's schema, and the control store's, up
+//! to date, then exit.
 //!
 //! Hosts migrate at start by default; production setups that keep schema
 //! changes a separate, reviewed step set `migrate = false` on their shards
@@ -8,6 +9,7 @@ use clap::Args;
 
 use super::AppArgs;
 use crate::capabilities::sql;
+use crate::versions::store::ControlStore;
 
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
@@ -29,6 +31,25 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             .map_err(|e| e.context(format!("shard `{}`", shard.name)))?;
         let latest = applied.last().map_or("none".to_string(), i64::to_string);
         eprintln!("  {} migrations applied, latest {latest}", applied.len());
+    }
+    eprintln!("migrating the control store");
+    if let (true, Some(url)) = (args.create, config.control.server_url()?) {
+        create_database(&url).await?;
+    }
+    let store = ControlStore::open(&config.control, &state_dir).await?;
+    eprintln!("  {} is up to date", store.describe());
+    Ok(())
+}
+
+/// Creates the control store's database on its server if it is missing.
+async fn create_database(url: &str) -> anyhow::Result<()> {
+    use sqlx::migrate::MigrateDatabase;
+    if url.starts_with("mysql") || url.starts_with("mariadb") {
+        if !sqlx::MySql::database_exists(url).await? {
+            sqlx::MySql::create_database(url).await?;
+        }
+    } else if url.starts_with("postgres") && !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
     }
     Ok(())
 }

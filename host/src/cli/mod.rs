@@ -1,9 +1,14 @@
-//! The command line: `payfn up`, `payfn build`, `payfn migrate`, `payfn keys issue`.
+//! The command line: `payfn up`, `build`, `migrate`, `keys issue`, and the
+//! admin API's `deploy`, `activate`, `rollback`, `versions`.
 
+mod bench;
 mod build;
+mod deploy;
 mod keys;
 mod migrate;
 mod up;
+
+pub use build::build_one;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +35,16 @@ enum Command {
     /// Merchant API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Upload a component version and activate it (or canary it) on every host.
+    Deploy(deploy::DeployArgs),
+    /// Make an uploaded version serve every invocation of a component.
+    Activate(deploy::ActivateArgs),
+    /// Return a component to its previous version, or end its canary.
+    Rollback(deploy::RollbackArgs),
+    /// List components, their versions and figures, and the hosts.
+    Versions(deploy::VersionsArgs),
+    /// Load a running host with the seed's scenarios (open model).
+    Bench(bench::BenchArgs),
 }
 
 /// Where the application and its state live.
@@ -76,5 +91,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Keys(command) => keys::run(command),
+        Command::Deploy(args) => deploy::deploy(args).await,
+        Command::Activate(args) => deploy::activate(args).await,
+        Command::Rollback(args) => deploy::rollback(args).await,
+        Command::Versions(args) => deploy::versions(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,6 +1,5 @@
 //! `payfn up`: load everything, print a summary, serve until interrupted.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::AppArgs;
+use crate::admin::{self, Admin};
 use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::triggers::http::{self, App, RouteTable};
 use crate::triggers::kafka::{self, KafkaContext};
 use crate::triggers::timer::{self, TimerContext};
+use crate::versions::store::ControlStore;
+use crate::versions::{watch, HostIdentity, Versions};
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
@@ -30,6 +32,10 @@ pub struct UpArgs {
     /// Address to listen on (overrides `[http] listen`); port 0 picks one.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Rebuild a component when a file matching its `watch` globs changes
+    /// and swap it in place (the host keeps running).
+    #[arg(long)]
+    watch: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -58,20 +64,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let broker = Broker::from_config(&config.kafka, &state_dir).await?;
     eprintln!("  events          {}", broker.describe());
 
+    let listen = args.listen.unwrap_or(config.http.listen);
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+
     let engine = Engine::new(config.engine.clone(), state_dir.join("cache"))?;
-    let mut components = HashMap::new();
-    for name in manifest.components.keys() {
-        let spec = manifest.component_spec(name).context("component vanished from the manifest")?;
-        let t = Instant::now();
-        let loaded = engine.load(&spec)?;
-        eprintln!(
-            "  component       {name} {} ({}, {:.0?})",
-            loaded.short_digest(),
-            if loaded.from_cache { "cached" } else { "compiled" },
-            t.elapsed()
-        );
-        components.insert(name.clone(), Arc::new(loaded));
+    let control = ControlStore::open(&config.control, &state_dir).await?;
+    eprintln!(
+        "  control         {} (synced every {} ms)",
+        control.describe(),
+        config.control.sync_interval().as_millis()
+    );
+    let identity = HostIdentity {
+        id: host_id(),
+        address: address.to_string(),
+        started_at: crate::versions::store::now_ms(),
+    };
+    let (versions, lines) = Versions::start(engine.clone(), control, kv.clone(), &manifest, identity).await?;
+    for line in lines {
+        eprintln!("  component       {} {}", line.component, line.text);
     }
+    versions.start_sync(config.control.sync_interval());
+    let _watcher = if args.watch { watch::start(manifest.clone(), versions.clone())? } else { None };
+    let registry = versions.registry();
     let metrics = Metrics::new();
     let timers = TimerContext {
         engine: engine.clone(),
@@ -80,8 +96,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     for trigger in &manifest.timer_triggers {
-        let component = components.get(&trigger.component).cloned().context("timer component not loaded")?;
-        timer::start(&timers, trigger, component, shards.iter().cloned());
+        let slot = registry.get(&trigger.component).cloned().context("timer component not loaded")?;
+        timer::start(&timers, trigger, slot, shards.iter().cloned());
         eprintln!(
             "  timer           every {} ms per shard -> {} (batch {})",
             trigger.interval_ms, trigger.component, trigger.batch_size
@@ -106,8 +122,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     for trigger in &manifest.kafka_triggers {
-        let component = components.get(&trigger.component).cloned().context("kafka component not loaded")?;
-        kafka::start(&consumers, trigger, component)?;
+        let slot = registry.get(&trigger.component).cloned().context("kafka component not loaded")?;
+        kafka::start(&consumers, trigger, slot)?;
         eprintln!(
             "  kafka           {} (group {}) -> {}",
             trigger.topics.join(", "),
@@ -120,17 +136,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("  route           {} -> {}", trigger.route, trigger.component);
     }
 
-    let listen = args.listen.unwrap_or(config.http.listen);
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let address = listener.local_addr()?;
+    let admin = Arc::new(Admin::new(versions.clone(), keys.mode == "dev", &state_dir)?);
+    let admin_routes = admin::router(admin.clone(), &config.admin);
+    let admin_on_main = match config.admin.listen {
+        Some(admin_listen) => {
+            let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {admin_listen} ([admin] listen)"))?;
+            eprintln!(
+                "  admin           http://{}/admin/v1 ({})",
+                admin_listener.local_addr()?,
+                admin.describe()
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin_listener, admin_routes).await {
+                    tracing::error!("admin listener stopped: {e}");
+                }
+            });
+            None
+        }
+        None => {
+            eprintln!("  admin           http://{address}/admin/v1 ({})", admin.describe());
+            Some(admin_routes)
+        }
+    };
     if keys.mode == "dev" {
         eprintln!("  dev API key     merchant 1: {}", keys.issue(1));
         eprintln!("                  (more: payfn keys issue --merchant ID)");
     }
     let app = Arc::new(App {
         engine,
-        components,
+        versions,
         routes,
         shards,
         kv,
@@ -141,7 +177,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     eprintln!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
 
-    axum::serve(listener, http::router(app))
+    axum::serve(listener, http::router(app, admin_on_main))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
@@ -169,4 +205,15 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+/// This process as the control store lists it: host name and process id.
+fn host_id() -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    format!("{name}:{}", std::process::id())
 }

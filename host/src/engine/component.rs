@@ -2,6 +2,8 @@
 //! against its grants, link, pre-instantiate.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use wasmtime::component::Linker;
@@ -12,6 +14,7 @@ use crate::bindings::timer::TimerStepPre;
 
 use super::{compile, Engine, InvocationState};
 use crate::capabilities;
+use crate::metrics::VersionStats;
 
 /// What the manifest says about one component.
 #[derive(Debug, Clone)]
@@ -53,8 +56,27 @@ pub struct LoadedComponent {
     pub digest: String,
     /// Whether the compile cache served the native code.
     pub from_cache: bool,
+    /// This version's invocation figures on this host (shared by every load
+    /// of the same digest, so they survive a rollback and a re-deploy).
+    pub stats: Arc<VersionStats>,
     pub(super) entry: Entry,
     uses_sql: bool,
+}
+
+/// Loaded component versions alive in this process: serving, on standby, or
+/// replaced but still finishing invocations. A replaced version leaves this
+/// count when its last invocation ends.
+static LOADED: AtomicI64 = AtomicI64::new(0);
+
+/// How many component versions this process holds loaded.
+pub fn loaded_versions() -> i64 {
+    LOADED.load(Ordering::Relaxed)
+}
+
+impl Drop for LoadedComponent {
+    fn drop(&mut self) {
+        LOADED.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LoadedComponent {
@@ -71,22 +93,22 @@ impl LoadedComponent {
 }
 
 impl Engine {
-    /// Loads `spec`. Refuses, naming component and capability, a component
-    /// that imports a capability its manifest entry does not grant: it is
-    /// never half-linked.
-    pub fn load(&self, spec: &ComponentSpec) -> anyhow::Result<LoadedComponent> {
+    /// Loads `bytes` as a version of `spec`'s component. Refuses, naming the
+    /// import or export at fault, a binary that is not a component, imports
+    /// a capability the manifest does not grant (it is never half-linked),
+    /// or lacks the export its trigger calls. CPU-heavy on a cache miss:
+    /// call it off the request path.
+    pub fn load_bytes(&self, spec: &ComponentSpec, bytes: &[u8]) -> anyhow::Result<LoadedComponent> {
         let name = &spec.name;
         for grant in &spec.grants {
             if capabilities::by_name(grant).is_none() {
                 bail!("component `{name}`: unknown capability `{grant}` in `capabilities`");
             }
         }
-        let bytes = std::fs::read(&spec.source).with_context(|| {
-            format!("component `{name}`: cannot read {} (build it with `payfn build`)", spec.source.display())
-        })?;
-        let digest = compile::digest(&bytes);
+        check_header(bytes).with_context(|| format!("component `{name}`"))?;
+        let digest = compile::digest(bytes);
         let (component, from_cache) =
-            self.compile(&bytes, &digest).with_context(|| format!("component `{name}`"))?;
+            self.compile(bytes, &digest).with_context(|| format!("component `{name}`"))?;
 
         for (import, _) in component.component_type().imports(&self.inner) {
             match capabilities::for_import(import) {
@@ -126,6 +148,20 @@ impl Engine {
             })?),
         };
         let uses_sql = spec.grants.iter().any(|g| g == crate::capabilities::sql::CAPABILITY.name);
-        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, entry, uses_sql })
+        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, stats: Arc::default(), entry, uses_sql })
+    }
+}
+
+/// Refuses what is not a WebAssembly component before the compiler sees it,
+/// with a message that says what it is instead.
+fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    match bytes.get(..8) {
+        Some(header) if header.starts_with(MAGIC) && header[4..] == [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        Some(header) if header.starts_with(MAGIC) && header[6..] == [0x00, 0x00] => bail!(
+            "this is a core WebAssembly module, not a component; build it for wasm32-wasip2 \
+             (cargo build --target wasm32-wasip2)"
+        ),
+        _ => bail!("not a WebAssembly component ({} bytes without the `\\0asm` header)", bytes.len()),
     }
 }

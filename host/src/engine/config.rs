@@ -16,11 +16,16 @@ pub struct EngineConfig {
     pub memory_limit_mb: u64,
     /// Instances the pool holds: the most invocations that run at once.
     pub max_instances: u32,
+    /// Pre-reserve instance memory in a pool (the default, and the fast
+    /// path: no mmap per invocation). `false` allocates per instance on
+    /// demand, for hosts where reserving the pool's address space up front
+    /// is not allowed; `max_instances` still bounds concurrency.
+    pub pooling: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { timeout_ms: 5_000, memory_limit_mb: 64, max_instances: 256 }
+        Self { timeout_ms: 5_000, memory_limit_mb: 64, max_instances: 256, pooling: true }
     }
 }
 

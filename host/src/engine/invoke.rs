@@ -21,6 +21,7 @@ use super::component::Entry;
 use super::state::{MemoryLimiter, NoOutboundHttp};
 use super::{Engine, InvocationState, LoadedComponent};
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
+use crate::bindings::sql::Dialect;
 use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
 use crate::capabilities::kafka::{Broker, KafkaState};
 use crate::capabilities::kv::{Kv, KvState};
@@ -37,6 +38,19 @@ pub struct Bindings {
     pub sql: SqlState,
     pub kv: Kv,
     pub broker: Option<Broker>,
+}
+
+impl Bindings {
+    /// No shard and no broker: for an invocation that must not touch either
+    /// (a deploy's start-up check, a benchmark of the engine alone).
+    pub fn unbound(request_id: String, kv: Kv) -> Self {
+        Self {
+            request_id,
+            sql: SqlState { shard: String::new(), dialect: Dialect::Sqlite, tx: None },
+            kv,
+            broker: None,
+        }
+    }
 }
 
 /// The guest's buffered HTTP response.
@@ -173,6 +187,32 @@ impl Engine {
             })
         })
         .await
+    }
+
+    /// Instantiates `component` once, in a store with every capability
+    /// unbound, and runs nothing else: a version that traps or exhausts its
+    /// memory while starting is refused before it serves anyone.
+    pub async fn check_instantiates(&self, component: &LoadedComponent, kv: Kv) -> Result<(), InvokeError> {
+        let bindings = Bindings::unbound(format!("deploy-check:{}", component.short_digest()), kv);
+        let entry = match &component.entry {
+            Entry::Http(pre) => Entry::Http(pre.clone()),
+            Entry::Timer(pre) => Entry::Timer(pre.clone()),
+            Entry::Event(pre) => Entry::Event(pre.clone()),
+        };
+        let (result, _) = self
+            .invoke(component, bindings, move |store| {
+                Box::pin(async move {
+                    match entry {
+                        Entry::Http(pre) => pre.instantiate_async(&mut *store).await.map(drop),
+                        Entry::Timer(pre) => pre.instantiate_async(&mut *store).await.map(drop),
+                        Entry::Event(pre) => pre.instantiate_async(&mut *store).await.map(drop),
+                    }
+                    .map_err(instantiating)?;
+                    Ok(Ok(()))
+                })
+            })
+            .await;
+        result
     }
 
     /// The steps every kind shares.

@@ -12,7 +12,7 @@ mod config;
 mod invoke;
 mod state;
 
-pub use component::{ComponentSpec, LoadedComponent, TriggerKind};
+pub use component::{loaded_versions, ComponentSpec, LoadedComponent, TriggerKind};
 pub use config::EngineConfig;
 pub use invoke::{Bindings, HttpOutput, InvokeError};
 pub use state::InvocationState;
@@ -50,9 +50,11 @@ impl Engine {
             .max_memory_size(config.memory_limit_bytes());
 
         let mut wasm = wasmtime::Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        wasm.wasm_component_model(true).epoch_interruption(true).allocation_strategy(if config.pooling {
+            InstanceAllocationStrategy::Pooling(pool)
+        } else {
+            InstanceAllocationStrategy::OnDemand
+        });
         let inner =
             wasmtime::Engine::new(&wasm).map_err(anyhow::Error::from).context("configuring wasmtime")?;
 

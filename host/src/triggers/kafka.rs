@@ -18,9 +18,10 @@ use crate::bindings::sql::Value;
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
-use crate::engine::{Bindings, Engine, LoadedComponent};
+use crate::engine::{Bindings, Engine};
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
+use crate::versions::live::ComponentSlot;
 
 /// Pause after a failed fetch or commit.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -38,13 +39,9 @@ pub struct KafkaContext {
 }
 
 /// Starts the consumer task of `trigger`.
-pub fn start(
-    context: &KafkaContext,
-    trigger: &KafkaTrigger,
-    component: Arc<LoadedComponent>,
-) -> anyhow::Result<()> {
+pub fn start(context: &KafkaContext, trigger: &KafkaTrigger, slot: Arc<ComponentSlot>) -> anyhow::Result<()> {
     let subscription = context.broker.subscribe(&trigger.group, &trigger.topics, &context.metrics)?;
-    let consumer = Consumer { context: context.clone(), trigger: trigger.clone(), component };
+    let consumer = Consumer { context: context.clone(), trigger: trigger.clone(), slot };
     tokio::spawn(consumer.run(subscription));
     Ok(())
 }
@@ -52,7 +49,7 @@ pub fn start(
 struct Consumer {
     context: KafkaContext,
     trigger: KafkaTrigger,
-    component: Arc<LoadedComponent>,
+    slot: Arc<ComponentSlot>,
 }
 
 /// What became of one record.
@@ -100,7 +97,7 @@ impl Consumer {
                 }
                 Err(Failure::Retry(e)) => {
                     tracing::warn!(
-                        component = %self.component.spec.name, topic = %record.topic, offset = record.offset,
+                        component = %self.slot.spec.name, topic = %record.topic, offset = record.offset,
                         attempt, "event failed: {e}"
                     );
                     last_error = e;
@@ -139,7 +136,7 @@ impl Consumer {
             .map_err(|e| Failure::Retry(format!("{e:?}")))?;
         if !seen.rows.is_empty() {
             tx.rollback().await;
-            self.context.metrics.duplicate(&self.component.spec.name);
+            self.context.metrics.duplicate(&self.slot.spec.name);
             return Ok(Handled::Duplicate);
         }
 
@@ -158,10 +155,19 @@ impl Consumer {
             value: record.value.clone(),
             headers: record.headers.clone(),
         };
-        let name = &self.component.spec.name;
+        let name = &self.slot.spec.name;
+        // Each record picks the version serving now (canary split by merchant).
+        let component = self.slot.pick(merchant.to_string().as_bytes());
         let started = Instant::now();
-        let (result, tx) = self.context.engine.invoke_event(&self.component, bindings, event).await;
-        self.context.metrics.invoked(name, started.elapsed(), result.as_ref().err().map(|e| e.kind()));
+        let (result, tx) = self.context.engine.invoke_event(&component, bindings, event).await;
+        let failure = result.as_ref().err().map(|e| e.kind());
+        self.context.metrics.invoked(
+            name,
+            component.short_digest(),
+            &component.stats,
+            started.elapsed(),
+            failure,
+        );
         let Some(mut tx) = tx else { return Err(Failure::Retry("the shard transaction was lost".into())) };
         if let Err(e) = result {
             tx.rollback().await;
@@ -193,7 +199,7 @@ impl Consumer {
         headers.push(("dlq-consumer".into(), self.trigger.group.as_bytes().to_vec()));
         let message =
             Message { topic: topic.clone(), key: record.key.clone(), value: record.value.clone(), headers };
-        self.context.metrics.dead_lettered(&self.component.spec.name);
+        self.context.metrics.dead_lettered(&self.slot.spec.name);
         loop {
             match self.context.broker.produce(vec![message.clone()]).await.pop() {
                 Some(Ok(_)) => break,
@@ -204,7 +210,7 @@ impl Consumer {
             }
         }
         tracing::error!(
-            component = %self.component.spec.name, source_topic = %record.topic, offset = record.offset,
+            component = %self.slot.spec.name, source_topic = %record.topic, offset = record.offset,
             dead_letter_topic = %topic, "event dead-lettered: {error}"
         );
     }

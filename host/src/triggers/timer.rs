@@ -15,6 +15,7 @@ use crate::capabilities::sql::Shard;
 use crate::engine::{Bindings, Engine, LoadedComponent};
 use crate::manifest::TimerTrigger;
 use crate::metrics::Metrics;
+use crate::versions::live::ComponentSlot;
 
 /// What every firing needs.
 #[derive(Clone)]
@@ -29,12 +30,12 @@ pub struct TimerContext {
 pub fn start(
     context: &TimerContext,
     trigger: &TimerTrigger,
-    component: Arc<LoadedComponent>,
+    slot: Arc<ComponentSlot>,
     shards: impl Iterator<Item = Arc<Shard>>,
 ) {
     for shard in shards {
         let context = context.clone();
-        let component = component.clone();
+        let slot = slot.clone();
         let interval = Duration::from_millis(trigger.interval_ms);
         let batch_size = trigger.batch_size;
         tokio::spawn(async move {
@@ -43,6 +44,8 @@ pub fn start(
             loop {
                 tokio::time::sleep(interval).await;
                 firing += 1;
+                // Each firing picks the version serving now (canary split by shard).
+                let component = slot.pick(shard.name.as_bytes());
                 fire(&context, &component, &shard, batch_size, firing, &mut shard_down).await;
             }
         });
@@ -83,7 +86,8 @@ async fn fire(
     let tick = Tick { shard: shard.name.clone(), batch_size };
     let started = Instant::now();
     let (result, tx) = context.engine.invoke_timer(component, bindings, tick).await;
-    context.metrics.invoked(name, started.elapsed(), result.as_ref().err().map(|e| e.kind()));
+    let failure = result.as_ref().err().map(|e| e.kind());
+    context.metrics.invoked(name, component.short_digest(), &component.stats, started.elapsed(), failure);
     match (result, tx) {
         (Ok(report), Some(tx)) => match tx.commit().await {
             Ok(()) if report.is_empty() => {}

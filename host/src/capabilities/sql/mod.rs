@@ -6,9 +6,10 @@
 //! transaction it was given, so it never sees another shard.
 
 mod errors;
+mod group_commit;
 mod host;
 mod mysql;
-mod placeholders;
+pub(crate) mod placeholders;
 mod postgres;
 pub mod runtime_config;
 mod server;

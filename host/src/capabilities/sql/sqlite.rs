@@ -8,7 +8,9 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Arguments, Column, Row, Sqlite};
+use sqlx::{Arguments, Column, ConnectOptions, Row, Sqlite};
+
+use super::group_commit::{GroupWriter, Member};
 
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
 
@@ -37,8 +39,8 @@ pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
 pub struct SqliteShard {
     path: PathBuf,
     /// One connection: SQLite admits one writer, so writers queue here, in
-    /// FIFO order, instead of spinning on SQLITE_BUSY.
-    writer: SqlitePool,
+    /// FIFO order, instead of spinning on SQLITE_BUSY, and commit in groups.
+    writer: GroupWriter,
     readers: SqlitePool,
 }
 
@@ -47,12 +49,9 @@ pub type SqliteTx = Transaction;
 impl SqliteShard {
     pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Self> {
         let options = durable_options(path)?.foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone().create_if_missing(true))
-            .await?;
-        MIGRATOR.run(&writer).await?;
+        let mut writer = options.clone().create_if_missing(true).connect().await?;
+        MIGRATOR.run(&mut writer).await?;
+        let writer = GroupWriter::new(writer, ACQUIRE_TIMEOUT);
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -65,16 +64,20 @@ impl SqliteShard {
         &self.path
     }
 
+    /// A write transaction joins the writer's current group (see
+    /// [`group_commit`](super::group_commit)); a read one takes a reader.
     pub async fn begin(&self, write: bool) -> Result<SqliteTx, SqlError> {
-        let tx =
-            if write { self.writer.begin_with("BEGIN IMMEDIATE").await } else { self.readers.begin().await };
-        tx.map(Transaction).map_err(map_error)
+        if write {
+            Ok(Transaction::Write(self.writer.begin().await?))
+        } else {
+            Ok(Transaction::Read(self.readers.begin().await.map_err(map_error)?))
+        }
     }
 
     /// The migration versions applied to the file.
     pub async fn applied_migrations(&self) -> anyhow::Result<Vec<i64>> {
         Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.writer)
+            .fetch_all(&self.readers)
             .await?)
     }
 
@@ -83,13 +86,26 @@ impl SqliteShard {
     }
 }
 
-/// A transaction on one SQLite shard.
-pub struct Transaction(sqlx::Transaction<'static, Sqlite>);
+/// A transaction on one SQLite shard: a member of the writer's group, or
+/// a read-only transaction on a reader.
+pub enum Transaction {
+    Write(Member),
+    Read(sqlx::Transaction<'static, Sqlite>),
+}
 
 impl Transaction {
     pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
-        let rows =
-            sqlx::query_with(statement, bind(params)?).fetch_all(&mut *self.0).await.map_err(map_error)?;
+        let query = sqlx::query_with(statement, bind(params)?);
+        let rows = match self {
+            Transaction::Write(member) => {
+                let rows = query.fetch_all(member.conn()?).await.map_err(map_error);
+                if let Err(e) = &rows {
+                    member.check(e).await;
+                }
+                rows?
+            }
+            Transaction::Read(tx) => query.fetch_all(&mut **tx).await.map_err(map_error)?,
+        };
         let columns = rows
             .first()
             .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
@@ -99,18 +115,36 @@ impl Transaction {
     }
 
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let done =
-            sqlx::query_with(statement, bind(params)?).execute(&mut *self.0).await.map_err(map_error)?;
+        let query = sqlx::query_with(statement, bind(params)?);
+        let done = match self {
+            Transaction::Write(member) => {
+                let done = query.execute(member.conn()?).await.map_err(map_error);
+                if let Err(e) = &done {
+                    member.check(e).await;
+                }
+                done?
+            }
+            Transaction::Read(tx) => query.execute(&mut **tx).await.map_err(map_error)?,
+        };
         Ok(done.rows_affected())
     }
 
+    /// For a write: returns once the group holding it is durably committed.
     pub async fn commit(self) -> Result<(), SqlError> {
-        self.0.commit().await.map_err(map_error)
+        match self {
+            Transaction::Write(member) => member.commit().await,
+            Transaction::Read(tx) => tx.commit().await.map_err(map_error),
+        }
     }
 
     pub async fn rollback(self) {
-        if let Err(e) = self.0.rollback().await {
-            tracing::warn!(error = %e, "rollback failed; the connection discards the transaction");
+        match self {
+            Transaction::Write(member) => member.rollback().await,
+            Transaction::Read(tx) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback failed; the connection discards the transaction");
+                }
+            }
         }
     }
 }
@@ -132,7 +166,7 @@ fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
 }
 
 /// Sorts a sqlx error into the WIT error the component can act on.
-fn map_error(e: sqlx::Error) -> SqlError {
+pub(super) fn map_error(e: sqlx::Error) -> SqlError {
     super::errors::map(e, |db| {
         // SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock too long.
         matches!(db.code().as_deref(), Some("5" | "6" | "517"))

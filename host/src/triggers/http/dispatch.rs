@@ -27,6 +27,9 @@ use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
 
 /// Headers only the host may set; stripped from what clients send.
 const HOST_HEADER_PREFIX: &str = "payfn-";
+/// The response header naming the version (first 12 hex digits of its
+/// SHA-256) that served the request.
+const VERSION_HEADER: &str = "payfn-version";
 
 pub async fn dispatch(State(app): State<Arc<App>>, request: Request) -> Response {
     let id = RequestId::of(&request);
@@ -73,9 +76,12 @@ async fn run(
             )
         }
     })?;
-    let component = app.components.get(&matched.component).cloned().ok_or_else(|| {
+    let slot = app.versions.registry().get(&matched.component).ok_or_else(|| {
         HostError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the route's component is not loaded")
     })?;
+    // The version is picked once; this request runs on it to the end, even
+    // if a deploy swaps another one in meanwhile.
+    let component = slot.pick(merchant.to_string().as_bytes());
     let shard = app.shards.for_merchant(merchant).clone();
 
     let claim = match (parts.method == Method::POST, idempotency::key_from(&parts.headers)?) {
@@ -92,9 +98,13 @@ async fn run(
     };
 
     let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
-    let result = call.invoke(parts, body, claim.as_ref()).await;
+    let mut result = call.invoke(parts, body, claim.as_ref()).await;
     if let Some(claim) = &claim {
         claim.release(&app.kv).await;
+    }
+    // Which version answered: what a deploy or canary is checked by.
+    if let (Ok(response), Ok(value)) = (&mut result, HeaderValue::from_str(component.short_digest())) {
+        response.headers_mut().insert(VERSION_HEADER, value);
     }
     result
 }
@@ -140,7 +150,13 @@ impl Call<'_> {
             Ok(_) => None,
             Err(e) => Some(e.kind()),
         };
-        app.metrics.invoked(&matched.component, started.elapsed(), failure);
+        app.metrics.invoked(
+            &matched.component,
+            component.short_digest(),
+            &component.stats,
+            started.elapsed(),
+            failure,
+        );
 
         let output = match result {
             Ok(output) => output,

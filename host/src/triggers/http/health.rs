@@ -60,6 +60,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             Err(e) => tracing::warn!(shard = %shard.name, error = ?e, "cannot read outbox counts"),
         }
     }
+    app.metrics.loaded_versions(crate::engine::loaded_versions());
     let mut response = app.metrics.encode().into_response();
     response.headers_mut().insert(
         "content-type",

@@ -17,7 +17,6 @@ mod routes;
 pub use rate_limit::RateLimitConfig;
 pub use routes::RouteTable;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,9 +28,10 @@ use serde::Deserialize;
 use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
-use crate::engine::{Engine, LoadedComponent};
+use crate::engine::Engine;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::versions::Versions;
 
 /// The `[http]` section of the runtime config.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,7 +57,8 @@ impl Default for HttpConfig {
 /// Everything the HTTP layers share.
 pub struct App {
     pub engine: Engine,
-    pub components: HashMap<String, Arc<LoadedComponent>>,
+    /// What serves each component; a deploy swaps it.
+    pub versions: Arc<Versions>,
     pub routes: RouteTable,
     pub shards: Arc<ShardSet>,
     pub kv: Kv,
@@ -67,19 +68,24 @@ pub struct App {
     pub metrics: Metrics,
 }
 
-/// The router: component routes behind their layers, plus health and metrics.
-pub fn router(app: Arc<App>) -> Router {
+/// The router: component routes behind their layers, plus health and
+/// metrics, plus `admin` (the admin API) when it shares this listener.
+pub fn router(app: Arc<App>, admin: Option<Router>) -> Router {
     let components = Router::new()
         .fallback(dispatch::dispatch)
         .layer(from_fn_with_state(app.clone(), rate_limit::layer))
         .layer(from_fn_with_state(app.clone(), auth::layer))
         .layer(from_fn_with_state(app.clone(), routes::layer))
         .with_state(app.clone());
-    Router::new()
+    let router = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .fallback_service(components)
         .layer(axum::middleware::from_fn(request_id::layer))
-        .with_state(app)
+        .with_state(app);
+    match admin {
+        Some(admin) => router.merge(admin),
+        None => router,
+    }
 }

@@ -1,0 +1,116 @@
+//! Microbenchmarks of the engine, without HTTP serving or a shard:
+//!
+//! - `invoke/noop/{pooling,on-demand}`: one invocation of the no-op
+//!   `wasi:http` component (`tests/components/noop`): take a pool slot, build
+//!   the store, instantiate, call the handler, collect the response, drop
+//!   the store. This is the host's overhead per invocation, the guest doing
+//!   nothing; with the pooling allocator (the default) and without.
+//! - `load/noop/{compile,cached}`: turning the binary into a servable
+//!   version, from scratch (Cranelift) and from the on-disk AOT cache.
+//!
+//! Run: `cargo bench -p payfn --bench invoke` (docs/BENCHMARKS.md has the
+//! method and the figures).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http_body_util::Full;
+use payfn::capabilities::kv::runtime_config::KvConfig;
+use payfn::capabilities::kv::Kv;
+use payfn::engine::{Bindings, ComponentSpec, Engine, EngineConfig, TriggerKind};
+
+/// Builds the no-op component (a no-op when it is up to date) and returns its bytes.
+fn noop_component() -> Vec<u8> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "test-noop"])
+        .current_dir(&repo)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo build for the no-op component");
+    assert!(status.success(), "building the no-op component failed");
+    std::fs::read(target.join("wasm32-wasip2/release/test_noop.wasm")).expect("read test_noop.wasm")
+}
+
+fn spec() -> ComponentSpec {
+    ComponentSpec {
+        name: "noop".into(),
+        source: PathBuf::from("test_noop.wasm"),
+        grants: Vec::new(),
+        environment: Vec::new(),
+        kafka_topics: Vec::new(),
+        kind: TriggerKind::Http,
+    }
+}
+
+fn request() -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method("GET")
+        .uri("http://localhost/noop")
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+fn invoke(c: &mut Criterion) {
+    let bytes = noop_component();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let kv = runtime.block_on(Kv::from_config(&KvConfig::Memory)).expect("memory kv");
+    let mut group = c.benchmark_group("invoke/noop");
+    for (name, pooling) in [("pooling", true), ("on-demand", false)] {
+        let cache = tempfile::tempdir().expect("cache dir");
+        let engine = Engine::new(EngineConfig { pooling, ..EngineConfig::default() }, cache.path().into())
+            .expect("engine");
+        let component = engine.load_bytes(&spec(), &bytes).expect("load the no-op component");
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let (result, _) = engine
+                    .invoke_http(&component, Bindings::unbound("bench".into(), kv.clone()), request())
+                    .await;
+                let output = result.expect("the no-op answers");
+                assert_eq!(output.status, 200);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn load(c: &mut Criterion) {
+    let bytes = noop_component();
+    let mut group = c.benchmark_group("load/noop");
+    group.sample_size(10);
+    let engine_in = |dir: &std::path::Path| Engine::new(EngineConfig::default(), dir.into()).expect("engine");
+    group.bench_function("compile", |b| {
+        // A new engine on an empty cache each time; building it is not timed.
+        b.iter_batched(
+            || {
+                let cold = tempfile::tempdir().expect("cache dir");
+                let engine = engine_in(cold.path());
+                (cold, engine)
+            },
+            |(cold, engine)| {
+                let loaded = engine.load_bytes(&spec(), &bytes).expect("compile");
+                assert!(!loaded.from_cache);
+                // Dropped after the clock stops.
+                (cold, engine, loaded)
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    let warm = tempfile::tempdir().expect("cache dir");
+    let engine = engine_in(warm.path());
+    engine.load_bytes(&spec(), &bytes).expect("fill the cache");
+    group.bench_function("cached", |b| {
+        b.iter(|| {
+            let loaded = engine.load_bytes(&spec(), &bytes).expect("load from cache");
+            assert!(loaded.from_cache);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, invoke, load);
+criterion_main!(benches);

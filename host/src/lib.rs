@@ -1,0 +1,21 @@
+//! `payfn`: runs payment steps as isolated WebAssembly components.
+//!
+//! Layout: [`manifest`] and [`runtime_config`] say what to run and on what;
+//! [`engine`] owns wasmtime; [`capabilities`] are what components may do;
+//! [`triggers`] decide when they run; [`versions`] swaps what runs under live
+//! traffic and [`admin`] is its API; [`cli`] is the command line.
+//!
+//! The binary (`src/main.rs`) is a thin shell over [`cli`]; the library
+//! exists so benchmarks (`host/benches/`) can drive the engine directly.
+
+pub mod admin;
+mod bindings;
+pub mod capabilities;
+pub mod cli;
+pub mod engine;
+mod keys;
+pub mod manifest;
+mod metrics;
+pub mod runtime_config;
+pub mod triggers;
+pub mod versions;

@@ -1,0 +1,64 @@
+# Sourced by the bench scripts: starts a release `payfn up` for benchmarking.
+#
+#   BACKEND=embedded   two SQLite shards (synchronous = FULL), in-process kv,
+#                      the embedded event log: the zero-setup defaults
+#   BACKEND=mariadb    two fresh databases on 127.0.0.1:3306 (durable commits:
+#   BACKEND=postgres   the server's defaults) or 127.0.0.1:5432, pools of 64,
+#                      Redis (127.0.0.1:6379) for kv and rate limits, and a
+#                      tansu Kafka broker of the run's own (in-memory
+#                      storage, infra/kafka/broker.sh) for events
+#
+# Rate limits are lifted: the benchmark measures the steps. Sets `state`
+# (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
+# everything started is stopped on exit.
+bench_pids=()
+bench_cleanup() { kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$state"; }
+trap bench_cleanup EXIT
+
+bench_start_host() {
+  local backend=${BACKEND:-embedded} port=${PORT:-3999}
+  cargo build --release -q
+  ./target/release/payfn build >/dev/null 2>&1
+  state=$(mktemp -d)
+  cp spin.toml "$state/spin.toml"
+  sed -i "s|source = \"target/|source = \"$PWD/target/|" "$state/spin.toml"
+  cat > "$state/runtime-config.toml" <<'TOML'
+[http.rate_limits]
+default_capacity = 1000000000
+components = {}
+TOML
+  case "$backend" in
+    embedded) ;;
+    mariadb|postgres)
+      local n url dialect
+      for n in 1 2; do
+        if [ "$backend" = mariadb ]; then
+          mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS payfn_bench_$n; CREATE DATABASE payfn_bench_$n"
+          url="mysql://root@127.0.0.1:3306/payfn_bench_$n"; dialect=mysql
+        else
+          psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS payfn_bench_$n WITH (FORCE)" \
+            -c "CREATE DATABASE payfn_bench_$n"
+          url="postgres://postgres@127.0.0.1:5432/payfn_bench_$n"; dialect=postgres
+        fi
+        printf '[[shards]]\nname = "shard-%s"\nbackend = "%s"\nurl = "%s"\nmax_connections = 64\n\n' \
+          "$n" "$dialect" "$url" >> "$state/runtime-config.toml"
+      done
+      printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:6379/"\nprefix = "payfn-bench-%s:"\n\n' "$$" \
+        >> "$state/runtime-config.toml"
+      local kafka_port=$((port + 5000))
+      infra/kafka/broker.sh start "$kafka_port" >"$state/tansu.log" 2>&1 &
+      bench_pids+=($!)
+      for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break; sleep 0.1; done
+      printf '[kafka]\nbackend = "kafka"\nbrokers = "127.0.0.1:%s"\npartitions = 4\n' "$kafka_port" \
+        >> "$state/runtime-config.toml"
+      ;;
+    *) echo "BACKEND must be embedded, mariadb or postgres" >&2; exit 1 ;;
+  esac
+  app_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml")
+  ./target/release/payfn up --listen "127.0.0.1:$port" "${app_args[@]}" 2>"$state/log" &
+  bench_pids+=($!)
+  for _ in $(seq 150); do grep -q "listening on" "$state/log" 2>/dev/null && break; sleep 0.2; done
+  grep -q "listening on" "$state/log" || { cat "$state/log" >&2; echo "payfn did not start" >&2; exit 1; }
+  url="http://127.0.0.1:$port"
+  echo "== backend: $backend ($(nproc) cores; host and load generator share them)"
+}
