@@ -12,7 +12,8 @@
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
 # everything started is stopped on exit.
 bench_pids=()
-bench_cleanup() { kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$state"; }
+state=""
+bench_cleanup() { kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$state" ] || rm -rf "$state"; }
 trap bench_cleanup EXIT
 
 bench_start_host() {
@@ -30,18 +31,18 @@ TOML
   case "$backend" in
     embedded) ;;
     mariadb|postgres)
-      local n url dialect
+      local n db_url dialect
       for n in 1 2; do
         if [ "$backend" = mariadb ]; then
           mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS payfn_bench_$n; CREATE DATABASE payfn_bench_$n"
-          url="mysql://root@127.0.0.1:3306/payfn_bench_$n"; dialect=mysql
+          db_url="mysql://root@127.0.0.1:3306/payfn_bench_$n"; dialect=mysql
         else
           psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS payfn_bench_$n WITH (FORCE)" \
             -c "CREATE DATABASE payfn_bench_$n"
-          url="postgres://postgres@127.0.0.1:5432/payfn_bench_$n"; dialect=postgres
+          db_url="postgres://postgres@127.0.0.1:5432/payfn_bench_$n"; dialect=postgres
         fi
-        printf '[[shards]]\nname = "shard-%s"\nbackend = "%s"\nurl = "%s"\nmax_connections = 64\n\n' \
-          "$n" "$dialect" "$url" >> "$state/runtime-config.toml"
+        printf '[[shards]]\nname = "shard-%s"\nbackend = "%s"\nurl = "%s"\nmax_connections = %s\n\n' \
+          "$n" "$dialect" "$db_url" "${SHARD_POOL:-64}" >> "$state/runtime-config.toml"
       done
       printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:6379/"\nprefix = "payfn-bench-%s:"\n\n' "$$" \
         >> "$state/runtime-config.toml"

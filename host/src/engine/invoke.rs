@@ -21,7 +21,6 @@ use super::component::Entry;
 use super::state::{MemoryLimiter, NoOutboundHttp};
 use super::{Engine, InvocationState, LoadedComponent};
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
-use crate::bindings::sql::Dialect;
 use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
 use crate::capabilities::kafka::{Broker, KafkaState};
 use crate::capabilities::kv::{Kv, KvState};
@@ -44,12 +43,7 @@ impl Bindings {
     /// No shard and no broker: for an invocation that must not touch either
     /// (a deploy's start-up check, a benchmark of the engine alone).
     pub fn unbound(request_id: String, kv: Kv) -> Self {
-        Self {
-            request_id,
-            sql: SqlState { shard: String::new(), dialect: Dialect::Sqlite, tx: None },
-            kv,
-            broker: None,
-        }
+        Self { request_id, sql: SqlState::unbound(), kv, broker: None }
     }
 }
 

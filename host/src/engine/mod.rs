@@ -24,6 +24,10 @@ use std::time::Duration;
 use anyhow::Context;
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// Bytes of each pooled linear memory reset in place, not released to the
+/// kernel, when an instance is freed.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -47,7 +51,14 @@ impl Engine {
             .total_memories(config.max_instances.saturating_mul(2))
             .total_tables(config.max_instances.saturating_mul(2))
             .total_stacks(config.max_instances)
-            .max_memory_size(config.memory_limit_bytes());
+            .max_memory_size(config.memory_limit_bytes())
+            // Reset a freed instance's first pages with memset instead of
+            // madvise: no syscall, no TLB shootdown across cores and no page
+            // faults when the next instance touches them again (madvise and
+            // the faults were a fifth of the host's CPU under load,
+            // docs/BENCHMARKS.md). Covers a Rust guest's stack and small heap.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES / 16);
 
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true).allocation_strategy(if config.pooling {

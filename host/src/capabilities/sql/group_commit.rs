@@ -25,10 +25,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::{Executor, SqliteConnection};
+use rusqlite::Connection;
 use tokio::sync::{oneshot, Mutex, Notify, OwnedMutexGuard};
 
-use super::sqlite::map_error;
+use super::sqlite::{blocking, map_error};
 use crate::bindings::sql::Error as SqlError;
 
 /// The savepoint every member runs in. One name does: members never nest,
@@ -45,16 +45,12 @@ pub struct GroupWriter {
 
 /// The writer connection and the group open on it.
 struct Group {
-    conn: SqliteConnection,
+    conn: Connection,
     /// A BEGIN IMMEDIATE is open: the file's write lock is held.
     open: bool,
     /// Members whose writes are released into the open transaction, each
     /// waiting to hear how its COMMIT went.
     waiting: Vec<oneshot::Sender<Result<(), SqlError>>>,
-    /// A member was dropped mid-run (its request was cancelled): its
-    /// savepoint is still open and must be rolled back before anyone else
-    /// writes.
-    abandoned: bool,
 }
 
 /// One write invocation's hold on the writer: its savepoint is open.
@@ -70,8 +66,8 @@ pub struct Member {
 impl GroupWriter {
     /// Takes `conn` (migrated, WAL, `synchronous = FULL`) as the writer and
     /// starts its flusher task.
-    pub fn new(conn: SqliteConnection, acquire_timeout: Duration) -> Self {
-        let group = Arc::new(Mutex::new(Group { conn, open: false, waiting: Vec::new(), abandoned: false }));
+    pub fn new(conn: Connection, acquire_timeout: Duration) -> Self {
+        let group = Arc::new(Mutex::new(Group { conn, open: false, waiting: Vec::new() }));
         let flush = Arc::new(Notify::new());
         let flusher = tokio::spawn(flusher(Arc::downgrade(&group), flush.clone()));
         Self { group, flush, flusher, acquire_timeout }
@@ -83,14 +79,14 @@ impl GroupWriter {
         let mut group = tokio::time::timeout(self.acquire_timeout, self.group.clone().lock_owned())
             .await
             .map_err(|_| SqlError::Unavailable("the shard's writer stayed busy; try again".into()))?;
-        group.recover().await;
         if !group.open {
-            group.conn.execute("BEGIN IMMEDIATE").await.map_err(map_error)?;
+            // May wait for another process's write lock (busy timeout).
+            blocking(|| group.conn.execute_batch("BEGIN IMMEDIATE")).map_err(map_error)?;
             group.open = true;
         }
-        if let Err(e) = group.conn.execute(format!("SAVEPOINT {SAVEPOINT}").as_str()).await {
+        if let Err(e) = group.conn.execute_batch(&format!("SAVEPOINT {SAVEPOINT}")) {
             let e = map_error(e);
-            group.fail(e.clone()).await;
+            group.fail(e.clone());
             return Err(e);
         }
         Ok(Member { group: Some(group), flush: self.flush.clone(), poisoned: false })
@@ -105,10 +101,10 @@ impl Drop for GroupWriter {
 
 impl Member {
     /// The writer connection, inside this member's savepoint.
-    pub fn conn(&mut self) -> Result<&mut SqliteConnection, SqlError> {
-        match self.group.as_mut() {
+    pub fn conn(&mut self) -> Result<&Connection, SqlError> {
+        match self.group.as_ref() {
             Some(_) if self.poisoned => Err(SqlError::Unavailable("the shard's transaction failed".into())),
-            Some(group) => Ok(&mut group.conn),
+            Some(group) => Ok(&group.conn),
             None => Err(SqlError::Unavailable("the transaction has ended".into())),
         }
     }
@@ -116,13 +112,13 @@ impl Member {
     /// Called with a statement's error. An error that is not the statement's
     /// own (I/O, a full disk, a lost lock) may have ended SQLite's
     /// transaction, so the whole group fails, and this member with it.
-    pub async fn check(&mut self, e: &SqlError) {
+    pub fn check(&mut self, e: &SqlError) {
         if matches!(e, SqlError::ConstraintViolation(_) | SqlError::InvalidStatement(_)) {
             return;
         }
         if let Some(group) = self.group.as_mut() {
             self.poisoned = true;
-            group.fail(e.clone()).await;
+            group.fail(e.clone());
         }
     }
 
@@ -133,12 +129,10 @@ impl Member {
             return Err(SqlError::Unavailable("the transaction has ended".into()));
         };
         if self.poisoned {
-            drop(group);
-            self.flush.notify_one();
             return Err(SqlError::Unavailable("the shard's transaction failed".into()));
         }
-        if let Err(e) = group.conn.execute(format!("RELEASE {SAVEPOINT}").as_str()).await {
-            group.rollback_member().await;
+        if let Err(e) = group.conn.execute_batch(&format!("RELEASE {SAVEPOINT}")) {
+            group.rollback_member();
             drop(group);
             self.flush.notify_one();
             return Err(map_error(e));
@@ -153,10 +147,18 @@ impl Member {
     }
 
     /// Undoes the member's writes; the group goes on without them.
-    pub async fn rollback(mut self) {
+    pub fn rollback(self) {
+        // Drop does it.
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Rolled back, or cancelled mid-run (its request went away): either
+        // way its writes leave the group before anyone else writes.
         if let Some(mut group) = self.group.take() {
             if !self.poisoned {
-                group.rollback_member().await;
+                group.rollback_member();
             }
             drop(group);
             // A group left open with nobody queued must still end: it holds
@@ -166,43 +168,25 @@ impl Member {
     }
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        // Cancelled mid-run: no await here, so the next holder rolls back.
-        if let Some(mut group) = self.group.take() {
-            // A poisoned member's group is already rolled back.
-            group.abandoned = !self.poisoned;
-            drop(group);
-            self.flush.notify_one();
-        }
-    }
-}
-
 impl Group {
-    /// Rolls back an abandoned member's savepoint, if there is one.
-    async fn recover(&mut self) {
-        if std::mem::take(&mut self.abandoned) {
-            self.rollback_member().await;
-        }
-    }
-
     /// ROLLBACK TO and RELEASE the member's savepoint; if even that fails,
     /// the transaction is beyond repair and the whole group fails.
-    async fn rollback_member(&mut self) {
+    fn rollback_member(&mut self) {
         let undo = format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}");
-        if let Err(e) = self.conn.execute(undo.as_str()).await {
+        if let Err(e) = self.conn.execute_batch(&undo) {
             tracing::error!(error = %e, "cannot roll back one invocation's savepoint; failing its group");
-            self.fail(map_error(e)).await;
+            self.fail(map_error(e));
         }
     }
 
     /// Commits the open group (if any) and tells every waiting member.
-    async fn commit(&mut self) {
+    fn commit(&mut self) {
         if !self.open {
             return;
         }
-        match self.conn.execute("COMMIT").await {
-            Ok(_) => {
+        // The fsync: seconds at worst, off the async workers.
+        match blocking(|| self.conn.execute_batch("COMMIT")) {
+            Ok(()) => {
                 self.open = false;
                 for member in self.waiting.drain(..) {
                     let _ = member.send(Ok(()));
@@ -210,17 +194,19 @@ impl Group {
             }
             Err(e) => {
                 tracing::error!(error = %e, members = self.waiting.len(), "group commit failed");
-                self.fail(SqlError::Unavailable(format!("commit failed: {e}"))).await;
+                self.fail(SqlError::Unavailable(format!("commit failed: {e}")));
             }
         }
     }
 
     /// Rolls the whole group back and fails every waiting member with `e`.
-    async fn fail(&mut self, e: SqlError) {
+    fn fail(&mut self, e: SqlError) {
         if self.open {
             // After a failed COMMIT SQLite may have rolled back already; a
             // second ROLLBACK then errors harmlessly.
-            let _ = self.conn.execute("ROLLBACK").await;
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
             self.open = false;
         }
         for member in self.waiting.drain(..) {
@@ -236,8 +222,7 @@ async fn flusher(group: Weak<Mutex<Group>>, flush: Arc<Notify>) {
         flush.notified().await;
         let Some(group) = group.upgrade() else { return };
         let mut group = group.lock().await;
-        group.recover().await;
-        group.commit().await;
+        group.commit();
         // Whatever happened, nobody is left waiting on a group that ended.
         assert!(!group.open && group.waiting.is_empty(), "a group outlived its flush");
     }
@@ -245,114 +230,111 @@ async fn flusher(group: Weak<Mutex<Group>>, flush: Arc<Notify>) {
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-    use sqlx::ConnectOptions;
+    use rusqlite::OpenFlags;
 
     use super::*;
 
-    async fn writer(dir: &std::path::Path) -> (GroupWriter, SqliteConnectOptions) {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .unwrap()
-            .filename(dir.join("shard.db"))
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .create_if_missing(true);
-        let mut conn = options.connect().await.unwrap();
-        conn.execute(
-            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+    fn open(path: &std::path::Path, flags: OpenFlags) -> Connection {
+        let conn = Connection::open_with_flags(path, flags).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn
+    }
+
+    fn writer(dir: &std::path::Path) -> (GroupWriter, std::path::PathBuf) {
+        let path = dir.join("shard.db");
+        let conn = open(&path, OpenFlags::default());
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             CREATE TABLE parent (id INTEGER PRIMARY KEY); \
              CREATE TABLE rows (id INTEGER PRIMARY KEY, \
                parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
         )
-        .await
         .unwrap();
-        (GroupWriter::new(conn, Duration::from_secs(5)), options)
+        (GroupWriter::new(conn, Duration::from_secs(5)), path)
     }
 
-    async fn insert(member: &mut Member, id: i64, parent: Option<i64>) {
-        sqlx::query("INSERT INTO rows (id, parent) VALUES (?, ?)")
-            .bind(id)
-            .bind(parent)
-            .execute(member.conn().unwrap())
-            .await
+    fn insert(member: &mut Member, id: i64, parent: Option<i64>) {
+        member
+            .conn()
+            .unwrap()
+            .execute("INSERT INTO rows (id, parent) VALUES (?1, ?2)", (id, parent))
             .unwrap();
     }
 
     /// What another connection (a reader, another process) sees: durable rows only.
-    async fn durable_ids(options: &SqliteConnectOptions) -> Vec<i64> {
-        let mut conn = options.clone().read_only(true).connect().await.unwrap();
-        sqlx::query_scalar("SELECT id FROM rows ORDER BY id").fetch_all(&mut conn).await.unwrap()
+    fn durable_ids(path: &std::path::Path) -> Vec<i64> {
+        let conn = open(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+        let mut stmt = conn.prepare("SELECT id FROM rows ORDER BY id").unwrap();
+        stmt.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_members_share_commits_and_each_is_durable_when_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, options) = writer(dir.path()).await;
+        let (writer, path) = writer(dir.path());
         let writer = Arc::new(writer);
         let members = (0..64).map(|id| {
             let writer = writer.clone();
-            let options = options.clone();
+            let path = path.clone();
             tokio::spawn(async move {
                 let mut member = writer.begin().await.unwrap();
-                insert(&mut member, id, None).await;
+                insert(&mut member, id, None);
                 member.commit().await.unwrap();
                 // Acknowledged: another connection must see it now.
-                assert!(durable_ids(&options).await.contains(&id), "row {id} acknowledged but not durable");
+                assert!(durable_ids(&path).contains(&id), "row {id} acknowledged but not durable");
             })
         });
         for member in futures::future::join_all(members).await {
             member.unwrap();
         }
-        assert_eq!(durable_ids(&options).await, (0..64).collect::<Vec<_>>());
+        assert_eq!(durable_ids(&path), (0..64).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn a_rolled_back_member_leaves_the_rest_of_its_group_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, options) = writer(dir.path()).await;
+        let (writer, path) = writer(dir.path());
         let mut first = writer.begin().await.unwrap();
-        insert(&mut first, 1, None).await;
+        insert(&mut first, 1, None);
         let first = tokio::spawn(first.commit());
         let mut second = writer.begin().await.unwrap();
-        insert(&mut second, 2, None).await;
-        second.rollback().await;
+        insert(&mut second, 2, None);
+        second.rollback();
         let mut third = writer.begin().await.unwrap();
-        insert(&mut third, 3, None).await;
+        insert(&mut third, 3, None);
         third.commit().await.unwrap();
         first.await.unwrap().unwrap();
-        assert_eq!(durable_ids(&options).await, vec![1, 3]);
+        assert_eq!(durable_ids(&path), vec![1, 3]);
     }
 
     #[tokio::test]
     async fn a_member_dropped_mid_run_is_rolled_back_before_anyone_else_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, options) = writer(dir.path()).await;
+        let (writer, path) = writer(dir.path());
         let mut cancelled = writer.begin().await.unwrap();
-        insert(&mut cancelled, 1, None).await;
+        insert(&mut cancelled, 1, None);
         drop(cancelled);
         let mut next = writer.begin().await.unwrap();
-        insert(&mut next, 2, None).await;
+        insert(&mut next, 2, None);
         next.commit().await.unwrap();
-        assert_eq!(durable_ids(&options).await, vec![2]);
+        assert_eq!(durable_ids(&path), vec![2]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn when_the_group_commit_fails_every_member_of_the_group_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, options) = writer(dir.path()).await;
+        let (writer, path) = writer(dir.path());
         let writer = Arc::new(writer);
         // `good` holds the writer while `bad` queues behind it, so both are
         // released before the flusher (queued after `bad`) commits.
         let mut good = writer.begin().await.unwrap();
-        insert(&mut good, 1, None).await;
+        insert(&mut good, 1, None);
         let bad = tokio::spawn({
             let writer = writer.clone();
             async move {
                 let mut bad = writer.begin().await.unwrap();
                 // A deferred foreign key: the statement passes, COMMIT fails.
-                insert(&mut bad, 2, Some(404)).await;
+                insert(&mut bad, 2, Some(404));
                 bad.commit().await
             }
         });
@@ -361,11 +343,11 @@ mod tests {
         let bad = bad.await.unwrap();
         assert!(good.is_err(), "a member of a failed group must not be acknowledged: {good:?}");
         assert!(bad.is_err(), "{bad:?}");
-        assert!(durable_ids(&options).await.is_empty());
+        assert!(durable_ids(&path).is_empty());
         // The writer goes on.
         let mut after = writer.begin().await.unwrap();
-        insert(&mut after, 3, None).await;
+        insert(&mut after, 3, None);
         after.commit().await.unwrap();
-        assert_eq!(durable_ids(&options).await, vec![3]);
+        assert_eq!(durable_ids(&path), vec![3]);
     }
 }

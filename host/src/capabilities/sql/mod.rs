@@ -40,6 +40,11 @@ pub struct SqlState {
 }
 
 impl SqlState {
+    /// Bound to no shard: every statement fails `unavailable`.
+    pub fn unbound() -> Self {
+        Self { shard: String::new(), dialect: Dialect::Sqlite, tx: None }
+    }
+
     fn tx(&mut self) -> Result<&mut ShardTx, SqlError> {
         self.tx
             .as_mut()

@@ -1,14 +1,23 @@
 //! The embedded backend: one SQLite file per shard, migrated at start.
+//!
+//! Statements run inline on the calling task through rusqlite: a SQLite
+//! statement on a local file takes microseconds, far less than the two
+//! thread hand-offs per statement a worker-thread driver costs (sqlx's
+//! SQLite driver spent more CPU on futex wake-ups than on SQL; see
+//! docs/BENCHMARKS.md). What may wait (taking the file's write lock, the
+//! fsync of a COMMIT) runs under `block_in_place`, and a progress handler
+//! interrupts any statement past its deadline, so a runaway query cannot
+//! hold a worker thread.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Arguments, Column, ConnectOptions, Row, Sqlite};
+use rusqlite::types::{Value as SqliteValue, ValueRef};
+use rusqlite::{ffi, Connection, ErrorCode, OpenFlags};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::ConnectOptions;
 
 use super::group_commit::{GroupWriter, Member};
 
@@ -18,13 +27,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/s
 
 /// How long a statement waits for a lock before reporting the shard busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `begin` waits for a pooled connection.
+/// How long `begin` waits for the writer or a reader.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one statement may run before it is interrupted.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection: every statement the steps use.
+const STATEMENT_CACHE: usize = 128;
 
 /// Options for a SQLite file that must not lose a commit: WAL, and
 /// `synchronous = FULL` so a commit that answered 2xx survives power loss.
-/// Shared by the shard files and the embedded event log. Creates the file's
-/// directory.
+/// Used for the embedded event log (through sqlx) and to migrate shard
+/// files. Creates the file's directory.
 pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -36,28 +49,42 @@ pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
         .busy_timeout(BUSY_TIMEOUT))
 }
 
+/// Opens a shard connection with the same settings as [`durable_options`],
+/// foreign keys on and a statement deadline.
+fn connect(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
 pub struct SqliteShard {
     path: PathBuf,
     /// One connection: SQLite admits one writer, so writers queue here, in
     /// FIFO order, instead of spinning on SQLITE_BUSY, and commit in groups.
     writer: GroupWriter,
-    readers: SqlitePool,
+    readers: Arc<Readers>,
 }
 
 pub type SqliteTx = Transaction;
 
 impl SqliteShard {
+    /// Creates and migrates the file if needed, then opens the writer and
+    /// `readers` read-only connections.
     pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Self> {
-        let options = durable_options(path)?.foreign_keys(true);
-        let mut writer = options.clone().create_if_missing(true).connect().await?;
-        MIGRATOR.run(&mut writer).await?;
-        let writer = GroupWriter::new(writer, ACQUIRE_TIMEOUT);
-        let readers = SqlitePoolOptions::new()
-            .max_connections(readers.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(Self { path: path.to_path_buf(), writer, readers })
+        let mut migrator = durable_options(path)?.create_if_missing(true).connect().await?;
+        MIGRATOR.run(&mut migrator).await?;
+        sqlx::Connection::close(migrator).await?;
+        let writer = GroupWriter::new(connect(path, false)?, ACQUIRE_TIMEOUT);
+        let readers = (0..readers.max(1)).map(|_| connect(path, true)).collect::<anyhow::Result<_>>()?;
+        Ok(Self { path: path.to_path_buf(), writer, readers: Arc::new(Readers::new(readers)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -70,19 +97,33 @@ impl SqliteShard {
         if write {
             Ok(Transaction::Write(self.writer.begin().await?))
         } else {
-            Ok(Transaction::Read(self.readers.begin().await.map_err(map_error)?))
+            Ok(Transaction::Read(Readers::begin(&self.readers).await?))
         }
     }
 
     /// The migration versions applied to the file.
     pub async fn applied_migrations(&self) -> anyhow::Result<Vec<i64>> {
-        Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&self.readers)
-            .await?)
+        let mut tx = Readers::begin(&self.readers).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let rows = query(
+            tx.conn(),
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            Vec::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        rows.rows
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [Value::Int64(v)] => Ok(*v),
+                other => anyhow::bail!("unexpected migration row {other:?}"),
+            })
+            .collect()
     }
 
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
+        match Readers::begin(&self.readers).await {
+            Ok(mut tx) => query(tx.conn(), "SELECT 1", Vec::new()).is_ok(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -90,86 +131,235 @@ impl SqliteShard {
 /// a read-only transaction on a reader.
 pub enum Transaction {
     Write(Member),
-    Read(sqlx::Transaction<'static, Sqlite>),
+    Read(ReadTx),
 }
 
 impl Transaction {
     pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
-        let query = sqlx::query_with(statement, bind(params)?);
-        let rows = match self {
+        match self {
             Transaction::Write(member) => {
-                let rows = query.fetch_all(member.conn()?).await.map_err(map_error);
+                let rows = query(member.conn()?, statement, params);
                 if let Err(e) = &rows {
-                    member.check(e).await;
+                    member.check(e);
                 }
-                rows?
+                rows
             }
-            Transaction::Read(tx) => query.fetch_all(&mut **tx).await.map_err(map_error)?,
-        };
-        let columns = rows
-            .first()
-            .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
-            .unwrap_or_default();
-        let rows = rows.iter().map(decode_row).collect::<Result<_, _>>()?;
-        Ok(RowSet { columns, rows })
+            Transaction::Read(tx) => query(tx.conn(), statement, params),
+        }
     }
 
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        let query = sqlx::query_with(statement, bind(params)?);
-        let done = match self {
+        match self {
             Transaction::Write(member) => {
-                let done = query.execute(member.conn()?).await.map_err(map_error);
+                let done = execute(member.conn()?, statement, params);
                 if let Err(e) = &done {
-                    member.check(e).await;
+                    member.check(e);
                 }
-                done?
+                done
             }
-            Transaction::Read(tx) => query.execute(&mut **tx).await.map_err(map_error)?,
-        };
-        Ok(done.rows_affected())
+            Transaction::Read(tx) => execute(tx.conn(), statement, params),
+        }
     }
 
     /// For a write: returns once the group holding it is durably committed.
     pub async fn commit(self) -> Result<(), SqlError> {
         match self {
             Transaction::Write(member) => member.commit().await,
-            Transaction::Read(tx) => tx.commit().await.map_err(map_error),
+            Transaction::Read(tx) => {
+                drop(tx);
+                Ok(())
+            }
         }
     }
 
     pub async fn rollback(self) {
         match self {
-            Transaction::Write(member) => member.rollback().await,
-            Transaction::Read(tx) => {
-                if let Err(e) = tx.rollback().await {
-                    tracing::warn!(error = %e, "rollback failed; the connection discards the transaction");
-                }
-            }
+            Transaction::Write(member) => member.rollback(),
+            Transaction::Read(tx) => drop(tx),
         }
     }
 }
 
-fn bind(params: Vec<Value>) -> Result<SqliteArguments<'static>, SqlError> {
-    super::values::bind::<Sqlite>(params, |args| args.add(None::<i64>))
+/// The read-only connections, handed out one per read transaction.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
 }
 
-fn decode_row(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
-    super::values::decode_row(row, map_error, |i, type_name| {
-        Ok(Some(match type_name {
-            "INTEGER" | "INT8" | "BIGINT" => Value::Int64(row.try_get(i).map_err(map_error)?),
-            "BOOLEAN" => Value::Boolean(row.try_get(i).map_err(map_error)?),
-            "REAL" => Value::Float64(row.try_get(i).map_err(map_error)?),
-            "BLOB" => Value::Blob(row.try_get(i).map_err(map_error)?),
-            _ => Value::Text(row.try_get(i).map_err(map_error)?),
-        }))
+impl Readers {
+    fn new(connections: Vec<Connection>) -> Self {
+        let permits = tokio::sync::Semaphore::new(connections.len());
+        Self { idle: Mutex::new(connections), permits }
+    }
+
+    async fn begin(readers: &Arc<Readers>) -> Result<ReadTx, SqlError> {
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, readers.permits.acquire())
+            .await
+            .map_err(|_| SqlError::Unavailable("every reader of the shard stayed busy".into()))?
+            .map_err(|_| SqlError::Unavailable("the shard is closed".into()))?;
+        let conn = readers.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let Some(conn) = conn else {
+            return Err(SqlError::Unavailable("no idle reader despite a permit".into()));
+        };
+        permit.forget();
+        // A read transaction: one snapshot for every statement of it.
+        let mut tx = ReadTx { readers: readers.clone(), conn: Some(conn) };
+        tx.conn().execute_batch("BEGIN").map_err(map_error)?;
+        Ok(tx)
+    }
+}
+
+/// A read transaction on a borrowed reader; returned to the pool on drop.
+pub struct ReadTx {
+    readers: Arc<Readers>,
+    conn: Option<Connection>,
+}
+
+impl ReadTx {
+    fn conn(&mut self) -> &Connection {
+        self.conn.as_ref().expect("a reader is held until drop")
+    }
+}
+
+impl Drop for ReadTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Reads change nothing: ending the snapshot is all there is to do.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            self.readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.readers.permits.add_permits(1);
+        }
+    }
+}
+
+/// Runs `f` where it may block (a lock wait, an fsync): on a multi-thread
+/// runtime the worker's other tasks move to another thread meanwhile.
+pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Runs `statement` on `conn` with `params`, returning every row.
+fn query(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+    let _deadline = Deadline::arm(conn);
+    let mut stmt = conn.prepare_cached(statement).map_err(map_error)?;
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let declared: Vec<Option<String>> =
+        stmt.columns().iter().map(|c| c.decl_type().map(str::to_ascii_uppercase)).collect();
+    let mut rows =
+        stmt.query(rusqlite::params_from_iter(params.into_iter().map(to_sqlite))).map_err(map_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(map_error)? {
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, declared) in declared.iter().enumerate() {
+            values.push(from_sqlite(row.get_ref(i).map_err(map_error)?, declared.as_deref(), &columns[i])?);
+        }
+        out.push(values);
+    }
+    // Like the other dialects: no rows, no column names.
+    let columns = if out.is_empty() { Vec::new() } else { columns };
+    Ok(RowSet { columns, rows: out })
+}
+
+/// Runs `statement` on `conn` with `params`, returning the rows it changed.
+/// A statement that yields rows (`INSERT ... RETURNING`) runs to the end.
+fn execute(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+    let _deadline = Deadline::arm(conn);
+    let mut stmt = conn.prepare_cached(statement).map_err(map_error)?;
+    let params = rusqlite::params_from_iter(params.into_iter().map(to_sqlite));
+    if stmt.column_count() == 0 {
+        return stmt.execute(params).map(|n| n as u64).map_err(map_error);
+    }
+    let mut rows = stmt.query(params).map_err(map_error)?;
+    while rows.next().map_err(map_error)?.is_some() {}
+    Ok(conn.changes())
+}
+
+/// Interrupts the statement running on `conn` once [`STATEMENT_DEADLINE`]
+/// has passed, until dropped.
+struct Deadline<'a>(&'a Connection);
+
+impl<'a> Deadline<'a> {
+    fn arm(conn: &'a Connection) -> Self {
+        let deadline = Instant::now() + STATEMENT_DEADLINE;
+        // Checked every 10,000 virtual machine steps: negligible, and a
+        // statement cannot run long between two checks.
+        conn.progress_handler(10_000, Some(move || Instant::now() > deadline));
+        Deadline(conn)
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        self.0.progress_handler(0, None::<fn() -> bool>);
+    }
+}
+
+fn to_sqlite(value: Value) -> SqliteValue {
+    match value {
+        Value::Null => SqliteValue::Null,
+        Value::Int64(v) => SqliteValue::Integer(v),
+        Value::Float64(v) => SqliteValue::Real(v),
+        Value::Text(v) => SqliteValue::Text(v),
+        Value::Blob(v) => SqliteValue::Blob(v),
+        Value::Boolean(v) => SqliteValue::Integer(i64::from(v)),
+    }
+}
+
+/// A cell as a WIT value: by what SQLite stored, except that a BOOLEAN
+/// column reads as a boolean and a TEXT column as text, whatever is in it.
+fn from_sqlite(cell: ValueRef<'_>, declared: Option<&str>, column: &str) -> Result<Value, SqlError> {
+    let texty = declared.is_some_and(|t| t.contains("CHAR") || t.contains("TEXT") || t.contains("CLOB"));
+    Ok(match cell {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(v) if declared == Some("BOOLEAN") => Value::Boolean(v != 0),
+        ValueRef::Integer(v) if texty => Value::Text(v.to_string()),
+        ValueRef::Integer(v) => Value::Int64(v),
+        ValueRef::Real(v) if texty => Value::Text(v.to_string()),
+        ValueRef::Real(v) => Value::Float64(v),
+        ValueRef::Text(v) => Value::Text(
+            String::from_utf8(v.to_vec())
+                .map_err(|_| super::errors::unsupported(column, "non-UTF-8 TEXT"))?,
+        ),
+        ValueRef::Blob(v) => Value::Blob(v.to_vec()),
     })
 }
 
-/// Sorts a sqlx error into the WIT error the component can act on.
-pub(super) fn map_error(e: sqlx::Error) -> SqlError {
-    super::errors::map(e, |db| {
-        // SQLITE_BUSY / SQLITE_LOCKED: another writer held the lock too long.
-        matches!(db.code().as_deref(), Some("5" | "6" | "517"))
-            .then(|| SqlError::Conflict(db.message().to_string()))
-    })
+/// Sorts a rusqlite error into the WIT error the component can act on.
+pub(super) fn map_error(e: rusqlite::Error) -> SqlError {
+    let message = e.to_string();
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            ErrorCode::ConstraintViolation => SqlError::ConstraintViolation(message),
+            // Another writer held the lock past the busy timeout.
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => SqlError::Conflict(message),
+            ErrorCode::OperationInterrupted => {
+                SqlError::InvalidStatement(format!("statement ran past {STATEMENT_DEADLINE:?}: {message}"))
+            }
+            ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::DatabaseCorrupt
+            | ErrorCode::OutOfMemory
+            | ErrorCode::ReadOnly
+            | ErrorCode::FileLockingProtocolFailed => SqlError::Unavailable(message),
+            _ if failure.extended_code == ffi::SQLITE_ERROR => SqlError::InvalidStatement(message),
+            _ => SqlError::Other(message),
+        },
+        rusqlite::Error::InvalidParameterCount(..)
+        | rusqlite::Error::InvalidParameterName(_)
+        | rusqlite::Error::InvalidColumnIndex(_)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::MultipleStatement
+        | rusqlite::Error::ExecuteReturnedResults
+        | rusqlite::Error::InvalidQuery => SqlError::InvalidStatement(message),
+        _ => SqlError::Other(message),
+    }
 }

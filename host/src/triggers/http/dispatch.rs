@@ -127,8 +127,10 @@ impl Call<'_> {
         claim: Option<&Claim>,
     ) -> Result<Response, HostError> {
         let Call { app, id, matched, merchant, component, shard } = *self;
-        // Only a component granted `sql` holds a shard transaction while it runs:
-        // on SQLite a write transaction is the shard's single writer slot.
+        // Only a component granted `sql` holds a shard transaction while it
+        // runs: on SQLite a write transaction is the shard's single writer
+        // slot. It is taken before the instance, so requests queued for the
+        // writer hold no instance and their wait is not the function's time.
         let tx = if component.uses_sql() {
             let write = !matches!(parts.method, Method::GET | Method::HEAD);
             Some(begin(shard, write, id).await?)
