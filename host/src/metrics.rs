@@ -234,7 +234,7 @@ pub struct VersionStats {
 
 const LATENCY_BUCKETS: usize = 19;
 
-/// A snapshot of [`VersionStats`].
+/// A snapshot of [`VersionStats`] (or of several hosts' counts summed).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct StatsSnapshot {
     pub invocations: u64,
@@ -243,6 +243,65 @@ pub struct StatsSnapshot {
     /// Upper bounds of the buckets holding the median and the 99th percentile.
     pub p50_ms: f64,
     pub p99_ms: f64,
+}
+
+/// The raw counts behind a [`StatsSnapshot`]: what each host publishes in
+/// the control store, so that a listing can sum the figures of every host.
+/// Counts add up; quantiles are computed only after the sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsCounts {
+    pub invocations: u64,
+    pub errors: u64,
+    pub total_micros: u64,
+    /// As in [`VersionStats`]: bucket i counts latencies below 2^(i+6) µs.
+    pub buckets: Vec<u64>,
+}
+
+impl StatsCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &StatsCounts) {
+        self.invocations = self.invocations.saturating_add(other.invocations);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.total_micros = self.total_micros.saturating_add(other.total_micros);
+        // Another host's list may be longer (a later build with more
+        // buckets); never index past the longer one, never lose a count.
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    /// Mean and bucketed quantiles of these counts.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let total: u64 = self.buckets.iter().sum();
+        let quantile = |q: f64| {
+            if total == 0 {
+                return 0.0;
+            }
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0u64;
+            for (i, count) in self.buckets.iter().enumerate() {
+                seen = seen.saturating_add(*count);
+                if seen >= rank {
+                    return 2f64.powi(i as i32 + 6) / 1000.0;
+                }
+            }
+            2f64.powi(self.buckets.len() as i32 + 5) / 1000.0
+        };
+        StatsSnapshot {
+            invocations: self.invocations,
+            errors: self.errors,
+            mean_ms: if self.invocations == 0 {
+                0.0
+            } else {
+                self.total_micros as f64 / self.invocations as f64 / 1000.0
+            },
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+        }
+    }
 }
 
 impl VersionStats {
@@ -257,35 +316,18 @@ impl VersionStats {
         self.buckets[index.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let invocations = self.invocations.load(Ordering::Relaxed);
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let quantile = |q: f64| {
-            let total: u64 = counts.iter().sum();
-            if total == 0 {
-                return 0.0;
-            }
-            let rank = (q * total as f64).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (i, count) in counts.iter().enumerate() {
-                seen += count;
-                if seen >= rank {
-                    return (1u64 << (i + 6)) as f64 / 1000.0;
-                }
-            }
-            f64::INFINITY
-        };
-        StatsSnapshot {
-            invocations,
+    /// The counts so far.
+    pub fn counts(&self) -> StatsCounts {
+        StatsCounts {
+            invocations: self.invocations.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            mean_ms: if invocations == 0 {
-                0.0
-            } else {
-                self.total_micros.load(Ordering::Relaxed) as f64 / invocations as f64 / 1000.0
-            },
-            p50_ms: quantile(0.5),
-            p99_ms: quantile(0.99),
+            total_micros: self.total_micros.load(Ordering::Relaxed),
+            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.counts().snapshot()
     }
 }
 
@@ -307,5 +349,27 @@ mod tests {
         assert_eq!(s.p50_ms, 1.024);
         assert_eq!(s.p99_ms, 65.536);
         assert!((s.mean_ms - 1.682).abs() < 0.001, "{}", s.mean_ms);
+    }
+
+    #[test]
+    fn counts_of_several_hosts_add_up_before_quantiles() {
+        let (one, two) = (VersionStats::default(), VersionStats::default());
+        for _ in 0..60 {
+            one.record(Duration::from_micros(900), false);
+        }
+        for _ in 0..40 {
+            two.record(Duration::from_millis(40), true);
+        }
+        let mut sum = one.counts();
+        sum.add(&two.counts());
+        let s = sum.snapshot();
+        assert_eq!((s.invocations, s.errors), (100, 40));
+        // The median of the sum lies in host one's bucket, the 99th
+        // percentile in host two's: neither host's own figure.
+        assert_eq!((s.p50_ms, s.p99_ms), (1.024, 65.536));
+        // A shorter or longer bucket list from another build still adds.
+        sum.add(&StatsCounts { invocations: 1, buckets: vec![1; LATENCY_BUCKETS + 2], ..Default::default() });
+        assert_eq!(sum.buckets.len(), LATENCY_BUCKETS + 2);
+        assert_eq!(sum.snapshot().invocations, 101);
     }
 }

@@ -834,7 +834,7 @@ pub async fn check_kv_semantics(host: &Host) {
     assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);
 }
 
-/// A second build of the authorize, capture and settlement components, built
+/// A second build of the authorize, capture, settlement and slow components, built
 /// once per test binary: `PAYFN_BUILD_ID=b` (responses carry `build-id: b`)
 /// and optimised for size, so every binary differs from the main build. Its
 /// own target directory keeps the main build's files untouched.
@@ -846,7 +846,7 @@ pub fn variant_b() -> PathBuf {
             let target = repo().join("target/variant-b");
             let status = Command::new("cargo")
                 .args(["build", "--release", "--target", "wasm32-wasip2"])
-                .args(["-p", "authorize", "-p", "capture", "-p", "settlement"])
+                .args(["-p", "authorize", "-p", "capture", "-p", "settlement", "-p", "test-slow"])
                 .current_dir(repo())
                 .env("CARGO_TARGET_DIR", &target)
                 .env("PAYFN_BUILD_ID", "b")

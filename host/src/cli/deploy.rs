@@ -339,7 +339,11 @@ pub async fn versions(args: VersionsArgs) -> anyhow::Result<()> {
             host["address"].as_str().unwrap_or("?")
         );
     }
-    println!("(calls, errors and latency: on the host answering, since it started)");
+    let counted = listing["stats_hosts"].as_u64().unwrap_or(1);
+    println!(
+        "(calls, errors and latency: summed over {counted} live host{}, each since it started)",
+        if counted == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 

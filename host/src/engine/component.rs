@@ -61,6 +61,8 @@ pub struct LoadedComponent {
     pub stats: Arc<VersionStats>,
     pub(super) entry: Entry,
     uses_sql: bool,
+    /// Counts this version in [`loaded_versions`] for as long as it lives.
+    _alive: AliveToken,
 }
 
 /// Loaded component versions alive in this process: serving, on standby, or
@@ -73,9 +75,21 @@ pub fn loaded_versions() -> i64 {
     LOADED.load(Ordering::Relaxed)
 }
 
-impl Drop for LoadedComponent {
+/// One count in [`LOADED`]: taken when a version is built, given back when
+/// it drops, so the two can never drift apart.
+struct AliveToken;
+
+impl AliveToken {
+    fn new() -> Self {
+        LOADED.fetch_add(1, Ordering::Relaxed);
+        AliveToken
+    }
+}
+
+impl Drop for AliveToken {
     fn drop(&mut self) {
-        LOADED.fetch_sub(1, Ordering::Relaxed);
+        let before = LOADED.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "loaded-version count went below zero");
     }
 }
 
@@ -148,7 +162,15 @@ impl Engine {
             })?),
         };
         let uses_sql = spec.grants.iter().any(|g| g == crate::capabilities::sql::CAPABILITY.name);
-        Ok(LoadedComponent { spec: spec.clone(), digest, from_cache, stats: Arc::default(), entry, uses_sql })
+        Ok(LoadedComponent {
+            spec: spec.clone(),
+            digest,
+            from_cache,
+            stats: Arc::default(),
+            entry,
+            uses_sql,
+            _alive: AliveToken::new(),
+        })
     }
 }
 

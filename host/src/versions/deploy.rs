@@ -53,8 +53,11 @@ pub struct VersionView {
     /// `active`, `canary`, `previous`, or absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
-    /// Invocations on this host since it started.
+    /// Invocations on every live host, each since it started (the other
+    /// hosts' counts are as of their last check-in).
     pub stats: StatsSnapshot,
+    /// Invocations on the host that answered, since it started.
+    pub stats_this_host: StatsSnapshot,
 }
 
 /// One component: what serves it and every version it had.
@@ -77,7 +80,15 @@ pub struct Listing {
     pub components: Vec<ComponentView>,
     /// Hosts seen in the last minute and the change each serves.
     pub hosts: Vec<HostRecord>,
+    /// How many hosts' figures `stats` sums: those seen within
+    /// [`LIVE_MS`], this one included.
+    pub stats_hosts: usize,
 }
+
+/// A host that checked in this recently counts as live: its figures are
+/// summed into a listing. Several sync intervals, so one slow round does
+/// not drop a host; short enough that a dead host's figures soon leave.
+pub const LIVE_MS: i64 = 10_000;
 
 impl Versions {
     /// Validates `bytes` as a new version of `component` and records it. It
@@ -202,6 +213,11 @@ impl Versions {
         }
         let generation = self.store.generation().await.map_err(DeployError::Store)?;
         let active = self.store.active().await.map_err(DeployError::Store)?;
+        let hosts = self.store.hosts(now_ms_since(60_000)).await.map_err(DeployError::Store)?;
+        // Other hosts' figures from their last check-in; this host's live.
+        let live_since = now_ms_since(LIVE_MS);
+        let others: Vec<&HostRecord> =
+            hosts.iter().filter(|h| h.host_id != self.host.id && h.seen_at >= live_since).collect();
         let mut versions = self.store.versions(component).await.map_err(DeployError::Store)?;
         let mut components = Vec::new();
         for slot in self.registry.iter().filter(|s| component.is_none_or(|c| c == s.spec.name)) {
@@ -226,8 +242,14 @@ impl Versions {
                             None
                         }
                     });
-                    let stats = self.stats_for(name, &v.digest).snapshot();
-                    VersionView { record: v, role, stats }
+                    let local = self.stats_for(name, &v.digest).counts();
+                    let mut all = local.clone();
+                    for host in &others {
+                        if let Some(counts) = host.stats.get(name).and_then(|c| c.get(&v.digest)) {
+                            all.add(counts);
+                        }
+                    }
+                    VersionView { record: v, role, stats: all.snapshot(), stats_this_host: local.snapshot() }
                 })
                 .collect();
             let history = match component {
@@ -242,8 +264,8 @@ impl Versions {
                 history,
             });
         }
-        let hosts = self.store.hosts(now_ms_since(60_000)).await.map_err(DeployError::Store)?;
-        Ok(Listing { generation, components, hosts })
+        let stats_hosts = others.len() + 1;
+        Ok(Listing { generation, components, hosts, stats_hosts })
     }
 
     fn slot(&self, component: &str) -> Result<&Arc<super::live::ComponentSlot>, DeployError> {

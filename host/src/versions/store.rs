@@ -8,6 +8,7 @@
 //! one row) and tells every other host, with one cheap read, that something
 //! changed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, Row};
 
 use super::config::ControlConfig;
 use crate::capabilities::sql::placeholders;
+use crate::metrics::StatsCounts;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/control/sqlite");
 static MYSQL: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/control/mysql");
@@ -118,7 +120,14 @@ pub struct HostRecord {
     pub started_at: i64,
     pub seen_at: i64,
     pub generation: i64,
+    /// The host's invocation counts per version (by component, then
+    /// digest), since it started; a listing sums them over live hosts.
+    #[serde(skip)]
+    pub stats: HostStats,
 }
+
+/// Invocation counts by component, then version digest.
+pub type HostStats = BTreeMap<String, BTreeMap<String, StatsCounts>>;
 
 /// Why a change was refused; the caller's mistake, not a store failure.
 #[derive(Debug, thiserror::Error)]
@@ -391,20 +400,24 @@ impl ControlStore {
             .collect()
     }
 
-    /// Records that `host_id` serves `generation`.
+    /// Records that `host_id` serves `generation`, with its figures.
     pub async fn check_in(&self, host: &HostRecord) -> anyhow::Result<()> {
+        let stats = serde_json::to_string(&host.stats).context("encoding the host's figures")?;
         let params = [
             Param::Text(host.address.clone()),
             Param::Int(host.started_at),
             Param::Int(host.seen_at),
             Param::Int(host.generation),
+            Param::Text(stats),
             Param::Text(host.host_id.clone()),
         ];
         let mut connection = self.pool.acquire().await.context("host check-in")?;
         self.upsert(
             &mut connection,
-            "UPDATE control_hosts SET address = ?, started_at = ?, seen_at = ?, generation = ? WHERE host_id = ?",
-            "INSERT INTO control_hosts (address, started_at, seen_at, generation, host_id) VALUES (?, ?, ?, ?, ?)",
+            "UPDATE control_hosts SET address = ?, started_at = ?, seen_at = ?, generation = ?, stats = ? \
+             WHERE host_id = ?",
+            "INSERT INTO control_hosts (address, started_at, seen_at, generation, stats, host_id) \
+             VALUES (?, ?, ?, ?, ?, ?)",
             &params,
         )
         .await
@@ -432,7 +445,7 @@ impl ControlStore {
     /// Hosts seen since `since_ms` (unix milliseconds).
     pub async fn hosts(&self, since_ms: i64) -> anyhow::Result<Vec<HostRecord>> {
         let rows = sqlx::query(&self.sql(
-            "SELECT host_id, address, started_at, seen_at, generation FROM control_hosts \
+            "SELECT host_id, address, started_at, seen_at, generation, stats FROM control_hosts \
              WHERE seen_at >= ? ORDER BY started_at, host_id",
         ))
         .bind(since_ms)
@@ -441,12 +454,29 @@ impl ControlStore {
         .context("reading hosts")?;
         rows.iter()
             .map(|row| {
+                let host_id: String = row.try_get(0)?;
+                // MariaDB's LONGTEXT reaches `sqlx::Any` as a BLOB.
+                let stats: Option<String> = row.try_get(5).or_else(|_| {
+                    row.try_get::<Option<Vec<u8>>, _>(5)
+                        .map(|bytes| bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                })?;
+                // Figures are informative: a host whose JSON does not parse
+                // (another build, a hand edit) is listed without them.
+                let stats = match stats.as_deref().map(serde_json::from_str::<HostStats>) {
+                    Some(Ok(stats)) => stats,
+                    Some(Err(e)) => {
+                        tracing::debug!(host = %host_id, "unreadable figures in control_hosts: {e}");
+                        HostStats::new()
+                    }
+                    None => HostStats::new(),
+                };
                 Ok(HostRecord {
-                    host_id: row.try_get(0)?,
+                    host_id,
                     address: row.try_get(1)?,
                     started_at: row.try_get(2)?,
                     seen_at: row.try_get(3)?,
                     generation: row.try_get(4)?,
+                    stats,
                 })
             })
             .collect()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::{now_ms, HostRecord};
+use super::store::{now_ms, HostRecord, HostStats};
 use super::Versions;
 
 impl Versions {
@@ -54,7 +54,8 @@ impl Versions {
         self.check_in(served).await
     }
 
-    /// Records in the control store that this host serves `generation`.
+    /// Records in the control store that this host serves `generation`,
+    /// with its per-version figures.
     pub(super) async fn check_in(&self, generation: i64) -> anyhow::Result<()> {
         self.store
             .check_in(&HostRecord {
@@ -63,7 +64,21 @@ impl Versions {
                 started_at: self.host.started_at,
                 seen_at: now_ms(),
                 generation,
+                stats: self.local_stats(),
             })
             .await
+    }
+
+    /// This host's counts of every version that has served here.
+    fn local_stats(&self) -> HostStats {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = HostStats::new();
+        for ((component, digest), version) in stats.iter() {
+            let counts = version.counts();
+            if counts.invocations > 0 {
+                out.entry(component.clone()).or_default().insert(digest.clone(), counts);
+            }
+        }
+        out
     }
 }

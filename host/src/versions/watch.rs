@@ -39,7 +39,10 @@ pub fn start(
     versions: Arc<Versions>,
 ) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
     let mut watched = Vec::new();
+    // Directories watched with everything below them, and directories
+    // watched alone (those holding a file a glob names literally).
     let mut roots = BTreeSet::new();
+    let mut files = BTreeSet::new();
     for (name, component) in &manifest.components {
         let Some(build) = &component.build else { continue };
         if build.watch.is_empty() {
@@ -53,7 +56,14 @@ pub fn start(
                 Glob::new(pattern).with_context(|| format!("component `{name}`: watch glob `{pattern}`"))?,
             );
             let root = base.join(literal_prefix(pattern));
-            if root.exists() {
+            if root.is_file() {
+                // A glob naming one file: watch its directory, not the file.
+                // Editors save by writing a new file and renaming it over
+                // the old one, which would end a watch on the old inode.
+                if let Some(dir) = root.parent() {
+                    files.insert(dir.to_path_buf());
+                }
+            } else if root.exists() {
                 roots.insert(root);
             } else {
                 // Watching an ancestor instead could mean the whole tree.
@@ -90,15 +100,18 @@ pub fn start(
     // A root inside another is covered by the outer one.
     let roots: Vec<PathBuf> =
         roots.iter().filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o))).cloned().collect();
-    for root in &roots {
-        watcher
-            .watch(root, RecursiveMode::Recursive)
-            .with_context(|| format!("watching {}", root.display()))?;
+    let files: Vec<PathBuf> = files.into_iter().filter(|f| !roots.iter().any(|r| f.starts_with(r))).collect();
+    let modes = roots
+        .iter()
+        .map(|r| (r, RecursiveMode::Recursive))
+        .chain(files.iter().map(|f| (f, RecursiveMode::NonRecursive)));
+    for (dir, mode) in modes {
+        watcher.watch(dir, mode).with_context(|| format!("watching {}", dir.display()))?;
     }
     eprintln!(
         "  watch           {} components, {} directories (changes rebuild and swap in place)",
         watched.len(),
-        roots.len()
+        roots.len() + files.len()
     );
     tokio::spawn(rebuild_loop(manifest, versions, rx));
     Ok(Some(watcher))
