@@ -5,6 +5,7 @@
 //! cannot hide its queue. An iteration due while every in-flight slot is
 //! busy is dropped and counted, as k6 does.
 
+mod cpu;
 mod report;
 mod scenario;
 mod schedule;
@@ -81,6 +82,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    let cpu_at_start = cpu::process_time();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -118,7 +120,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     tally.dropped += dropped;
-    let summary = tally.summary(elapsed);
+    let mut summary = tally.summary(elapsed);
+    summary.load_generator_cores = cpu::process_time()
+        .zip(cpu_at_start)
+        .map(|(end, start)| end.saturating_sub(start).as_secs_f64() / elapsed.as_secs_f64().max(1e-9));
     match args.json.as_deref() {
         Some(path) if path == std::path::Path::new("-") => {
             println!("{}", serde_json::to_string_pretty(&summary)?)

@@ -67,6 +67,7 @@ impl Tally {
             error_kinds: self.errors.clone(),
             latency: Latency::of(&all, seconds),
             steps,
+            load_generator_cores: None,
         }
     }
 }
@@ -85,6 +86,9 @@ pub struct Summary {
     pub error_kinds: BTreeMap<String, u64>,
     pub latency: Latency,
     pub steps: BTreeMap<String, Latency>,
+    /// CPU the load generator used over the run, in cores (1.0: one core
+    /// busy the whole time); on a shared machine the host had that less.
+    pub load_generator_cores: Option<f64>,
 }
 
 /// Latency quantiles in milliseconds, and the throughput they came with.
@@ -142,6 +146,9 @@ impl Summary {
         row("all", &self.latency);
         for (what, n) in &self.error_kinds {
             println!("  error {what}: {n}");
+        }
+        if let Some(cores) = self.load_generator_cores {
+            println!("  load generator: {cores:.2} cores of CPU");
         }
     }
 }
