@@ -34,6 +34,10 @@ async fn the_full_flow_counts_what_the_host_committed() {
         assert_eq!(summary["steps"][step]["count"], 100, "{summary}");
         assert!(summary["steps"][step]["p99_ms"].as_f64().unwrap() > 0.0, "{summary}");
     }
+    // 300 HTTP requests cost the load generator some CPU, and at most what
+    // two cores can give (the machine has two).
+    let cores = summary["load_generator_cores"].as_f64().expect("the load generator's CPU is reported");
+    assert!(cores > 0.0 && cores <= 2.0, "{summary}");
     // Both shards took them, and every one is in the shards.
     assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await, 100);
     assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM refunds").await, 100);
