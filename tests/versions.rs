@@ -697,3 +697,48 @@ async fn a_host_without_the_build_serves_what_the_control_store_holds() {
     let reply = second.merchant(1).post("/payments/authorize", r#"{"amount":1000,"currency":"KRW"}"#).await;
     assert_eq!(served_by(&reply, &authorize), Ok('a'));
 }
+
+/// A host cut off from the control store keeps serving the versions it
+/// has, shows it in its metrics, refuses changes with a clear error, and
+/// catches up when the store is back.
+async fn a_host_cut_off_from_the_control_store_keeps_serving(backend: Backend) {
+    let authorize = builds("authorize.wasm");
+    let host = backend.start().await;
+    let env = host.env.clone().expect("a server backend");
+    let gauges = || async {
+        let text = host.metrics().await;
+        (
+            support::metric(&text, "payfn_control_generations_behind", &[]),
+            support::metric(&text, "payfn_control_sync_age_seconds", &[]),
+        )
+    };
+    let (behind, age) = gauges().await;
+    assert!(behind == 0.0 && age < 3.0, "behind {behind}, last sync {age} s ago");
+
+    env.set_control_outage(true);
+    support::wait_for(Duration::from_secs(20), "the last sync to age past 3 s", || async {
+        gauges().await.1 > 3.0
+    })
+    .await;
+    let authorize_one = || async {
+        let reply = host.merchant(1).post("/payments/authorize", r#"{"amount":1000,"currency":"KRW"}"#).await;
+        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.bytes));
+        served_by(&reply, &authorize)
+    };
+    assert_eq!(authorize_one().await, Ok('a'), "the loaded version keeps serving");
+    let out = host.admin(&["deploy", "authorize", &authorize.b_file]).await;
+    assert!(!out.ok && out.stderr.contains("503"), "a change needs the store: {}", out.stderr);
+    assert!(host.log().contains("control store sync failed"), "{}", host.log());
+
+    env.set_control_outage(false);
+    support::wait_for(Duration::from_secs(20), "the host to reach the store again", || async {
+        gauges().await.1 < 2.0
+    })
+    .await;
+    let out = host.admin(&["deploy", "authorize", &authorize.b_file]).await;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(authorize_one().await, Ok('b'));
+    assert_eq!(gauges().await.0, 0.0, "the host serves the latest change");
+}
+
+on_server_backends!(a_host_cut_off_from_the_control_store_keeps_serving);

@@ -63,6 +63,8 @@ pub struct Metrics {
     partition_owned: Family<PartitionLabels, Gauge>,
     partition_records: Family<PartitionLabels, Counter>,
     loaded_versions: Gauge,
+    control_behind: Gauge,
+    control_sync_age: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -130,6 +132,18 @@ impl Metrics {
             "Component versions held in memory: serving, on standby for a rollback, or replaced and still finishing invocations",
             loaded_versions.clone(),
         );
+        let control_behind = Gauge::default();
+        registry.register(
+            "control_generations_behind",
+            "Changes in the control store this host does not serve yet (0: it serves the latest deploy)",
+            control_behind.clone(),
+        );
+        let control_sync_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "control_sync_age_seconds",
+            "Seconds since this host last read the control store successfully (a deploy reaches it only then)",
+            control_sync_age.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             invocations,
@@ -143,7 +157,15 @@ impl Metrics {
             partition_owned,
             partition_records,
             loaded_versions,
+            control_behind,
+            control_sync_age,
         }
+    }
+
+    /// Sets the control-store sync gauges (read at scrape time).
+    pub fn control_sync(&self, generations_behind: i64, seconds_since_sync: f64) {
+        self.control_behind.set(generations_behind);
+        self.control_sync_age.set(seconds_since_sync);
     }
 
     /// Sets the loaded-versions gauge (read at scrape time).

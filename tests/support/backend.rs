@@ -33,8 +33,9 @@ pub struct Env {
     /// Shard name, the database URL the test reads it at, and the proxy
     /// the hosts reach it through.
     shards: Vec<(String, String, Proxy)>,
-    /// The control store's database URL (deployed versions).
-    control: Option<String>,
+    /// The control store's database URL (deployed versions), and the proxy
+    /// the hosts reach it through.
+    control: Option<(String, Proxy)>,
     pub kafka: Option<Kafka>,
     pub redis_prefix: Option<String>,
 }
@@ -68,10 +69,11 @@ impl Backend {
         // The control store on the same server, a database of its own.
         let control = format!("{tag}_control");
         admin(self, &format!("CREATE DATABASE {control}")).await;
+        let port = if self == Backend::Mariadb { 3306 } else { 5432 };
         Env {
             backend: self,
             shards,
-            control: Some(format!("{server}/{control}")),
+            control: Some((format!("{server}/{control}"), Proxy::start(port).await)),
             kafka: Some(Kafka::start().await),
             redis_prefix: Some(format!("{tag}:")),
         }
@@ -109,7 +111,10 @@ impl Env {
                 "[[shards]]\nname = \"{name}\"\nbackend = \"{backend}\"\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\n"
             ));
         }
-        if let Some(url) = &self.control {
+        if let Some((url, proxy)) = &self.control {
+            let url = url
+                .replace(":3306/", &format!(":{}/", proxy.port))
+                .replace(":5432/", &format!(":{}/", proxy.port));
             text.push_str(&format!("[control]\nurl = \"{url}\"\n\n"));
         }
         if let Some(prefix) = &self.redis_prefix {
@@ -121,6 +126,13 @@ impl Env {
             text.push_str(&kafka.runtime_config());
         }
         text
+    }
+
+    /// Cuts (true) or restores (false) the hosts' connections to the
+    /// control store (server backends).
+    pub fn set_control_outage(&self, down: bool) {
+        let (_, proxy) = self.control.as_ref().expect("a server control store");
+        proxy.set_outage(down);
     }
 
     /// Cuts (true) or restores (false) the hosts' connections to `shard`.

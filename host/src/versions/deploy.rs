@@ -200,6 +200,7 @@ impl Versions {
         }
         let served = *applied;
         drop(applied);
+        self.saw(active.generation, served);
         if let Err(e) = self.check_in(served).await {
             tracing::warn!("check-in after a change failed (the next sync round retries): {e:#}");
         }

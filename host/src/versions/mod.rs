@@ -26,6 +26,7 @@ pub mod watch;
 pub use deploy::DeployError;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -63,6 +64,27 @@ pub struct Versions {
     /// Serialises applying changes on this host; holds the generation of the
     /// last change applied.
     applied: tokio::sync::Mutex<i64>,
+    /// What the sync rounds saw, for the metrics.
+    seen: SyncSeen,
+}
+
+/// The latest generation read from the control store, the one this host
+/// serves, and when a sync round last succeeded; plain atomics so a scrape
+/// never waits on a sync round.
+#[derive(Default)]
+struct SyncSeen {
+    store_generation: AtomicI64,
+    served_generation: AtomicI64,
+    last_ok_ms: AtomicI64,
+}
+
+/// How current this host is with the control store.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncStatus {
+    /// Changes recorded in the store that this host does not serve yet.
+    pub generations_behind: i64,
+    /// Since the last successful sync round (or the start).
+    pub seconds_since_sync: f64,
 }
 
 /// One line of the startup summary.
@@ -91,6 +113,7 @@ impl Versions {
             stats: Mutex::default(),
             standby: Mutex::default(),
             applied: tokio::sync::Mutex::new(0),
+            seen: SyncSeen::default(),
         };
         let generation = versions.store.generation().await?;
         let active: HashMap<String, ActiveRecord> =
@@ -173,7 +196,27 @@ impl Versions {
             versions.registry.insert(ComponentSlot::new(spec, serving));
         }
         *versions.applied.get_mut() = generation;
+        versions.saw(generation, generation);
         Ok((Arc::new(versions), lines))
+    }
+
+    /// Records a successful look at the control store: the latest
+    /// generation there, and the one this host serves.
+    fn saw(&self, store_generation: i64, served_generation: i64) {
+        self.seen.store_generation.fetch_max(store_generation, Ordering::Relaxed);
+        self.seen.served_generation.fetch_max(served_generation, Ordering::Relaxed);
+        self.seen.last_ok_ms.store(store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// How current this host is with the control store.
+    pub fn sync_status(&self) -> SyncStatus {
+        let store = self.seen.store_generation.load(Ordering::Relaxed);
+        let served = self.seen.served_generation.load(Ordering::Relaxed);
+        let age_ms = store::now_ms() - self.seen.last_ok_ms.load(Ordering::Relaxed);
+        SyncStatus {
+            generations_behind: (store - served).max(0),
+            seconds_since_sync: age_ms.max(0) as f64 / 1e3,
+        }
     }
 
     /// The component slots invocations pick their version from.

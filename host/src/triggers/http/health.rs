@@ -61,6 +61,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         }
     }
     app.metrics.loaded_versions(crate::engine::loaded_versions());
+    let sync = app.versions.sync_status();
+    app.metrics.control_sync(sync.generations_behind, sync.seconds_since_sync);
     let mut response = app.metrics.encode().into_response();
     response.headers_mut().insert(
         "content-type",
