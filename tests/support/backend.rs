@@ -59,17 +59,16 @@ impl Backend {
             Backend::Postgres => POSTGRES,
         };
         drop_stale_databases(self).await;
+        let port = if self == Backend::Mariadb { 3306 } else { 5432 };
         let mut shards = Vec::new();
         for name in super::SHARDS {
             let db = format!("{tag}_{}", name.replace('-', "_"));
             admin(self, &format!("CREATE DATABASE {db}")).await;
-            let port = if self == Backend::Mariadb { 3306 } else { 5432 };
             shards.push((name.to_string(), format!("{server}/{db}"), Proxy::start(port).await));
         }
         // The control store on the same server, a database of its own.
         let control = format!("{tag}_control");
         admin(self, &format!("CREATE DATABASE {control}")).await;
-        let port = if self == Backend::Mariadb { 3306 } else { 5432 };
         Env {
             backend: self,
             shards,
@@ -103,18 +102,13 @@ impl Env {
             Backend::Postgres => "postgres",
         };
         for (name, url, proxy) in &self.shards {
-            // The host goes through the proxy; the URL's port is the server's.
-            let url = url
-                .replace(":3306/", &format!(":{}/", proxy.port))
-                .replace(":5432/", &format!(":{}/", proxy.port));
+            let url = through(url, proxy);
             text.push_str(&format!(
                 "[[shards]]\nname = \"{name}\"\nbackend = \"{backend}\"\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\n"
             ));
         }
         if let Some((url, proxy)) = &self.control {
-            let url = url
-                .replace(":3306/", &format!(":{}/", proxy.port))
-                .replace(":5432/", &format!(":{}/", proxy.port));
+            let url = through(url, proxy);
             text.push_str(&format!("[control]\nurl = \"{url}\"\n\n"));
         }
         if let Some(prefix) = &self.redis_prefix {
@@ -154,6 +148,13 @@ impl Env {
             Backend::Embedded => unreachable!("embedded shards are files"),
         })
     }
+}
+
+/// `url` (with the server's own port) reached through `proxy` instead: how
+/// the hosts connect, so a test can cut them off.
+fn through(url: &str, proxy: &Proxy) -> String {
+    let port = format!(":{}/", proxy.port);
+    url.replace(":3306/", &port).replace(":5432/", &port)
 }
 
 /// `over`'s keys laid over `base`'s (tables merged key by key, anything

@@ -79,15 +79,27 @@ pub struct Listing {
     pub generation: i64,
     pub components: Vec<ComponentView>,
     /// Hosts seen in the last minute and the change each serves.
-    pub hosts: Vec<HostRecord>,
-    /// How many hosts' figures `stats` sums: those seen within
-    /// [`LIVE_MS`], this one included.
+    pub hosts: Vec<HostView>,
+    /// How many hosts' figures `stats` sums: the live ones, this one
+    /// included.
     pub stats_hosts: usize,
 }
 
-/// A host that checked in this recently counts as live: its figures are
-/// summed into a listing. Several sync intervals, so one slow round does
-/// not drop a host; short enough that a dead host's figures soon leave.
+/// A host as a listing shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub record: HostRecord,
+    /// Checked in within [`LIVE_MS`] of the newest check-in: its figures are
+    /// summed, and `payfn deploy` waits for it to serve a change.
+    pub live: bool,
+}
+
+/// How recent a check-in must be, against the newest one, for a host to
+/// count as live. Several sync intervals, so one slow round does not drop a
+/// host; short enough that a dead host soon leaves. Measured against the
+/// newest check-in rather than this host's clock, so one skewed clock does
+/// not drop every other host.
 pub const LIVE_MS: i64 = 10_000;
 
 impl Versions {
@@ -200,7 +212,8 @@ impl Versions {
         }
         let served = *applied;
         drop(applied);
-        self.saw(active.generation, served);
+        self.saw_store_generation(active.generation);
+        self.synced(served);
         if let Err(e) = self.check_in(served).await {
             tracing::warn!("check-in after a change failed (the next sync round retries): {e:#}");
         }
@@ -215,10 +228,14 @@ impl Versions {
         let generation = self.store.generation().await.map_err(DeployError::Store)?;
         let active = self.store.active().await.map_err(DeployError::Store)?;
         let hosts = self.store.hosts(now_ms_since(60_000)).await.map_err(DeployError::Store)?;
-        // Other hosts' figures from their last check-in; this host's live.
-        let live_since = now_ms_since(LIVE_MS);
+        let newest = hosts.iter().map(|h| h.seen_at).max().unwrap_or(0);
+        let hosts: Vec<HostView> = hosts
+            .into_iter()
+            .map(|record| HostView { live: record.seen_at >= newest - LIVE_MS, record })
+            .collect();
+        // Other live hosts' figures from their last check-in; this host's live.
         let others: Vec<&HostRecord> =
-            hosts.iter().filter(|h| h.host_id != self.host.id && h.seen_at >= live_since).collect();
+            hosts.iter().filter(|h| h.live && h.record.host_id != self.host.id).map(|h| &h.record).collect();
         let mut versions = self.store.versions(component).await.map_err(DeployError::Store)?;
         let mut components = Vec::new();
         for slot in self.registry.iter().filter(|s| component.is_none_or(|c| c == s.spec.name)) {

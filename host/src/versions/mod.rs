@@ -196,15 +196,21 @@ impl Versions {
             versions.registry.insert(ComponentSlot::new(spec, serving));
         }
         *versions.applied.get_mut() = generation;
-        versions.saw(generation, generation);
+        versions.saw_store_generation(generation);
+        versions.synced(generation);
         Ok((Arc::new(versions), lines))
     }
 
-    /// Records a successful look at the control store: the latest
-    /// generation there, and the one this host serves.
-    fn saw(&self, store_generation: i64, served_generation: i64) {
-        self.seen.store_generation.fetch_max(store_generation, Ordering::Relaxed);
-        self.seen.served_generation.fetch_max(served_generation, Ordering::Relaxed);
+    /// Records the latest generation read from the control store (before
+    /// applying it: a change this host fails to apply shows as "behind").
+    fn saw_store_generation(&self, generation: i64) {
+        self.seen.store_generation.fetch_max(generation, Ordering::Relaxed);
+    }
+
+    /// Records a successful round with the control store, after which this
+    /// host serves `generation`.
+    fn synced(&self, generation: i64) {
+        self.seen.served_generation.fetch_max(generation, Ordering::Relaxed);
         self.seen.last_ok_ms.store(store::now_ms(), Ordering::Relaxed);
     }
 

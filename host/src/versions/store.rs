@@ -402,13 +402,13 @@ impl ControlStore {
 
     /// Records that `host_id` serves `generation`, with its figures.
     pub async fn check_in(&self, host: &HostRecord) -> anyhow::Result<()> {
-        let stats = serde_json::to_string(&host.stats).context("encoding the host's figures")?;
+        let stats = serde_json::to_vec(&host.stats).context("encoding the host's figures")?;
         let params = [
             Param::Text(host.address.clone()),
             Param::Int(host.started_at),
             Param::Int(host.seen_at),
             Param::Int(host.generation),
-            Param::Text(stats),
+            Param::Bytes(stats),
             Param::Text(host.host_id.clone()),
         ];
         let mut connection = self.pool.acquire().await.context("host check-in")?;
@@ -455,14 +455,10 @@ impl ControlStore {
         rows.iter()
             .map(|row| {
                 let host_id: String = row.try_get(0)?;
-                // MariaDB's LONGTEXT reaches `sqlx::Any` as a BLOB.
-                let stats: Option<String> = row.try_get(5).or_else(|_| {
-                    row.try_get::<Option<Vec<u8>>, _>(5)
-                        .map(|bytes| bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                })?;
+                let stats: Option<Vec<u8>> = row.try_get(5)?;
                 // Figures are informative: a host whose JSON does not parse
                 // (another build, a hand edit) is listed without them.
-                let stats = match stats.as_deref().map(serde_json::from_str::<HostStats>) {
+                let stats = match stats.as_deref().map(serde_json::from_slice::<HostStats>) {
                     Some(Ok(stats)) => stats,
                     Some(Err(e)) => {
                         tracing::debug!(host = %host_id, "unreadable figures in control_hosts: {e}");
@@ -488,6 +484,7 @@ enum Param {
     Int(i64),
     Text(String),
     OptText(Option<String>),
+    Bytes(Vec<u8>),
 }
 
 fn bind_all<'q>(
@@ -499,6 +496,7 @@ fn bind_all<'q>(
             Param::Int(v) => query.bind(*v),
             Param::Text(v) => query.bind(v.clone()),
             Param::OptText(v) => query.bind(v.clone()),
+            Param::Bytes(v) => query.bind(v.clone()),
         };
     }
     query

@@ -37,9 +37,7 @@ impl Versions {
     /// One round: apply what changed, then check in.
     pub async fn sync_once(&self) -> anyhow::Result<()> {
         let generation = self.store.generation().await?;
-        // Known before applying: a change this host fails to apply shows
-        // as "behind" until it succeeds.
-        self.seen.store_generation.fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+        self.saw_store_generation(generation);
         let served = {
             let mut applied = self.applied.lock().await;
             if generation > *applied {
@@ -54,7 +52,7 @@ impl Versions {
             }
             *applied
         };
-        self.saw(generation, served);
+        self.synced(served);
         self.check_in(served).await
     }
 

@@ -42,7 +42,7 @@ pub fn start(
     // Directories watched with everything below them, and directories
     // watched alone (those holding a file a glob names literally).
     let mut roots = BTreeSet::new();
-    let mut files = BTreeSet::new();
+    let mut file_dirs = BTreeSet::new();
     for (name, component) in &manifest.components {
         let Some(build) = &component.build else { continue };
         if build.watch.is_empty() {
@@ -61,7 +61,7 @@ pub fn start(
                 // Editors save by writing a new file and renaming it over
                 // the old one, which would end a watch on the old inode.
                 if let Some(dir) = root.parent() {
-                    files.insert(dir.to_path_buf());
+                    file_dirs.insert(dir.to_path_buf());
                 }
             } else if root.exists() {
                 roots.insert(root);
@@ -100,18 +100,19 @@ pub fn start(
     // A root inside another is covered by the outer one.
     let roots: Vec<PathBuf> =
         roots.iter().filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o))).cloned().collect();
-    let files: Vec<PathBuf> = files.into_iter().filter(|f| !roots.iter().any(|r| f.starts_with(r))).collect();
+    let file_dirs: Vec<PathBuf> =
+        file_dirs.into_iter().filter(|d| !roots.iter().any(|r| d.starts_with(r))).collect();
     let modes = roots
         .iter()
         .map(|r| (r, RecursiveMode::Recursive))
-        .chain(files.iter().map(|f| (f, RecursiveMode::NonRecursive)));
+        .chain(file_dirs.iter().map(|d| (d, RecursiveMode::NonRecursive)));
     for (dir, mode) in modes {
         watcher.watch(dir, mode).with_context(|| format!("watching {}", dir.display()))?;
     }
     eprintln!(
         "  watch           {} components, {} directories (changes rebuild and swap in place)",
         watched.len(),
-        roots.len() + files.len()
+        roots.len() + file_dirs.len()
     );
     tokio::spawn(rebuild_loop(manifest, versions, rx));
     Ok(Some(watcher))

@@ -1,3 +1,5 @@
--- Each host's per-version invocation counts (JSON, written at every
+-- Each host's per-version invocation counts (JSON bytes, written at every
 -- check-in), so `payfn versions` can sum the figures of every live host.
-ALTER TABLE control_hosts ADD COLUMN stats LONGTEXT;
+-- Stored as binary, like component_blobs.bytes: every dialect reads it back
+-- as bytes through sqlx::Any (MariaDB reports its TEXT types as blobs).
+ALTER TABLE control_hosts ADD COLUMN stats LONGBLOB;
