@@ -115,6 +115,54 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     assert!(metrics.contains(r#"payfn_events_dead_lettered_total{component="settlement"} 1"#), "{metrics}");
 }
 
+/// The event log's header encoding: `[u32 length][name][u32 length][value]...`.
+fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_once() {
+    let host = Host::start();
+    let log = host.events().await;
+    // Well addressed (event id, merchant), but settlement refuses it: a
+    // capture without an amount. The trigger handles a shard's records of a
+    // batch in one transaction; this one fails that transaction, so its
+    // batch is rolled back and handled again record by record. The good
+    // events of the batch must settle exactly once all the same.
+    for partition in 0..4 {
+        let headers = encode_headers(&[("event-id", &format!("evt_bad_{partition}")), ("merchant-id", "2")]);
+        sqlx::query(
+            "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
+             VALUES ('payments', ?, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = ?), \
+                     NULL, CAST(? AS BLOB), ?, 0)",
+        )
+        .bind(partition)
+        .bind(partition)
+        .bind(r#"{"type":"payment.captured","merchantId":2,"currency":"EUR","occurredAt":"2026-12-01T00:00:00Z"}"#)
+        .bind(headers)
+        .execute(&log)
+        .await
+        .unwrap();
+    }
+    take_payments(&host, 8).await;
+    wait_for(SETTLE, "settlement around the failing events", || settled(&host, SHARDS)).await;
+
+    let dead: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT headers FROM records WHERE topic = 'payments.dlq'")
+        .fetch_all(&log)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 4, "exactly the failing events are dead-lettered");
+    assert!(dead.iter().all(|(h,)| String::from_utf8_lossy(h).contains("missing_field")), "{dead:?}");
+    assert_money_invariants(&host, SHARDS).await;
+}
+
 #[tokio::test]
 async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
     let host = Host::start();

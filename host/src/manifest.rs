@@ -118,6 +118,25 @@ pub struct KafkaTrigger {
     /// Attempts per record before it is dead-lettered.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// If set, only records whose `event-type` header is one of these run
+    /// the component; the others are passed over (their offsets still
+    /// advance, nothing is recorded: they have no effect to make once).
+    /// Saves an instantiation and a write per uninteresting record.
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
+}
+
+impl KafkaTrigger {
+    /// Whether `record_type` (the record's `event-type` header, if any)
+    /// runs the component.
+    pub fn wants(&self, record_type: Option<&[u8]>) -> bool {
+        match (&self.event_types, record_type) {
+            (None, _) => true,
+            (Some(types), Some(t)) => types.iter().any(|wanted| wanted.as_bytes() == t),
+            // Untyped records go to the component (it may dead-letter them).
+            (Some(_), None) => true,
+        }
+    }
 }
 
 fn default_attempts() -> u32 {
@@ -307,6 +326,21 @@ capabilities = ["sql", "log"]
 command = "cargo build"
 watch = ["src/**/*.rs"]
 "#;
+
+    #[test]
+    fn a_kafka_trigger_with_event_types_runs_only_those_and_untyped_records() {
+        let trigger: KafkaTrigger = toml::from_str(
+            "component = \"settlement\"\ntopics = [\"payments\"]\ngroup = \"g\"\n\
+             event_types = [\"payment.captured\"]",
+        )
+        .unwrap();
+        assert!(trigger.wants(Some(b"payment.captured")));
+        assert!(!trigger.wants(Some(b"payment.authorized")));
+        assert!(trigger.wants(None));
+        let all: KafkaTrigger =
+            toml::from_str("component = \"settlement\"\ntopics = [\"payments\"]\ngroup = \"g\"").unwrap();
+        assert!(all.wants(Some(b"payment.authorized")));
+    }
 
     #[test]
     fn parses_spin_v2() {

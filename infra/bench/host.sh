@@ -8,6 +8,9 @@
 #                      tansu Kafka broker of the run's own (in-memory
 #                      storage, infra/kafka/broker.sh) for events
 #
+# PAYFN=path runs that binary instead of the fresh release build (the A/B
+# comparison, ab.sh, runs two saved builds in turn).
+#
 # Rate limits are lifted: the benchmark measures the steps. Sets `state`
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
 # everything started is stopped on exit.
@@ -18,8 +21,11 @@ trap bench_cleanup EXIT
 
 bench_start_host() {
   local backend=${BACKEND:-embedded} port=${PORT:-3999}
-  cargo build --release -q
-  ./target/release/payfn build >/dev/null 2>&1
+  if [ -z "${PAYFN:-}" ]; then
+    cargo build --release -q
+    ./target/release/payfn build >/dev/null 2>&1
+  fi
+  local payfn=${PAYFN:-./target/release/payfn}
   state=$(mktemp -d)
   cp spin.toml "$state/spin.toml"
   sed -i "s|source = \"target/|source = \"$PWD/target/|" "$state/spin.toml"
@@ -56,7 +62,7 @@ TOML
     *) echo "BACKEND must be embedded, mariadb or postgres" >&2; exit 1 ;;
   esac
   app_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml")
-  ./target/release/payfn up --listen "127.0.0.1:$port" "${app_args[@]}" 2>"$state/log" &
+  "$payfn" up --listen "127.0.0.1:$port" "${app_args[@]}" 2>"$state/log" &
   bench_pids+=($!)
   for _ in $(seq 150); do grep -q "listening on" "$state/log" 2>/dev/null && break; sleep 0.2; done
   grep -q "listening on" "$state/log" || { cat "$state/log" >&2; echo "payfn did not start" >&2; exit 1; }

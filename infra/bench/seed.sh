@@ -19,10 +19,25 @@ source infra/bench/host.sh
 bench_start_host
 out="target/bench"
 mkdir -p "$out"
+# The asynchronous half after a run: what the relay has not yet published
+# and how far the settlement consumer is behind (embedded log, with the
+# sqlite3 CLI). Lag that only shrinks afterwards is a burst the pipeline
+# absorbs; lag that grows run after run is a pipeline slower than the steps.
+pipeline() {
+  local pending handled
+  pending=$(curl -s "$url/metrics" | awk '/^payfn_outbox_pending/ {s += $2} END {print s + 0}')
+  handled=$(curl -s "$url/metrics" | awk '/^payfn_kafka_records_handled_total/ {s += $2} END {print s + 0}')
+  local line="pipeline: outbox unpublished $pending, settlement consumer handled $handled records so far"
+  if [ "${BACKEND:-embedded}" = embedded ] && command -v sqlite3 >/dev/null; then
+    line+=" of $(sqlite3 "$state/payfn/events.db" "SELECT COUNT(*) FROM records WHERE topic = 'payments'") in the log"
+  fi
+  echo "$line"
+}
 run() {
   local name=$1; shift
   echo "== $name: payfn bench $*"
   ./target/release/payfn bench --url "$url" "${app_args[@]}" --json "$out/${BACKEND:-embedded}-$name.json" "$@"
+  pipeline
   sleep 2
 }
 run authorize-steady --scenario authorize --rate 1000 --duration 20s

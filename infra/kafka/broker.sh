@@ -19,6 +19,15 @@ install() {
     mkdir -p "$root/bin" && cp "$(command -v tansu)" "$bin"
     return
   fi
+  # One install at a time: tests start brokers in parallel, and two
+  # concurrent builds of the same crate into one root take twice as long
+  # and may clobber each other. Whoever waited finds the binary there.
+  mkdir -p "$root"
+  exec 9>"$root/.install.lock"
+  flock 9
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
+    return
+  fi
   echo "installing tansu $version into $root (cached for later runs)..." >&2
   cargo install tansu --version "$version" --locked --features dynostore,postgres --root "$root" >&2
 }

@@ -1,6 +1,7 @@
 //! The timer trigger (`[[trigger.timer]]`): runs a component every
 //! `interval_ms`, once per shard, each firing inside a write transaction on
-//! that shard that commits only if the component returns `ok`.
+//! that shard that commits only if the component returns `ok` and that sees
+//! only durable rows.
 //!
 //! Firings of one (trigger, shard) never overlap: the next starts
 //! `interval_ms` after the previous one ended.
@@ -62,7 +63,9 @@ async fn fire(
 ) {
     let name = &component.spec.name;
     // An outage is logged when it starts and when it ends, not every tick.
-    let tx = match shard.begin(true).await {
+    // Durable rows only: the relay publishes what it reads, and an event
+    // must never go out for a row a crash could still undo.
+    let tx = match shard.begin_durable().await {
         Ok(tx) => tx,
         Err(e) if !*shard_down => {
             *shard_down = true;

@@ -73,15 +73,28 @@ impl EventLog {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut deliveries = Vec::with_capacity(messages.len());
+        // Each partition's end is read once per batch (the write lock is
+        // held, so nobody else appends meanwhile) and counted on from there.
+        let mut ends: Vec<(String, i32, i64)> = Vec::new();
         for message in messages {
             let partition = self.partition_for(message.key.as_deref());
-            let offset: i64 = sqlx::query_scalar(
-                r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
-            )
-            .bind(&message.topic)
-            .bind(partition)
-            .fetch_one(&mut *tx)
-            .await?;
+            let offset = match ends.iter_mut().find(|(t, p, _)| *t == message.topic && *p == partition) {
+                Some((_, _, next)) => {
+                    *next += 1;
+                    *next
+                }
+                None => {
+                    let next: i64 = sqlx::query_scalar(
+                        r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
+                    )
+                    .bind(&message.topic)
+                    .bind(partition)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    ends.push((message.topic.clone(), partition, next));
+                    next
+                }
+            };
             sqlx::query(
                 r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
                    VALUES (?, ?, ?, ?, ?, ?, ?)"#,

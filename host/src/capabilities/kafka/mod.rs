@@ -36,6 +36,9 @@ pub const CAPABILITY: Capability = Capability {
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Records an embedded subscription fetches from one partition at a time.
 const FETCH_MAX: u32 = 100;
+/// Records a Kafka subscription hands out at once: the first one it waits
+/// for and whatever has already arrived behind it.
+const KAFKA_BATCH_MAX: usize = 100;
 
 /// The shared broker handle, cheap to clone.
 #[derive(Clone)]
@@ -146,8 +149,36 @@ impl Subscription {
                 tokio::time::sleep(IDLE_POLL).await;
                 Ok(Vec::new())
             }
-            Subscription::Kafka(kafka) => Ok(vec![kafka.next().await?]),
+            Subscription::Kafka(kafka) => {
+                let mut records = vec![kafka.next().await?];
+                while records.len() < KAFKA_BATCH_MAX {
+                    // Polled once: only what is already here, never a wait.
+                    match tokio::time::timeout(Duration::ZERO, kafka.next()).await {
+                        Ok(record) => records.push(record?),
+                        Err(_) => break,
+                    }
+                }
+                Ok(records)
+            }
         }
+    }
+
+    /// Moves the group's position past every record of `records` (a batch
+    /// from [`next_batch`](Self::next_batch), all handled): one commit per
+    /// partition, of its last record.
+    pub async fn commit_batch(&self, records: &[Record]) -> Result<(), String> {
+        let mut last: Vec<&Record> = Vec::new();
+        for record in records {
+            match last.iter_mut().find(|r| r.topic == record.topic && r.partition == record.partition) {
+                Some(seen) if seen.offset < record.offset => *seen = record,
+                Some(_) => {}
+                None => last.push(record),
+            }
+        }
+        for record in last {
+            self.commit(record).await?;
+        }
+        Ok(())
     }
 
     /// Moves the group's position past `record`.

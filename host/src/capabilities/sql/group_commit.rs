@@ -20,7 +20,10 @@
 //! flusher (one group's worth of invocations, a few milliseconds under
 //! load), and a member sees its group's earlier, not yet durable, writes,
 //! exactly as it would after they committed. Readers (the other pool) see
-//! only durable data.
+//! only durable data, and so does a member begun with
+//! [`GroupWriter::begin_durable`] (the timer trigger's, whose outbox relay
+//! publishes what it reads: DESIGN.md's "no event published without a
+//! committed row").
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -76,9 +79,29 @@ impl GroupWriter {
     /// Waits for the writer (FIFO), joins the open group or opens one, and
     /// starts the member's savepoint.
     pub async fn begin(&self) -> Result<Member, SqlError> {
-        let mut group = tokio::time::timeout(self.acquire_timeout, self.group.clone().lock_owned())
+        let group = self.writer().await?;
+        self.join(group)
+    }
+
+    /// Like [`begin`](Self::begin), but the member sees durable data only:
+    /// the open group is committed first (its members are acknowledged
+    /// early) and the member starts a group of its own. For members that
+    /// tell the world what they read (the outbox relay publishes rows), so
+    /// nothing a crash could still undo leaves the shard.
+    pub async fn begin_durable(&self) -> Result<Member, SqlError> {
+        let mut group = self.writer().await?;
+        group.commit();
+        assert!(!group.open, "a durable member must start a group of its own");
+        self.join(group)
+    }
+
+    async fn writer(&self) -> Result<OwnedMutexGuard<Group>, SqlError> {
+        tokio::time::timeout(self.acquire_timeout, self.group.clone().lock_owned())
             .await
-            .map_err(|_| SqlError::Unavailable("the shard's writer stayed busy; try again".into()))?;
+            .map_err(|_| SqlError::Unavailable("the shard's writer stayed busy; try again".into()))
+    }
+
+    fn join(&self, mut group: OwnedMutexGuard<Group>) -> Result<Member, SqlError> {
         if !group.open {
             // May wait for another process's write lock (busy timeout).
             blocking(|| group.conn.execute_batch("BEGIN IMMEDIATE")).map_err(map_error)?;
@@ -288,6 +311,38 @@ mod tests {
             member.unwrap();
         }
         assert_eq!(durable_ids(&path), (0..64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_member_sees_only_durable_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(dir.path());
+        let writer = Arc::new(writer);
+        let mut first = writer.begin().await.unwrap();
+        insert(&mut first, 1, None);
+        // The relay queues for the writer while `first` runs, so it gets the
+        // writer before the flusher does (FIFO): a plain member would now
+        // see row 1 released but not yet committed.
+        let relay = tokio::spawn({
+            let writer = writer.clone();
+            let path = path.clone();
+            async move {
+                let mut relay = writer.begin_durable().await.unwrap();
+                let seen: Vec<i64> = {
+                    let conn = relay.conn().unwrap();
+                    let mut stmt = conn.prepare("SELECT id FROM rows").unwrap();
+                    stmt.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+                };
+                for id in &seen {
+                    assert!(durable_ids(&path).contains(id), "the relay saw row {id} before it was durable");
+                }
+                relay.commit().await.unwrap();
+                seen
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.commit().await.unwrap();
+        assert_eq!(relay.await.unwrap(), vec![1]);
     }
 
     #[tokio::test]

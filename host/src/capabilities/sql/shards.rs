@@ -44,6 +44,18 @@ impl Shard {
         }
     }
 
+    /// A write transaction that sees only durable data, for steps that
+    /// publish what they read (the outbox relay). On SQLite the open group
+    /// commits first (see group_commit.rs); on the servers every committed
+    /// row is durable already.
+    pub async fn begin_durable(&self) -> Result<ShardTx, SqlError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(ShardTx::Sqlite(s.begin_durable().await?)),
+            Backend::Mysql(s) => Ok(ShardTx::Mysql(s.begin(true).await?)),
+            Backend::Postgres(s) => Ok(ShardTx::Postgres(s.begin(true).await?)),
+        }
+    }
+
     /// Whether the shard is migrated and answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
         match &self.backend {
