@@ -122,36 +122,59 @@ impl Consumer {
 
     async fn flush_runs(&self, runs: &mut Vec<(Arc<Shard>, Vec<&Record>)>) {
         for (shard, run) in runs.drain(..) {
-            if let Err(e) = self.handle_run(&shard, &run).await {
+            let mut rest: &[&Record] = &run;
+            while !rest.is_empty() {
+                let Err(failed) = self.handle_run(&shard, rest).await else { break };
                 tracing::warn!(
-                    component = %self.slot.spec.name, shard = %shard.name, records = run.len(),
-                    "batch rolled back ({e}); handling its records one by one"
+                    component = %self.slot.spec.name, shard = %shard.name, records = rest.len(),
+                    "batch rolled back ({}); going on without it", failed.error.message()
                 );
-                for record in run {
-                    self.deliver(record).await;
+                let Some(at) = failed.at else {
+                    // Not one record's fault (begin or commit): each alone.
+                    for record in rest {
+                        self.deliver(record).await;
+                    }
+                    break;
+                };
+                // The records before the failing one were fine: again, together.
+                if at > 0 {
+                    if let Err(again) = self.handle_run(&shard, &rest[..at]).await {
+                        tracing::warn!(shard = %shard.name, "batch failed again ({}); one by one", again.error.message());
+                        for record in &rest[..at] {
+                            self.deliver(record).await;
+                        }
+                    }
                 }
+                // The failing record: the batch's try was its first attempt.
+                self.deliver_after(rest[at], Some(failed.error)).await;
+                rest = &rest[at + 1..];
             }
         }
     }
 
     /// The records of `run` (all on `shard`) in one transaction.
-    async fn handle_run(&self, shard: &Shard, run: &[&Record]) -> Result<(), String> {
-        let mut tx = shard.begin(true).await.map_err(|e| format!("shard {}: {e:?}", shard.name))?;
+    async fn handle_run(&self, shard: &Shard, run: &[&Record]) -> Result<(), RunFailure> {
+        let whole = |error| RunFailure { at: None, error };
+        let mut tx = shard
+            .begin(true)
+            .await
+            .map_err(|e| whole(Failure::Retry(format!("shard {}: {e:?}", shard.name))))?;
         let mut duplicates = 0;
-        for record in run {
-            let (event_id, merchant) = Self::route(record).map_err(Failure::into_message)?;
+        for (at, record) in run.iter().enumerate() {
+            let failed = |error| RunFailure { at: Some(at), error };
+            let (event_id, merchant) = Self::route(record).map_err(failed)?;
             let (outcome, back) = self.apply(tx, record, event_id, merchant).await;
-            tx = back.ok_or_else(|| "the shard transaction was lost".to_string())?;
+            tx = back.ok_or_else(|| failed(Failure::Retry("the shard transaction was lost".into())))?;
             match outcome {
                 Ok(Handled::Processed) => {}
                 Ok(Handled::Duplicate) => duplicates += 1,
                 Err(e) => {
                     tx.rollback().await;
-                    return Err(e.into_message());
+                    return Err(failed(e));
                 }
             }
         }
-        tx.commit().await.map_err(|e| format!("commit: {e:?}"))?;
+        tx.commit().await.map_err(|e| whole(Failure::Retry(format!("commit: {e:?}"))))?;
         for _ in 0..duplicates {
             self.context.metrics.duplicate(&self.slot.spec.name);
         }
@@ -176,27 +199,37 @@ impl Consumer {
 
     /// Handles `record` until it is processed, found duplicate or dead-lettered.
     async fn deliver(&self, record: &Record) {
+        self.deliver_after(record, None).await;
+    }
+
+    /// Like [`deliver`](Self::deliver), where `failed` is the outcome of an
+    /// attempt already made (in a batch): it counts as the first of the
+    /// trigger's `max_attempts`.
+    async fn deliver_after(&self, record: &Record, failed: Option<Failure>) {
         let attempts = self.trigger.max_attempts.max(1);
-        let mut last_error = String::new();
-        for attempt in 1..=attempts {
-            match self.handle(record).await {
+        let mut outcome = match failed {
+            Some(failure) => Err(failure),
+            None => self.handle(record).await,
+        };
+        let mut attempt = 1;
+        let last_error = loop {
+            match outcome {
                 Ok(Handled::Processed | Handled::Duplicate) => return,
-                Err(Failure::Poison(e)) => {
-                    last_error = e;
-                    break;
-                }
+                Err(Failure::Poison(e)) => break e,
                 Err(Failure::Retry(e)) => {
                     tracing::warn!(
                         component = %self.slot.spec.name, topic = %record.topic, offset = record.offset,
                         attempt, "event failed: {e}"
                     );
-                    last_error = e;
-                    if attempt < attempts {
-                        tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt - 1)).await;
+                    if attempt >= attempts {
+                        break e;
                     }
+                    tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt - 1)).await;
                 }
             }
-        }
+            attempt += 1;
+            outcome = self.handle(record).await;
+        };
         self.dead_letter(record, &last_error).await;
     }
 
@@ -337,11 +370,18 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_message(self) -> String {
+    fn message(&self) -> &str {
         match self {
             Failure::Retry(m) | Failure::Poison(m) => m,
         }
     }
+}
+
+/// Why a batch's transaction was rolled back: the record at `at` failed,
+/// or (`None`) the transaction itself did.
+struct RunFailure {
+    at: Option<usize>,
+    error: Failure,
 }
 
 /// Where `trigger` sends records of `topic` that cannot be handled.
