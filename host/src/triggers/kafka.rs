@@ -94,15 +94,12 @@ impl Consumer {
     /// record: under load a shard's commit waits for its group, so record
     /// by record the consumer fell behind at a few dozen events a second).
     /// Records of different shards belong to different merchants, so one
-    /// key's records keep their order. If anything in a shard's run fails,
-    /// the run rolls back whole and its records go one by one through
-    /// [`deliver`](Self::deliver), with its retries and dead-lettering.
+    /// key's records keep their order. A failure is handled in
+    /// [`flush_runs`](Self::flush_runs).
     async fn deliver_batch(&self, records: &[Record]) {
         let mut runs: Vec<(Arc<Shard>, Vec<&Record>)> = Vec::new();
         for record in records {
-            let record_type =
-                record.headers.iter().find(|(k, _)| k == "event-type").map(|(_, v)| v.as_slice());
-            if !self.trigger.wants(record_type) {
+            if !self.trigger.wants(header(record, "event-type")) {
                 continue;
             }
             let Ok((_, merchant)) = Self::route(record) else {
@@ -183,15 +180,10 @@ impl Consumer {
 
     /// The record's event id and merchant, from its headers.
     fn route(record: &Record) -> Result<(String, i64), Failure> {
-        let header = |name: &str| {
-            record
-                .headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-        };
-        let event_id = header("event-id").ok_or_else(|| Failure::Poison("no event-id header".into()))?;
-        let merchant: i64 = header("merchant-id")
+        let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
+        let event_id =
+            text("event-id").ok_or_else(|| Failure::Poison("no event-id header".into()))?.to_string();
+        let merchant: i64 = text("merchant-id")
             .and_then(|m| m.parse().ok())
             .ok_or_else(|| Failure::Poison("no valid merchant-id header".into()))?;
         Ok((event_id, merchant))
@@ -281,12 +273,7 @@ impl Consumer {
         }
 
         let shard = self.context.shards.for_merchant(merchant);
-        let trace = record
-            .headers
-            .iter()
-            .find(|(k, _)| k == "traceparent")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
+        let trace = header(record, "traceparent").map(String::from_utf8_lossy).unwrap_or_default();
         let bindings = Bindings {
             request_id: format!("{event_id} traceparent={trace}"),
             sql: shard.bind(Some(tx)),
@@ -382,6 +369,11 @@ impl Failure {
 struct RunFailure {
     at: Option<usize>,
     error: Failure,
+}
+
+/// The value of `record`'s header `name`, if it has one.
+fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
+    record.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
 }
 
 /// Where `trigger` sends records of `topic` that cannot be handled.
