@@ -94,14 +94,7 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     let host = Host::start();
     let log = host.events().await;
     // No event id, no merchant: can never be handled.
-    sqlx::query(
-        "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
-         VALUES ('payments', 0, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = 0), \
-                 NULL, X'7B7D', X'', 0)",
-    )
-    .execute(&log)
-    .await
-    .unwrap();
+    append(&log, 0, b"{}", Vec::new()).await;
     take_payments(&host, 2).await;
     wait_for(SETTLE, "settlement after the poison event", || settled(&host, SHARDS)).await;
 
@@ -113,6 +106,22 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     assert!(String::from_utf8_lossy(&dead[0].0).contains("no event-id header"));
     let metrics = host.metrics().await;
     assert!(metrics.contains(r#"payfn_events_dead_lettered_total{component="settlement"} 1"#), "{metrics}");
+}
+
+/// Appends a keyless record to `partition` of the log's `payments` topic.
+async fn append(log: &sqlx::SqlitePool, partition: i64, value: &[u8], headers: Vec<u8>) {
+    sqlx::query(
+        "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
+         VALUES ('payments', ?, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = ?), \
+                 NULL, ?, ?, 0)",
+    )
+    .bind(partition)
+    .bind(partition)
+    .bind(value)
+    .bind(headers)
+    .execute(log)
+    .await
+    .unwrap();
 }
 
 /// The event log's header encoding: `[u32 length][name][u32 length][value]...`.
@@ -138,18 +147,8 @@ async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_
     // events of the batch must settle exactly once all the same.
     for partition in 0..4 {
         let headers = encode_headers(&[("event-id", &format!("evt_bad_{partition}")), ("merchant-id", "2")]);
-        sqlx::query(
-            "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
-             VALUES ('payments', ?, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = ?), \
-                     NULL, CAST(? AS BLOB), ?, 0)",
-        )
-        .bind(partition)
-        .bind(partition)
-        .bind(r#"{"type":"payment.captured","merchantId":2,"currency":"EUR","occurredAt":"2026-12-01T00:00:00Z"}"#)
-        .bind(headers)
-        .execute(&log)
-        .await
-        .unwrap();
+        let value = r#"{"type":"payment.captured","merchantId":2,"currency":"EUR","occurredAt":"2026-12-01T00:00:00Z"}"#;
+        append(&log, partition, value.as_bytes(), headers).await;
     }
     take_payments(&host, 8).await;
     wait_for(SETTLE, "settlement around the failing events", || settled(&host, SHARDS)).await;
