@@ -8,8 +8,10 @@
 # Each round starts a fresh host on A, then on B (see host.sh), and offers
 # `scenario` (default authorize) at `rate` (default 6,000/s, above capacity)
 # for `seconds` (default 15). Prints each run's req/s and, per build, the
-# median. Save a build with `cp target/release/payfn /tmp/payfn-A`; both use
-# the components as built now.
+# median. A and B are host binaries (`cp target/release/payfn /tmp/payfn-A`;
+# both then run the components as built now) or build directories saved
+# with `infra/bench/save.sh DIR` (host and components, for changes to
+# either).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 a=$1 b=$2 rounds=${3:-3} scenario=${4:-authorize} rate=${5:-6000} secs=${6:-15}
@@ -19,7 +21,9 @@ declare -A results
 for round in $(seq "$rounds"); do
   for side in A B; do
     bin=$a; [ "$side" = B ] && bin=$b
-    line=$(PAYFN=$bin bash -c '
+    components=""
+    if [ -d "$bin" ]; then components=$(cd "$bin" && pwd); bin=$components/payfn; fi
+    line=$(PAYFN=$bin COMPONENTS=$components bash -c '
       source infra/bench/host.sh
       bench_start_host >/dev/null
       "$PAYFN" bench --url "$url" "${app_args[@]}" --scenario "$1" --rate "$2" --duration "$3s" 2>&1 | grep "requests in"

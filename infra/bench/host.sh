@@ -8,8 +8,9 @@
 #                      tansu Kafka broker of the run's own (in-memory
 #                      storage, infra/kafka/broker.sh) for events
 #
-# PAYFN=path runs that binary instead of the fresh release build (the A/B
-# comparison, ab.sh, runs two saved builds in turn).
+# PAYFN=path runs that binary instead of the fresh release build, and
+# COMPONENTS=dir the components under dir/wasm32-wasip2/release instead of
+# target/'s (the A/B comparison, ab.sh, runs two saved builds in turn).
 #
 # Rate limits are lifted: the benchmark measures the steps. Sets `state`
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
@@ -28,7 +29,7 @@ bench_start_host() {
   local payfn=${PAYFN:-./target/release/payfn}
   state=$(mktemp -d)
   cp spin.toml "$state/spin.toml"
-  sed -i "s|source = \"target/|source = \"$PWD/target/|" "$state/spin.toml"
+  sed -i "s|source = \"target/|source = \"${COMPONENTS:-$PWD/target}/|" "$state/spin.toml"
   cat > "$state/runtime-config.toml" <<'TOML'
 [http.rate_limits]
 default_capacity = 1000000000
