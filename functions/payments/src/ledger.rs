@@ -47,23 +47,32 @@ impl<'a> Posting<'a> {
         let sum: i64 = self.entries.iter().map(|(_, a)| a).sum();
         assert_eq!(sum, 0, "unbalanced posting {posting_id}");
         assert!(!self.entries.is_empty(), "empty posting {posting_id}");
+        // One multi-row INSERT for the whole posting: one statement and,
+        // on the database servers, one network round trip instead of one
+        // per entry (docs/BENCHMARKS.md).
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; self.entries.len()].join(", ");
+        let mut params = Vec::with_capacity(self.entries.len() * 8);
         for (account, amount) in &self.entries {
-            sql::execute(
+            params.extend([
+                posting_id.as_str().into(),
+                self.kind.into(),
+                self.payment.id.as_str().into(),
+                self.payment.merchant_id.into(),
+                (*account).into(),
+                (*amount).into(),
+                self.payment.currency.as_str().into(),
+                at.into(),
+            ]);
+        }
+        let written = sql::execute(
+            &format!(
                 "INSERT INTO ledger_entries \
                  (posting_id, kind, payment_id, merchant_id, account, amount, currency, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                &[
-                    posting_id.as_str().into(),
-                    self.kind.into(),
-                    self.payment.id.as_str().into(),
-                    self.payment.merchant_id.into(),
-                    (*account).into(),
-                    (*amount).into(),
-                    self.payment.currency.as_str().into(),
-                    at.into(),
-                ],
-            )?;
-        }
+                 VALUES {rows}"
+            ),
+            &params,
+        )?;
+        assert_eq!(written, self.entries.len() as u64, "posting {posting_id} wrote {written} entries");
         Ok(())
     }
 }

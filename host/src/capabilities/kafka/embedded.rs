@@ -3,15 +3,24 @@
 //! Durable (SQLite, WAL, `synchronous = FULL`), partitioned by key hash,
 //! with consumer-group offsets committed explicitly: at-least-once delivery
 //! with the same semantics the Kafka trigger relies on.
+//!
+//! Statements run inline through rusqlite, as the shards' do (sql/sqlite.rs
+//! says why): the outbox relay appends while it holds its shard's writer,
+//! so every microsecond an append takes stalls that shard's steps. One
+//! connection appends and commits positions (SQLite has one writer
+//! anyway), another reads; what may wait on the disk runs under
+//! `block_in_place`, and WAL checkpoints run off the writer
+//! (sql/checkpoint.rs).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
+use rusqlite::{params, Connection, OptionalExtension};
+use sqlx::ConnectOptions;
+use tokio::sync::Mutex;
 
 use crate::bindings::kafka::{Delivery, Error, Message};
-use crate::capabilities::sql::durable_options;
+use crate::capabilities::sql::{blocking, durable_connection, durable_options, Checkpointer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/event-log");
 
@@ -28,16 +37,29 @@ pub struct Record {
 
 pub struct EventLog {
     path: PathBuf,
-    pool: SqlitePool,
+    /// Appends and group positions: each call one durable transaction.
+    writer: Mutex<Connection>,
+    /// Fetches and pings; sees committed records only.
+    reader: Mutex<Connection>,
     partitions: u32,
+    _checkpointer: Checkpointer,
 }
 
 impl EventLog {
     pub async fn open(path: &Path, partitions: u32) -> anyhow::Result<Self> {
-        let options = durable_options(path)?.create_if_missing(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { path: path.to_path_buf(), pool, partitions: partitions.max(1) })
+        let mut migrator = durable_options(path)?.create_if_missing(true).connect().await?;
+        MIGRATOR.run(&mut migrator).await?;
+        sqlx::Connection::close(migrator).await?;
+        let writer = durable_connection(path, false)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let reader = durable_connection(path, true)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            partitions: partitions.max(1),
+            _checkpointer: Checkpointer::start(path)?,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -69,49 +91,54 @@ impl EventLog {
         }
     }
 
-    async fn append(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, sqlx::Error> {
+    async fn append(&self, messages: Vec<Message>) -> rusqlite::Result<Vec<Delivery>> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut deliveries = Vec::with_capacity(messages.len());
-        // Each partition's end is read once per batch (the write lock is
-        // held, so nobody else appends meanwhile) and counted on from there.
-        let mut ends: Vec<(String, i32, i64)> = Vec::new();
-        for message in messages {
-            let partition = self.partition_for(message.key.as_deref());
-            let offset = match ends.iter_mut().find(|(t, p, _)| *t == message.topic && *p == partition) {
-                Some((_, _, next)) => {
-                    *next += 1;
-                    *next
+        let mut conn = self.writer.lock().await;
+        // May wait for another process's write lock, and fsyncs at COMMIT.
+        blocking(|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut deliveries = Vec::with_capacity(messages.len());
+            {
+                let mut end = tx.prepare_cached(
+                    r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
+                )?;
+                let mut insert = tx.prepare_cached(
+                    r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)"#,
+                )?;
+                // Each partition's end is read once per batch (the write lock
+                // is held, so nobody else appends meanwhile) and counted on.
+                let mut ends: Vec<(String, i32, i64)> = Vec::new();
+                for message in messages {
+                    let partition = self.partition_for(message.key.as_deref());
+                    let offset =
+                        match ends.iter_mut().find(|(t, p, _)| *t == message.topic && *p == partition) {
+                            Some((_, _, next)) => {
+                                *next += 1;
+                                *next
+                            }
+                            None => {
+                                let next: i64 =
+                                    end.query_row(params![message.topic, partition], |r| r.get(0))?;
+                                ends.push((message.topic.clone(), partition, next));
+                                next
+                            }
+                        };
+                    insert.execute(params![
+                        message.topic,
+                        partition,
+                        offset,
+                        message.key,
+                        message.value,
+                        encode_headers(&message.headers),
+                        now
+                    ])?;
+                    deliveries.push(Delivery { partition, offset });
                 }
-                None => {
-                    let next: i64 = sqlx::query_scalar(
-                        r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
-                    )
-                    .bind(&message.topic)
-                    .bind(partition)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    ends.push((message.topic.clone(), partition, next));
-                    next
-                }
-            };
-            sqlx::query(
-                r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)"#,
-            )
-            .bind(&message.topic)
-            .bind(partition)
-            .bind(offset)
-            .bind(&message.key)
-            .bind(&message.value)
-            .bind(encode_headers(&message.headers))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            deliveries.push(Delivery { partition, offset });
-        }
-        tx.commit().await?;
-        Ok(deliveries)
+            }
+            tx.commit()?;
+            Ok(deliveries)
+        })
     }
 
     /// Up to `max` records of one partition from the group's committed position.
@@ -121,33 +148,25 @@ impl EventLog {
         topic: &str,
         partition: i32,
         max: u32,
-    ) -> Result<Vec<Record>, sqlx::Error> {
-        let rows = sqlx::query(
+    ) -> rusqlite::Result<Vec<Record>> {
+        let conn = self.reader.lock().await;
+        let mut stmt = conn.prepare_cached(
             r#"SELECT "offset", key, value, headers FROM records
-               WHERE topic = ? AND partition = ? AND "offset" >= COALESCE(
-                 (SELECT next_offset FROM group_offsets WHERE group_id = ? AND topic = ? AND partition = ?), 0)
-               ORDER BY "offset" LIMIT ?"#,
-        )
-        .bind(topic)
-        .bind(partition)
-        .bind(group)
-        .bind(topic)
-        .bind(partition)
-        .bind(i64::from(max))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Record {
-                    topic: topic.to_string(),
-                    partition,
-                    offset: row.try_get(0)?,
-                    key: row.try_get(1)?,
-                    value: row.try_get(2)?,
-                    headers: decode_headers(&row.try_get::<Vec<u8>, _>(3)?),
-                })
+               WHERE topic = ?1 AND partition = ?2 AND "offset" >= COALESCE(
+                 (SELECT next_offset FROM group_offsets WHERE group_id = ?3 AND topic = ?1 AND partition = ?2), 0)
+               ORDER BY "offset" LIMIT ?4"#,
+        )?;
+        let rows = stmt.query_map(params![topic, partition, group, i64::from(max)], |row| {
+            Ok(Record {
+                topic: topic.to_string(),
+                partition,
+                offset: row.get(0)?,
+                key: row.get(1)?,
+                value: row.get(2)?,
+                headers: decode_headers(&row.get::<_, Vec<u8>>(3)?),
             })
-            .collect()
+        })?;
+        rows.collect()
     }
 
     /// Commits the group's position: the next offset it will read.
@@ -157,22 +176,21 @@ impl EventLog {
         topic: &str,
         partition: i32,
         next_offset: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?, ?, ?, ?)
-             ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(partition)
-        .bind(next_offset)
-        .execute(&self.pool)
-        .await?;
+    ) -> rusqlite::Result<()> {
+        let conn = self.writer.lock().await;
+        blocking(|| {
+            conn.prepare_cached(
+                "INSERT INTO group_offsets (group_id, topic, partition, next_offset) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            )?
+            .execute(params![group, topic, partition, next_offset])
+        })?;
         Ok(())
     }
 
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let conn = self.reader.lock().await;
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).optional().is_ok()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Checkpoints of a SQLite shard's WAL, on a thread of their own.
+//! Checkpoints of a SQLite shard's WAL (or the embedded event log's), on a
+//! thread of their own.
 //!
 //! By default SQLite checkpoints inside the COMMIT that takes the WAL past
 //! 1,000 pages: that COMMIT copies the pages into the database file and
@@ -49,7 +50,7 @@ impl Checkpointer {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
                 });
                 if let Err(e) = round {
-                    tracing::warn!(shard = %name, error = %e, "WAL checkpoint failed; retrying");
+                    tracing::warn!(file = %name, error = %e, "WAL checkpoint failed; retrying");
                 }
             }
         })?;

@@ -21,7 +21,7 @@ use sqlx::pool::Pool;
 use sqlx::{Arguments, ConnectOptions, Executor, Row};
 
 use super::runtime_config::ServerConfig;
-use super::server::{pool_options, Driver};
+use super::server::{pool_options, BoxFuture, Driver};
 use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
@@ -32,10 +32,33 @@ pub struct Mysql;
 
 impl Driver for Mysql {
     type Db = MySql;
-    const READ_ONLY_BEGIN: &'static str = "START TRANSACTION READ ONLY";
+    const ERROR_ABORTS_TRANSACTION: bool = false;
+
+    /// Connections run with `autocommit = 0` (see [`Driver::pool`] below):
+    /// the server opens a transaction at the first statement, and every one
+    /// the host opens ends in COMMIT or ROLLBACK (server.rs, `ServerTx`).
+    fn begin_statement(write: bool) -> Option<&'static str> {
+        if write {
+            None
+        } else {
+            Some("START TRANSACTION READ ONLY")
+        }
+    }
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
+    }
+
+    /// On one connection, ended with a COMMIT: sqlx records each
+    /// migration's run time after its transaction, which with
+    /// `autocommit = 0` would stay open for the connection's next user.
+    fn migrate(pool: &Pool<MySql>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
+        Box::pin(async move {
+            let mut conn = pool.acquire().await?;
+            MIGRATOR.run_direct(&mut *conn).await?;
+            conn.execute("COMMIT").await?;
+            Ok(())
+        })
     }
 
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<MySql>> {
@@ -48,8 +71,11 @@ impl Driver for Mysql {
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
                     conn.execute(
-                        format!("SET SESSION innodb_lock_wait_timeout = {lock_secs}, time_zone = '+00:00'")
-                            .as_str(),
+                        format!(
+                            "SET SESSION innodb_lock_wait_timeout = {lock_secs}, time_zone = '+00:00', \
+                             autocommit = 0"
+                        )
+                        .as_str(),
                     )
                     .await?;
                     // MariaDB's statement limit is max_statement_time (seconds);

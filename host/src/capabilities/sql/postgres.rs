@@ -18,7 +18,7 @@ use sqlx::{Arguments, ConnectOptions, Encode, Row, Type};
 
 use super::placeholders;
 use super::runtime_config::ServerConfig;
-use super::server::{pool_options, Driver};
+use super::server::{pool_options, BoxFuture, Driver};
 use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
@@ -29,10 +29,18 @@ pub struct Postgres;
 
 impl Driver for Postgres {
     type Db = Pg;
-    const READ_ONLY_BEGIN: &'static str = "BEGIN READ ONLY";
+    const ERROR_ABORTS_TRANSACTION: bool = true;
+
+    fn begin_statement(write: bool) -> Option<&'static str> {
+        Some(if write { "BEGIN" } else { "BEGIN READ ONLY" })
+    }
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
+    }
+
+    fn migrate(pool: &Pool<Pg>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
+        Box::pin(MIGRATOR.run(pool))
     }
 
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Pg>> {

@@ -20,16 +20,30 @@ use sqlx::{Database, Executor, IntoArguments, Row};
 
 use super::errors;
 use super::runtime_config::ServerConfig;
+use super::warm::{AcquireError, Held, Warm, PING_IF_IDLE_FOR};
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
+
+/// A boxed future, as the [`Driver`] methods return them.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What one dialect supplies.
 pub trait Driver: Send + Sync + 'static {
     type Db: Database;
-    /// The statement that opens a read-only transaction.
-    const READ_ONLY_BEGIN: &'static str;
+    /// Whether any failed statement ends the server's transaction
+    /// (PostgreSQL's "current transaction is aborted"); otherwise only the
+    /// failures [`ends_transaction`] names do.
+    const ERROR_ABORTS_TRANSACTION: bool;
+
+    /// The statement that opens a transaction, or `None` where the session
+    /// opens one implicitly at the first statement (MariaDB connections run
+    /// with `autocommit = 0`).
+    fn begin_statement(write: bool) -> Option<&'static str>;
 
     /// The dialect's migrations (`infra/migrations/<dialect>`).
     fn migrator() -> &'static Migrator;
+    /// Applies [`migrator`](Self::migrator)'s migrations, leaving no
+    /// transaction open on the pool's connections.
+    fn migrate(pool: &Pool<Self::Db>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
     /// A pool, not yet connected, with the session settings of `config`.
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Self::Db>>;
     /// The statement as the server wants it (placeholder style).
@@ -45,8 +59,24 @@ pub trait Driver: Send + Sync + 'static {
 }
 
 /// Pool options every dialect shares, from the runtime config.
+///
+/// sqlx pings every connection it hands out by default: under load that is
+/// a network round trip (and a wake-up of the server) per transaction for a
+/// connection that answered a moment ago. Only connections idle for
+/// [`PING_IF_IDLE_FOR`] are pinged here (the same rule as warm.rs); a hot
+/// connection that broke since fails its first statement (503, nothing
+/// committed) and is closed (docs/BENCHMARKS.md).
 pub fn pool_options<DB: Database>(config: &ServerConfig) -> PoolOptions<DB> {
     PoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .max_connections(config.max_connections.max(1))
         .min_connections(config.min_connections.min(config.max_connections))
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
@@ -65,6 +95,8 @@ enum Readiness {
 /// One shard on a database server.
 pub struct ServerShard<D: Driver> {
     pool: Pool<D::Db>,
+    /// Connections between transactions (warm.rs).
+    warm: Arc<Warm<D::Db>>,
     /// The URL without its password, for logs.
     display: String,
     readiness: Arc<RwLock<Readiness>>,
@@ -82,8 +114,14 @@ where
     pub async fn open(name: &str, config: &ServerConfig) -> anyhow::Result<Self> {
         let url = config.url(name)?;
         let pool = D::pool(&url, config)?;
+        let warm = Warm::new(
+            config.max_connections,
+            Duration::from_millis(config.acquire_timeout_ms),
+            Duration::from_millis(config.max_lifetime_ms),
+        );
         let shard = Self {
             pool,
+            warm: Arc::new(warm),
             display: redact(&url),
             readiness: Arc::new(RwLock::new(Readiness::Pending("connecting".into()))),
         };
@@ -121,8 +159,17 @@ where
         if let Some(why) = self.not_ready() {
             return Err(SqlError::Unavailable(why));
         }
-        let tx = if write { self.pool.begin().await } else { self.pool.begin_with(D::READ_ONLY_BEGIN).await };
-        tx.map(ServerTx).map_err(map::<D>)
+        let held = match self.warm.acquire(&self.pool).await {
+            Ok(held) => held,
+            Err(AcquireError::TimedOut) => return Err(map::<D>(sqlx::Error::PoolTimedOut)),
+            Err(AcquireError::Pool(e)) => return Err(map::<D>(e)),
+        };
+        let mut tx = ServerTx { held: Some(held), warm: self.warm.clone(), doomed: None, ended: false };
+        if let Some(begin) = D::begin_statement(write) {
+            // On failure `tx` drops unended: its connection is closed.
+            Executor::execute(tx.conn_mut()?, begin).await.map_err(map::<D>)?;
+        }
+        Ok(tx)
     }
 
     pub async fn ping(&self) -> bool {
@@ -174,7 +221,7 @@ where
 {
     if migrate {
         // sqlx takes an advisory lock, so hosts starting together migrate once.
-        D::migrator().run(pool).await?;
+        D::migrate(pool).await?;
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
@@ -202,24 +249,68 @@ where
 {
     let url = config.url(name)?;
     let pool = D::pool(&url, config)?;
-    D::migrator().run(&pool).await?;
+    D::migrate(&pool).await?;
     let mut conn = pool.acquire().await?;
     let applied = conn.list_applied_migrations().await?.into_iter().map(|m| m.version).collect();
     Ok(applied)
 }
 
-/// A transaction on one server shard. Dropping it rolls it back.
-pub struct ServerTx<D: Driver>(sqlx::Transaction<'static, D::Db>);
+/// A transaction on one server shard, on a connection of the pool.
+///
+/// Kept by hand rather than as a `sqlx::Transaction`, for two reasons. On
+/// MariaDB the shard's connections run with `autocommit = 0`, so a write
+/// transaction opens with its first statement and `BEGIN` costs no round
+/// trip. And a failure that ended the server's transaction (a deadlock on
+/// MariaDB, any error on PostgreSQL) dooms it here: later statements and
+/// the COMMIT fail with that error, so neither statements after it run
+/// outside the transaction nor does a COMMIT that PostgreSQL turns into a
+/// ROLLBACK answer success.
+///
+/// Invariant: a connection is parked for the next transaction (warm.rs)
+/// only after a COMMIT or ROLLBACK went through, so no transaction outlives
+/// its `ServerTx`. One dropped before that (cancelled, or its end failed)
+/// has its connection closed, and the server rolls back.
+pub struct ServerTx<D: Driver> {
+    /// Present until drop.
+    held: Option<Held<D::Db>>,
+    warm: Arc<Warm<D::Db>>,
+    /// The failure that ended the server's transaction, if one did.
+    doomed: Option<SqlError>,
+    /// COMMIT or ROLLBACK went through.
+    ended: bool,
+}
 
 impl<D: Driver> ServerTx<D>
 where
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
 {
+    fn conn_mut(&mut self) -> Result<&mut <D::Db as Database>::Connection, SqlError> {
+        if let Some(doomed) = &self.doomed {
+            return Err(doomed.clone());
+        }
+        match self.held.as_mut() {
+            Some(held) if !self.ended => Ok(&mut *held.conn),
+            _ => Err(SqlError::Unavailable("the transaction has ended".into())),
+        }
+    }
+
+    /// Records `e` as the transaction's end if it ended it.
+    fn check(&mut self, e: SqlError) -> SqlError {
+        let statement_only = matches!(e, SqlError::ConstraintViolation(_) | SqlError::InvalidStatement(_));
+        if D::ERROR_ABORTS_TRANSACTION || !statement_only {
+            self.doomed = Some(e.clone());
+        }
+        e
+    }
+
     pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
         let statement = D::statement(statement);
-        let rows =
-            sqlx::query_with(&statement, D::bind(params)?).fetch_all(&mut *self.0).await.map_err(map::<D>)?;
+        let args = D::bind(params)?;
+        let rows = match sqlx::query_with(&statement, args).fetch_all(self.conn_mut()?).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.check(map::<D>(e))),
+        };
         let columns = rows
             .first()
             .map(|r| r.columns().iter().map(|c| sqlx::Column::name(c).to_string()).collect())
@@ -230,18 +321,37 @@ where
 
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
         let statement = D::statement(statement);
-        let done =
-            sqlx::query_with(&statement, D::bind(params)?).execute(&mut *self.0).await.map_err(map::<D>)?;
-        Ok(D::rows_affected(&done))
+        let args = D::bind(params)?;
+        match sqlx::query_with(&statement, args).execute(self.conn_mut()?).await {
+            Ok(done) => Ok(D::rows_affected(&done)),
+            Err(e) => Err(self.check(map::<D>(e))),
+        }
     }
 
-    pub async fn commit(self) -> Result<(), SqlError> {
-        self.0.commit().await.map_err(map::<D>)
+    pub async fn commit(mut self) -> Result<(), SqlError> {
+        Executor::execute(self.conn_mut()?, "COMMIT").await.map_err(map::<D>)?;
+        self.ended = true;
+        Ok(())
     }
 
-    pub async fn rollback(self) {
-        if let Err(e) = self.0.rollback().await {
-            tracing::warn!(error = %e, "rollback failed; the connection is discarded");
+    pub async fn rollback(mut self) {
+        // Also after a doom: ROLLBACK ends what is left, and the connection stays.
+        let Some(held) = self.held.as_mut().filter(|_| !self.ended) else { return };
+        match Executor::execute(&mut *held.conn, "ROLLBACK").await {
+            Ok(_) => self.ended = true,
+            Err(e) => tracing::warn!(error = %e, "rollback failed; the connection is closed"),
+        }
+    }
+}
+
+impl<D: Driver> Drop for ServerTx<D> {
+    fn drop(&mut self) {
+        if let Some(mut held) = self.held.take() {
+            if self.ended {
+                self.warm.park(held);
+            } else {
+                held.conn.close_on_drop();
+            }
         }
     }
 }
@@ -270,5 +380,231 @@ mod tests {
     fn passwords_stay_out_of_logs() {
         assert_eq!(redact("mysql://payfn:s3cret@db-1:3306/payfn"), "mysql://payfn@db-1:3306/payfn");
         assert_eq!(redact("postgres://localhost/payfn"), "postgres://localhost/payfn");
+    }
+}
+
+/// `ServerTx` against the machine's MariaDB (127.0.0.1:3306, root) and
+/// PostgreSQL (127.0.0.1:5432, postgres, trust), each test on a database
+/// of its own. They fail, not skip, when a server is missing: `.ci/run`
+/// starts both.
+#[cfg(test)]
+mod transaction_tests {
+    use sqlx::migrate::MigrateDatabase;
+
+    use super::super::mysql::Mysql;
+    use super::super::postgres::Postgres;
+    use super::*;
+
+    fn config(url: String) -> ServerConfig {
+        ServerConfig {
+            url: Some(url),
+            url_env: None,
+            // One connection: every transaction after the first would reuse
+            // the first's connection if it went back to the pool.
+            max_connections: 1,
+            min_connections: 0,
+            acquire_timeout_ms: 5_000,
+            statement_timeout_ms: 5_000,
+            lock_timeout_ms: 3_000,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 1_800_000,
+            migrate: true,
+        }
+    }
+
+    /// A migrated shard on a fresh database `payfn_unit_<test>`, with an
+    /// empty table `t (id)`, and a pool of `connections`.
+    async fn shard<D: Driver>(test: &str, connections: u32) -> ServerShard<D>
+    where
+        D::Db: MigrateDatabase,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        <D::Db as Database>::Connection: Migrate,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let server = if <D::Db as Database>::NAME == "MySQL" {
+            "mysql://root@127.0.0.1:3306"
+        } else {
+            "postgres://postgres@127.0.0.1:5432"
+        };
+        let url = format!("{server}/payfn_unit_{test}_{}", std::process::id());
+        let _ = D::Db::drop_database(&url).await;
+        D::Db::create_database(&url).await.expect("the database server is required (see .ci/run)");
+        let shard =
+            ServerShard::<D>::open(test, &ServerConfig { max_connections: connections, ..config(url) })
+                .await
+                .unwrap();
+        assert_eq!(shard.not_ready(), None);
+        let mut tx = shard.begin(true).await.unwrap();
+        tx.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", Vec::new()).await.unwrap();
+        tx.commit().await.unwrap();
+        shard
+    }
+
+    async fn ids<D: Driver>(shard: &ServerShard<D>) -> Vec<i64>
+    where
+        <D::Db as Database>::Connection: Migrate,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let mut tx = shard.begin(false).await.unwrap();
+        let rows = tx.query("SELECT id FROM t ORDER BY id", Vec::new()).await.unwrap();
+        tx.commit().await.unwrap();
+        rows.rows
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [Value::Int64(id)] => *id,
+                other => panic!("unexpected row {other:?}"),
+            })
+            .collect()
+    }
+
+    async fn insert<D: Driver>(tx: &mut ServerTx<D>, id: i64) -> Result<u64, SqlError>
+    where
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        tx.execute("INSERT INTO t (id) VALUES (?)", vec![Value::Int64(id)]).await
+    }
+
+    /// The danger of a transaction without BEGIN (MariaDB): a connection
+    /// back in the pool with its writes still open would have them
+    /// committed by its next user. Dropped unended, it is closed instead.
+    async fn a_transaction_dropped_unended_leaves_nothing<D: Driver>(test: &str)
+    where
+        D::Db: MigrateDatabase,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        <D::Db as Database>::Connection: Migrate,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let shard = shard::<D>(test, 1).await;
+        let mut cancelled = shard.begin(true).await.unwrap();
+        insert(&mut cancelled, 1).await.unwrap();
+        drop(cancelled);
+        let mut next = shard.begin(true).await.unwrap();
+        insert(&mut next, 3).await.unwrap();
+        next.commit().await.unwrap();
+        let mut rolled_back = shard.begin(true).await.unwrap();
+        insert(&mut rolled_back, 2).await.unwrap();
+        rolled_back.rollback().await;
+        assert_eq!(ids(&shard).await, vec![3], "only the committed transaction's row");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_unended_leaves_nothing_mysql() {
+        a_transaction_dropped_unended_leaves_nothing::<Mysql>("dropped").await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_unended_leaves_nothing_postgres() {
+        a_transaction_dropped_unended_leaves_nothing::<Postgres>("dropped").await;
+    }
+
+    /// Parked connections (warm.rs) and sqlx's pool share one limit: many
+    /// more transactions than connections, committed, rolled back or
+    /// dropped, all get a connection in turn, and none waits for a parked
+    /// one it cannot see.
+    async fn more_transactions_than_connections_take_turns<D: Driver>(test: &str)
+    where
+        D::Db: MigrateDatabase,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        <D::Db as Database>::Connection: Migrate,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let shard = Arc::new(shard::<D>(test, 2).await);
+        let tasks: Vec<_> = (0..60_i64)
+            .map(|id| {
+                let shard = shard.clone();
+                tokio::spawn(async move {
+                    let mut tx = shard.begin(true).await.unwrap();
+                    insert(&mut tx, id).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    match id % 3 {
+                        0 => tx.commit().await.unwrap(),
+                        1 => tx.rollback().await,
+                        _ => drop(tx),
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let committed: Vec<i64> = (0..60).filter(|id| id % 3 == 0).collect();
+        assert_eq!(ids(&*shard).await, committed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_transactions_than_connections_take_turns_mysql() {
+        more_transactions_than_connections_take_turns::<Mysql>("turns").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_transactions_than_connections_take_turns_postgres() {
+        more_transactions_than_connections_take_turns::<Postgres>("turns").await;
+    }
+
+    #[tokio::test]
+    async fn mariadb_write_transactions_run_with_autocommit_off() {
+        let shard = shard::<Mysql>("autocommit", 1).await;
+        let mut tx = shard.begin(true).await.unwrap();
+        let rows = tx.query("SELECT @@autocommit AS autocommit", Vec::new()).await.unwrap();
+        assert!(
+            matches!(rows.rows.as_slice(), [row] if matches!(row.as_slice(), [Value::Int64(0)])),
+            "{rows:?}"
+        );
+        insert(&mut tx, 1).await.unwrap();
+        insert(&mut tx, 2).await.unwrap();
+        tx.rollback().await;
+        assert_eq!(ids(&shard).await, Vec::<i64>::new(), "a rollback undoes every statement");
+    }
+
+    /// PostgreSQL aborts the transaction at any error and turns its COMMIT
+    /// into a ROLLBACK without an error: without the doom, a component
+    /// that went on after a failed statement would be answered 2xx for
+    /// nothing committed.
+    #[tokio::test]
+    async fn postgres_refuses_the_commit_of_a_failed_transaction() {
+        let shard = shard::<Postgres>("failed", 2).await;
+        let mut tx = shard.begin(true).await.unwrap();
+        insert(&mut tx, 1).await.unwrap();
+        let duplicate = insert(&mut tx, 1).await;
+        assert!(matches!(duplicate, Err(SqlError::ConstraintViolation(_))), "{duplicate:?}");
+        assert!(insert(&mut tx, 2).await.is_err());
+        let commit = tx.commit().await;
+        assert!(matches!(commit, Err(SqlError::ConstraintViolation(_))), "{commit:?}");
+        assert_eq!(ids(&shard).await, Vec::<i64>::new());
+    }
+
+    /// MariaDB ends a deadlock victim's transaction; with `autocommit = 0`
+    /// its next statement would open a new one, which the COMMIT would
+    /// then make durable: half a step. The victim refuses both instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb_refuses_statements_and_commit_after_a_deadlock() {
+        let shard = shard::<Mysql>("deadlock", 4).await;
+        let mut setup = shard.begin(true).await.unwrap();
+        insert(&mut setup, 1).await.unwrap();
+        insert(&mut setup, 2).await.unwrap();
+        setup.commit().await.unwrap();
+
+        let lock = "SELECT id FROM t WHERE id = ? FOR UPDATE";
+        let mut a = shard.begin(true).await.unwrap();
+        let mut b = shard.begin(true).await.unwrap();
+        a.query(lock, vec![Value::Int64(1)]).await.unwrap();
+        b.query(lock, vec![Value::Int64(2)]).await.unwrap();
+        // Each now wants the other's row: InnoDB picks a victim at once.
+        let (ra, rb) = tokio::join!(a.query(lock, vec![Value::Int64(2)]), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            b.query(lock, vec![Value::Int64(1)]).await
+        });
+        let (mut victim, survivor, error) = match (ra, rb) {
+            (Err(e), Ok(_)) => (a, b, e),
+            (Ok(_), Err(e)) => (b, a, e),
+            other => panic!("expected one deadlock victim, got {other:?}"),
+        };
+        assert!(matches!(error, SqlError::Conflict(_)), "{error:?}");
+        assert!(matches!(insert(&mut victim, 3).await, Err(SqlError::Conflict(_))));
+        assert!(matches!(victim.commit().await, Err(SqlError::Conflict(_))));
+        survivor.commit().await.unwrap();
+        assert_eq!(ids(&shard).await, vec![1, 2], "nothing of the victim's");
     }
 }

@@ -52,7 +52,7 @@ pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
 
 /// Opens a shard connection with the same settings as [`durable_options`],
 /// foreign keys on and a statement deadline.
-fn connect(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
+pub(crate) fn connect(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -258,7 +258,7 @@ impl Drop for ReadTx {
 
 /// Runs `f` where it may block (a lock wait, an fsync): on a multi-thread
 /// runtime the worker's other tasks move to another thread meanwhile.
-pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
