@@ -110,7 +110,15 @@ async fn a_broker_outage_delays_events_but_loses_none(backend: Backend) {
     wait_for(SETTLE, "the backlog to drain after the outage", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;
     let rows = outbox_rows(&host, SHARDS).await as usize;
-    assert_eq!(published_once(kafka, rows).await, (rows, rows));
+    // Across an outage delivery is at-least-once, as DESIGN.md rule 7 has
+    // it: a batch the broker stored but whose acknowledgement the cut lost
+    // is sent again, by a new producer whose idempotence does not cover
+    // the old one's writes (docs/ARCHITECTURE.md, "Found with tansu 0.6").
+    // So every event is on the topic, perhaps twice; its effects count
+    // once (processed events), which the money invariants check.
+    let (records, distinct) = published_once(kafka, rows).await;
+    assert_eq!(distinct, rows, "every outbox row published");
+    assert!(records >= rows, "{records} records for {rows} rows");
     assert_money_invariants(&host, SHARDS).await;
 }
 
