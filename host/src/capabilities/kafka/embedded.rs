@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use sqlx::ConnectOptions;
 use tokio::sync::Mutex;
 
@@ -92,53 +92,61 @@ impl EventLog {
     }
 
     async fn append(&self, messages: Vec<Message>) -> rusqlite::Result<Vec<Delivery>> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let mut conn = self.writer.lock().await;
         // May wait for another process's write lock, and fsyncs at COMMIT.
         blocking(|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut deliveries = Vec::with_capacity(messages.len());
-            {
-                let mut end = tx.prepare_cached(
-                    r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
-                )?;
-                let mut insert = tx.prepare_cached(
-                    r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)"#,
-                )?;
-                // Each partition's end is read once per batch (the write lock
-                // is held, so nobody else appends meanwhile) and counted on.
-                let mut ends: Vec<(String, i32, i64)> = Vec::new();
-                for message in messages {
-                    let partition = self.partition_for(message.key.as_deref());
-                    let offset =
-                        match ends.iter_mut().find(|(t, p, _)| *t == message.topic && *p == partition) {
-                            Some((_, _, next)) => {
-                                *next += 1;
-                                *next
-                            }
-                            None => {
-                                let next: i64 =
-                                    end.query_row(params![message.topic, partition], |r| r.get(0))?;
-                                ends.push((message.topic.clone(), partition, next));
-                                next
-                            }
-                        };
-                    insert.execute(params![
-                        message.topic,
-                        partition,
-                        offset,
-                        message.key,
-                        message.value,
-                        encode_headers(&message.headers),
-                        now
-                    ])?;
-                    deliveries.push(Delivery { partition, offset });
-                }
-            }
+            let deliveries = self.insert_records(&tx, messages)?;
             tx.commit()?;
             Ok(deliveries)
         })
+    }
+
+    /// Writes `messages` at the ends of their partitions inside `tx`, which
+    /// holds the write lock.
+    fn insert_records(
+        &self,
+        tx: &rusqlite::Transaction,
+        messages: Vec<Message>,
+    ) -> rusqlite::Result<Vec<Delivery>> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut end = tx.prepare_cached(
+            r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ? AND partition = ?"#,
+        )?;
+        let mut insert = tx.prepare_cached(
+            r#"INSERT INTO records (topic, partition, "offset", key, value, headers, appended_at_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?)"#,
+        )?;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        // Each partition's end is read once per batch (the write lock is
+        // held, so nobody else appends meanwhile) and counted on from there.
+        let mut ends: Vec<(String, i32, i64)> = Vec::new();
+        for message in messages {
+            let partition = self.partition_for(message.key.as_deref());
+            let offset = match ends.iter_mut().find(|(t, p, _)| *t == message.topic && *p == partition) {
+                Some((_, _, next)) => {
+                    *next += 1;
+                    *next
+                }
+                None => {
+                    let next: i64 = end.query_row(params![message.topic, partition], |r| r.get(0))?;
+                    ends.push((message.topic.clone(), partition, next));
+                    next
+                }
+            };
+            let headers = encode_headers(&message.headers);
+            insert.execute(params![
+                message.topic,
+                partition,
+                offset,
+                message.key,
+                message.value,
+                headers,
+                now
+            ])?;
+            deliveries.push(Delivery { partition, offset });
+        }
+        Ok(deliveries)
     }
 
     /// Up to `max` records of one partition from the group's committed position.
@@ -190,7 +198,7 @@ impl EventLog {
 
     pub async fn ping(&self) -> bool {
         let conn = self.reader.lock().await;
-        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).optional().is_ok()
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok()
     }
 }
 

@@ -21,7 +21,7 @@ use sqlx::pool::Pool;
 use sqlx::{Arguments, ConnectOptions, Executor, Row};
 
 use super::runtime_config::ServerConfig;
-use super::server::{pool_options, BoxFuture, Driver};
+use super::server::{pool_options, Driver};
 use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
@@ -47,18 +47,6 @@ impl Driver for Mysql {
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
-    }
-
-    /// On one connection, ended with a COMMIT: sqlx records each
-    /// migration's run time after its transaction, which with
-    /// `autocommit = 0` would stay open for the connection's next user.
-    fn migrate(pool: &Pool<MySql>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(async move {
-            let mut conn = pool.acquire().await?;
-            MIGRATOR.run_direct(&mut *conn).await?;
-            conn.execute("COMMIT").await?;
-            Ok(())
-        })
     }
 
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<MySql>> {

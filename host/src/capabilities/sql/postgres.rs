@@ -18,7 +18,7 @@ use sqlx::{Arguments, ConnectOptions, Encode, Row, Type};
 
 use super::placeholders;
 use super::runtime_config::ServerConfig;
-use super::server::{pool_options, BoxFuture, Driver};
+use super::server::{pool_options, Driver};
 use super::{errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
@@ -37,10 +37,6 @@ impl Driver for Postgres {
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
-    }
-
-    fn migrate(pool: &Pool<Pg>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> {
-        Box::pin(MIGRATOR.run(pool))
     }
 
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Pg>> {

@@ -20,18 +20,16 @@ use sqlx::{Database, Executor, IntoArguments, Row};
 
 use super::errors;
 use super::runtime_config::ServerConfig;
-use super::warm::{AcquireError, Held, Warm, PING_IF_IDLE_FOR};
+use super::warm::{Held, Warm, PING_IF_IDLE_FOR};
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
-
-/// A boxed future, as the [`Driver`] methods return them.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What one dialect supplies.
 pub trait Driver: Send + Sync + 'static {
     type Db: Database;
     /// Whether any failed statement ends the server's transaction
-    /// (PostgreSQL's "current transaction is aborted"); otherwise only the
-    /// failures [`ends_transaction`] names do.
+    /// (PostgreSQL's "current transaction is aborted"); otherwise every
+    /// failure but a constraint violation or a bad statement does (see
+    /// [`ServerTx`]).
     const ERROR_ABORTS_TRANSACTION: bool;
 
     /// The statement that opens a transaction, or `None` where the session
@@ -41,9 +39,6 @@ pub trait Driver: Send + Sync + 'static {
 
     /// The dialect's migrations (`infra/migrations/<dialect>`).
     fn migrator() -> &'static Migrator;
-    /// Applies [`migrator`](Self::migrator)'s migrations, leaving no
-    /// transaction open on the pool's connections.
-    fn migrate(pool: &Pool<Self::Db>) -> BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>>;
     /// A pool, not yet connected, with the session settings of `config`.
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Self::Db>>;
     /// The statement as the server wants it (placeholder style).
@@ -159,11 +154,7 @@ where
         if let Some(why) = self.not_ready() {
             return Err(SqlError::Unavailable(why));
         }
-        let held = match self.warm.acquire(&self.pool).await {
-            Ok(held) => held,
-            Err(AcquireError::TimedOut) => return Err(map::<D>(sqlx::Error::PoolTimedOut)),
-            Err(AcquireError::Pool(e)) => return Err(map::<D>(e)),
-        };
+        let held = self.warm.acquire(&self.pool).await.map_err(map::<D>)?;
         let mut tx = ServerTx { held: Some(held), warm: self.warm.clone(), doomed: None, ended: false };
         if let Some(begin) = D::begin_statement(write) {
             // On failure `tx` drops unended: its connection is closed.
@@ -186,6 +177,7 @@ async fn prepare_until_ready<D: Driver>(
     first_attempt: tokio::sync::oneshot::Sender<()>,
 ) where
     <D::Db as Database>::Connection: Migrate,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
 {
     let mut backoff = Duration::from_millis(500);
     let mut first_attempt = Some(first_attempt);
@@ -218,10 +210,11 @@ async fn prepare_until_ready<D: Driver>(
 async fn prepare<D: Driver>(pool: &Pool<D::Db>, migrate: bool) -> anyhow::Result<()>
 where
     <D::Db as Database>::Connection: Migrate,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
 {
     if migrate {
         // sqlx takes an advisory lock, so hosts starting together migrate once.
-        D::migrate(pool).await?;
+        run_migrations::<D>(pool).await?;
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
@@ -242,14 +235,33 @@ where
     Ok(())
 }
 
+/// Applies the dialect's migrations on one connection of `pool`. Where
+/// transactions open implicitly (MariaDB, `autocommit = 0`), a COMMIT ends
+/// what sqlx leaves open: it records a migration's run time after the
+/// migration's transaction, which would otherwise wait on the connection
+/// for its next user to commit.
+async fn run_migrations<D: Driver>(pool: &Pool<D::Db>) -> anyhow::Result<()>
+where
+    <D::Db as Database>::Connection: Migrate,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+{
+    let mut conn = pool.acquire().await?;
+    D::migrator().run_direct(&mut *conn).await?;
+    if D::begin_statement(true).is_none() {
+        Executor::execute(&mut *conn, "COMMIT").await?;
+    }
+    Ok(())
+}
+
 /// Runs the dialect's migrations on `url` and lists what is applied.
 pub async fn migrate<D: Driver>(name: &str, config: &ServerConfig) -> anyhow::Result<Vec<i64>>
 where
     <D::Db as Database>::Connection: Migrate,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
 {
     let url = config.url(name)?;
     let pool = D::pool(&url, config)?;
-    D::migrate(&pool).await?;
+    run_migrations::<D>(&pool).await?;
     let mut conn = pool.acquire().await?;
     let applied = conn.list_applied_migrations().await?.into_iter().map(|m| m.version).collect();
     Ok(applied)
@@ -271,12 +283,12 @@ where
 /// its `ServerTx`. One dropped before that (cancelled, or its end failed)
 /// has its connection closed, and the server rolls back.
 pub struct ServerTx<D: Driver> {
-    /// Present until drop.
+    /// Present until drop, which parks or closes it.
     held: Option<Held<D::Db>>,
     warm: Arc<Warm<D::Db>>,
     /// The failure that ended the server's transaction, if one did.
     doomed: Option<SqlError>,
-    /// COMMIT or ROLLBACK went through.
+    /// COMMIT or ROLLBACK went through: the connection may be parked.
     ended: bool,
 }
 
@@ -285,14 +297,12 @@ where
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
 {
+    /// The connection, unless the transaction is doomed.
     fn conn_mut(&mut self) -> Result<&mut <D::Db as Database>::Connection, SqlError> {
         if let Some(doomed) = &self.doomed {
             return Err(doomed.clone());
         }
-        match self.held.as_mut() {
-            Some(held) if !self.ended => Ok(&mut *held.conn),
-            _ => Err(SqlError::Unavailable("the transaction has ended".into())),
-        }
+        Ok(&mut *self.held.as_mut().expect("a ServerTx holds its connection until it drops").conn)
     }
 
     /// Records `e` as the transaction's end if it ended it.
@@ -336,7 +346,7 @@ where
 
     pub async fn rollback(mut self) {
         // Also after a doom: ROLLBACK ends what is left, and the connection stays.
-        let Some(held) = self.held.as_mut().filter(|_| !self.ended) else { return };
+        let Some(held) = self.held.as_mut() else { return };
         match Executor::execute(&mut *held.conn, "ROLLBACK").await {
             Ok(_) => self.ended = true,
             Err(e) => tracing::warn!(error = %e, "rollback failed; the connection is closed"),
@@ -394,6 +404,26 @@ mod transaction_tests {
     use super::super::mysql::Mysql;
     use super::super::postgres::Postgres;
     use super::*;
+
+    /// Runs each generic scenario on both servers, as tests `<fn>::mariadb`
+    /// and `<fn>::postgres` (the naming of the black-box tests'
+    /// `on_server_backends!`), on a database named after `db`.
+    macro_rules! on_servers {
+        ($($name:ident: $db:literal),* $(,)?) => {$(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mariadb() { super::$name::<Mysql>($db).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { super::$name::<Postgres>($db).await }
+            }
+        )*};
+    }
+
+    on_servers!(
+        a_transaction_dropped_unended_leaves_nothing: "dropped",
+        more_transactions_than_connections_take_turns: "turns",
+    );
 
     fn config(url: String) -> ServerConfig {
         ServerConfig {
@@ -489,16 +519,6 @@ mod transaction_tests {
         assert_eq!(ids(&shard).await, vec![3], "only the committed transaction's row");
     }
 
-    #[tokio::test]
-    async fn a_transaction_dropped_unended_leaves_nothing_mysql() {
-        a_transaction_dropped_unended_leaves_nothing::<Mysql>("dropped").await;
-    }
-
-    #[tokio::test]
-    async fn a_transaction_dropped_unended_leaves_nothing_postgres() {
-        a_transaction_dropped_unended_leaves_nothing::<Postgres>("dropped").await;
-    }
-
     /// Parked connections (warm.rs) and sqlx's pool share one limit: many
     /// more transactions than connections, committed, rolled back or
     /// dropped, all get a connection in turn, and none waits for a parked
@@ -531,16 +551,6 @@ mod transaction_tests {
         }
         let committed: Vec<i64> = (0..60).filter(|id| id % 3 == 0).collect();
         assert_eq!(ids(&*shard).await, committed);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn more_transactions_than_connections_take_turns_mysql() {
-        more_transactions_than_connections_take_turns::<Mysql>("turns").await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn more_transactions_than_connections_take_turns_postgres() {
-        more_transactions_than_connections_take_turns::<Postgres>("turns").await;
     }
 
     #[tokio::test]

@@ -54,14 +54,6 @@ pub struct Held<DB: Database> {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Why no connection could be had.
-pub enum AcquireError {
-    /// Every permit stayed taken for the acquire timeout.
-    TimedOut,
-    /// sqlx could not hand one out.
-    Pool(sqlx::Error),
-}
-
 impl<DB: Database> Warm<DB> {
     /// For a pool of `size` connections.
     pub fn new(size: u32, acquire_timeout: Duration, max_lifetime: Duration) -> Self {
@@ -73,12 +65,13 @@ impl<DB: Database> Warm<DB> {
         }
     }
 
-    /// A parked connection, or one from `pool`.
-    pub async fn acquire(&self, pool: &Pool<DB>) -> Result<Held<DB>, AcquireError> {
+    /// A parked connection, or one from `pool`. Waiting past the acquire
+    /// timeout is sqlx's `PoolTimedOut`, as it would be inside sqlx.
+    pub async fn acquire(&self, pool: &Pool<DB>) -> Result<Held<DB>, sqlx::Error> {
         let permit = tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
             .await
-            .map_err(|_| AcquireError::TimedOut)?
-            .map_err(|_| AcquireError::TimedOut)?;
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         while let Some(parked) = self.pop() {
             if parked.since.elapsed() < PING_IF_IDLE_FOR && parked.out_since.elapsed() < self.max_lifetime {
                 return Ok(Held { conn: parked.conn, out_since: parked.out_since, _permit: permit });
@@ -87,10 +80,8 @@ impl<DB: Database> Warm<DB> {
             drop(parked.conn);
         }
         // Within the permit sqlx has a connection for us, or room for one.
-        let conn = tokio::time::timeout(self.acquire_timeout, pool.acquire())
-            .await
-            .map_err(|_| AcquireError::TimedOut)?
-            .map_err(AcquireError::Pool)?;
+        // (sqlx applies the same acquire timeout.)
+        let conn = pool.acquire().await?;
         Ok(Held { conn, out_since: Instant::now(), _permit: permit })
     }
 
