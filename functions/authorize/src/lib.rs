@@ -1,6 +1,7 @@
 //! POST /payments/authorize: creates a payment, AUTHORIZED or DECLINED.
 
 use payfn_sdk::http::{Request, Response};
+use payfn_sdk::sql::Batch;
 use payfn_sdk::ApiError;
 use payments::ledger::{Posting, AUTHORIZATION_HOLD, MERCHANT_PENDING};
 use payments::{clock, events, input, money, store, Payment, Status};
@@ -43,15 +44,25 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
         version: 0,
         refunds: Vec::new(),
     };
-    store::insert(&payment)?;
+    // The payment, its posting and its event: one batch of writes.
+    let mut writes = Batch::new();
+    store::insert(&mut writes, &payment);
     if declined {
         let data = json!({"status": "DECLINED", "reason": "amount_over_limit", "orderId": payment.order_id});
-        events::emit(&payment, "payment.declined", amount, data, req.traceparent())?;
+        events::emit(&mut writes, &payment, "payment.declined", amount, data, req.traceparent());
     } else {
         Posting::new(&payment, "authorize")
             .transfer(AUTHORIZATION_HOLD, MERCHANT_PENDING, amount)
-            .write(&now)?;
-        events::emit(&payment, "payment.authorized", amount, events::state(&payment), req.traceparent())?;
+            .write(&mut writes, &now);
+        events::emit(
+            &mut writes,
+            &payment,
+            "payment.authorized",
+            amount,
+            events::state(&payment),
+            req.traceparent(),
+        );
     }
+    writes.run()?;
     Ok(payment.response(201))
 }

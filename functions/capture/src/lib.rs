@@ -1,6 +1,7 @@
 //! POST /payments/{id}/capture: captures all or part of an authorization, once.
 
 use payfn_sdk::http::{Request, Response};
+use payfn_sdk::sql::Batch;
 use payfn_sdk::ApiError;
 use payments::ledger::{
     Posting, AUTHORIZATION_HOLD, MERCHANT_PAYABLE, MERCHANT_PENDING, PROCESSOR_RECEIVABLE,
@@ -34,11 +35,13 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     next.captured_amount = amount;
     next.updated_at = clock::now();
     store::update(&prev, &mut next)?;
+    let mut writes = Batch::new();
     // The whole hold is released; an uncaptured remainder goes back to the card.
     Posting::new(&next, "capture")
         .transfer(MERCHANT_PENDING, AUTHORIZATION_HOLD, prev.amount)
         .transfer(PROCESSOR_RECEIVABLE, MERCHANT_PAYABLE, amount)
-        .write(&next.updated_at)?;
-    events::emit(&next, "payment.captured", amount, events::state(&next), req.traceparent())?;
+        .write(&mut writes, &next.updated_at);
+    events::emit(&mut writes, &next, "payment.captured", amount, events::state(&next), req.traceparent());
+    writes.run()?;
     Ok(next.response(200))
 }

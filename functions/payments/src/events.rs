@@ -1,20 +1,21 @@
 //! Payment events, in the format of API.md, written to the outbox.
 
 use payfn_sdk::outbox::{self, Event};
-use payfn_sdk::ApiError;
+use payfn_sdk::sql::Batch;
 use serde_json::{json, Value};
 
 use crate::{clock, Payment};
 
-/// Writes one event about `payment` to the outbox. `amount` is the amount of
+/// Adds one event about `payment` to the outbox writes. `amount` is the amount of
 /// this change (the refund's amount for a refund); `data` carries the rest.
 pub fn emit(
+    writes: &mut Batch,
     payment: &Payment,
     event_type: &'static str,
     amount: i64,
     data: Value,
     traceparent: Option<&str>,
-) -> Result<(), ApiError> {
+) {
     let id = clock::new_id("evt");
     let payload = json!({
         "eventId": id,
@@ -26,15 +27,18 @@ pub fn emit(
         "occurredAt": payment.updated_at,
         "data": data,
     });
-    outbox::emit(&Event {
-        id,
-        event_type,
-        aggregate_id: payment.id.clone(),
-        merchant_id: payment.merchant_id,
-        payload,
-        created_at: payment.updated_at.clone(),
-        traceparent: traceparent.map(str::to_string),
-    })
+    outbox::emit(
+        writes,
+        &Event {
+            id,
+            event_type,
+            aggregate_id: payment.id.clone(),
+            merchant_id: payment.merchant_id,
+            payload,
+            created_at: payment.updated_at.clone(),
+            traceparent: traceparent.map(str::to_string),
+        },
+    );
 }
 
 /// The payment's state after the change, as every event's `data` carries it.

@@ -11,7 +11,7 @@
 //! So per merchant: `authorization_hold` sums to the amount of AUTHORIZED
 //! payments and `-merchant_payable` to captured minus refunded.
 
-use payfn_sdk::{sql, ApiError};
+use payfn_sdk::sql::Batch;
 
 use crate::{clock, Payment};
 
@@ -40,9 +40,9 @@ impl<'a> Posting<'a> {
         self
     }
 
-    /// Writes the entries. The posting must balance; a bug that breaks this
-    /// traps the component and rolls everything back.
-    pub fn write(self, at: &str) -> Result<(), ApiError> {
+    /// Adds the entries to `writes`. The posting must balance; a bug that
+    /// breaks this traps the component and rolls everything back.
+    pub fn write(self, writes: &mut Batch, at: &str) {
         let posting_id = &clock::new_id("pst");
         let sum: i64 = self.entries.iter().map(|(_, a)| a).sum();
         assert_eq!(sum, 0, "unbalanced posting {posting_id}");
@@ -64,15 +64,14 @@ impl<'a> Posting<'a> {
                 at.into(),
             ]);
         }
-        let written = sql::execute(
-            &format!(
+        writes.push(
+            format!(
                 "INSERT INTO ledger_entries \
                  (posting_id, kind, payment_id, merchant_id, account, amount, currency, created_at) \
                  VALUES {rows}"
             ),
-            &params,
-        )?;
-        assert_eq!(written, self.entries.len() as u64, "posting {posting_id} wrote {written} entries");
-        Ok(())
+            params,
+            self.entries.len() as u64,
+        );
     }
 }

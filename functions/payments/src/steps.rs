@@ -1,5 +1,6 @@
 //! State changes shared by more than one component.
 
+use payfn_sdk::sql::Batch;
 use payfn_sdk::ApiError;
 use serde_json::Value;
 
@@ -17,13 +18,15 @@ pub fn void(prev: &Payment, reason: &str, traceparent: Option<&str>) -> Result<P
     next.status = Status::Voided;
     next.updated_at = clock::now();
     store::update(prev, &mut next)?;
+    let mut writes = Batch::new();
     Posting::new(&next, "void")
         .transfer(MERCHANT_PENDING, AUTHORIZATION_HOLD, prev.amount)
-        .write(&next.updated_at)?;
+        .write(&mut writes, &next.updated_at);
     let mut data = events::state(&next);
     if let Value::Object(map) = &mut data {
         map.insert("reason".into(), reason.into());
     }
-    events::emit(&next, "payment.voided", prev.amount, data, traceparent)?;
+    events::emit(&mut writes, &next, "payment.voided", prev.amount, data, traceparent);
+    writes.run()?;
     Ok(next)
 }

@@ -1,6 +1,6 @@
 //! Reading and writing payment rows in the invocation's transaction.
 
-use payfn_sdk::sql::{self, Row};
+use payfn_sdk::sql::{self, Batch, Row};
 use payfn_sdk::ApiError;
 
 use crate::{Payment, Refund, Status};
@@ -65,12 +65,12 @@ pub fn load(merchant_id: i64, id: &str, lock: bool) -> Result<Payment, ApiError>
     Ok(payment)
 }
 
-/// Inserts a new payment.
-pub fn insert(p: &Payment) -> Result<(), ApiError> {
+/// Adds the insert of a new payment to `writes`.
+pub fn insert(writes: &mut Batch, p: &Payment) {
     p.assert_invariants();
-    sql::execute(
-        &format!("INSERT INTO payments ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-        &[
+    writes.push(
+        format!("INSERT INTO payments ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        vec![
             p.id.as_str().into(),
             p.merchant_id.into(),
             p.status.as_str().into(),
@@ -84,8 +84,8 @@ pub fn insert(p: &Payment) -> Result<(), ApiError> {
             p.updated_at.as_str().into(),
             p.version.into(),
         ],
-    )?;
-    Ok(())
+        1,
+    );
 }
 
 /// Writes `next`, the new state of `prev`, if nobody changed `prev` since it
@@ -118,11 +118,11 @@ pub fn update(prev: &Payment, next: &mut Payment) -> Result<(), ApiError> {
     }
 }
 
-/// Inserts a refund row.
-pub fn insert_refund(payment: &Payment, refund: &Refund) -> Result<(), ApiError> {
-    sql::execute(
+/// Adds the insert of a refund row to `writes`.
+pub fn insert_refund(writes: &mut Batch, payment: &Payment, refund: &Refund) {
+    writes.push(
         "INSERT INTO refunds (id, payment_id, merchant_id, amount, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        &[
+        vec![
             refund.id.as_str().into(),
             payment.id.as_str().into(),
             payment.merchant_id.into(),
@@ -130,6 +130,6 @@ pub fn insert_refund(payment: &Payment, refund: &Refund) -> Result<(), ApiError>
             refund.reason.clone().into(),
             refund.created_at.as_str().into(),
         ],
-    )?;
-    Ok(())
+        1,
+    );
 }

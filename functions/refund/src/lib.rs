@@ -2,6 +2,7 @@
 //! refundable; repeatable until the payment is fully refunded.
 
 use payfn_sdk::http::{Request, Response};
+use payfn_sdk::sql::Batch;
 use payfn_sdk::ApiError;
 use payments::ledger::{Posting, MERCHANT_PAYABLE, PROCESSOR_RECEIVABLE};
 use payments::{clock, events, input, store, Refund, Status};
@@ -41,16 +42,18 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     };
     next.updated_at = now;
     store::update(&prev, &mut next)?;
-    store::insert_refund(&next, &refund)?;
+    let mut writes = Batch::new();
+    store::insert_refund(&mut writes, &next, &refund);
     Posting::new(&next, "refund")
         .transfer(MERCHANT_PAYABLE, PROCESSOR_RECEIVABLE, amount)
-        .write(&next.updated_at)?;
+        .write(&mut writes, &next.updated_at);
     let mut data = events::state(&next);
     if let Value::Object(map) = &mut data {
         map.insert("refundId".into(), refund.id.clone().into());
         map.insert("reason".into(), refund.reason.clone().into());
     }
     next.refunds.push(refund);
-    events::emit(&next, "payment.refunded", amount, data, req.traceparent())?;
+    events::emit(&mut writes, &next, "payment.refunded", amount, data, req.traceparent());
+    writes.run()?;
     Ok(next.response(200))
 }

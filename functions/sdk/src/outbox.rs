@@ -2,8 +2,7 @@
 //! transaction as the change it reports, so it exists if and only if the
 //! change committed. The relay publishes it later.
 
-use crate::error::ApiError;
-use crate::sql;
+use crate::sql::Batch;
 
 /// One event to publish.
 #[derive(Debug, Clone)]
@@ -23,12 +22,13 @@ pub struct Event {
     pub traceparent: Option<String>,
 }
 
-/// Writes `event` into the shard's outbox inside the current transaction.
-pub fn emit(event: &Event) -> Result<(), ApiError> {
-    sql::execute(
+/// Adds `event`'s outbox row to `writes`, which commit with the change it
+/// reports.
+pub fn emit(writes: &mut Batch, event: &Event) {
+    writes.push(
         "INSERT INTO outbox (event_id, aggregate_id, merchant_id, event_type, payload, created_at, traceparent) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-        &[
+        vec![
             event.id.as_str().into(),
             event.aggregate_id.as_str().into(),
             event.merchant_id.into(),
@@ -37,6 +37,6 @@ pub fn emit(event: &Event) -> Result<(), ApiError> {
             event.created_at.as_str().into(),
             event.traceparent.clone().into(),
         ],
-    )?;
-    Ok(())
+        1,
+    );
 }

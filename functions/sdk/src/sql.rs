@@ -139,6 +139,77 @@ pub fn execute(statement: &str, params: &[Value]) -> Result<u64, ApiError> {
     host::execute(statement, params).map_err(to_api_error)
 }
 
+/// Writes sent to the shard together, in order: one host call for all of
+/// them and, on a database server, one network round trip instead of one
+/// per statement. A step reads first, then collects its writes here and
+/// runs them once.
+///
+/// Each write states how many rows it must change. Anything else is a bug
+/// (an INSERT changes the rows it lists, or fails), so [`Batch::run`]
+/// asserts it: the trap rolls the invocation back. So is a batch with
+/// writes that is dropped without being run or [discarded](Batch::discard):
+/// its writes would be lost without a word, so the drop traps too.
+#[derive(Debug, Default)]
+pub struct Batch {
+    statements: Vec<host::Statement>,
+    expected: Vec<u64>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a write that must change exactly `rows` rows.
+    pub fn push(&mut self, statement: impl Into<String>, params: Vec<Value>, rows: u64) {
+        self.statements.push(host::Statement { sql: statement.into(), params });
+        self.expected.push(rows);
+    }
+
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// Runs the writes. On an error the ones before it stay in the
+    /// transaction; the error maps to a 5xx (or the caller returns one), so
+    /// the host rolls them back.
+    pub fn run(mut self) -> Result<(), ApiError> {
+        let statements = std::mem::take(&mut self.statements);
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let changed = host::execute_batch(&statements).map_err(to_api_error)?;
+        assert_eq!(
+            changed.len(),
+            self.expected.len(),
+            "a batch answered {} of its statements",
+            changed.len()
+        );
+        for ((statement, expected), changed) in statements.iter().zip(&self.expected).zip(&changed) {
+            assert_eq!(changed, expected, "`{}` changed {changed} rows, not {expected}", statement.sql);
+        }
+        Ok(())
+    }
+
+    /// Drops the writes on purpose (the step gives up before writing).
+    pub fn discard(mut self) {
+        self.statements.clear();
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let unrun = self.statements.len();
+        if unrun > 0 && !std::thread::panicking() {
+            panic!("a batch of {unrun} writes was dropped without run() or discard(): they would be lost");
+        }
+    }
+}
+
 /// The shard's dialect.
 pub fn dialect() -> Dialect {
     host::shard_dialect()

@@ -10,6 +10,7 @@
 
 use payfn_sdk::bindings::exports::payfn::host::event_handler::Event;
 use payfn_sdk::outbox::{self, Event as OutboxEvent};
+use payfn_sdk::sql::Batch;
 use payfn_sdk::ApiError;
 use payments::clock;
 use payments::settlement::{self, Settlement};
@@ -61,27 +62,32 @@ fn apply(event: &Event) -> Result<(), ApiError> {
         map.insert("date".into(), day.into());
         map.insert("sourceEventId".into(), payload["eventId"].clone());
     }
-    outbox::emit(&OutboxEvent {
-        id: event_id.clone(),
-        event_type: "settlement.updated",
-        aggregate_id: format!("stl_{merchant_id}_{day}_{currency}"),
-        merchant_id,
-        payload: json!({
-            "eventId": event_id,
-            "type": "settlement.updated",
-            "paymentId": payload["paymentId"],
-            "merchantId": merchant_id,
-            "amount": next.net,
-            "currency": currency,
-            "occurredAt": next.updated_at,
-            "data": data,
-        }),
-        created_at: next.updated_at.clone(),
-        // Carry the trace of the payment request that caused this update.
-        traceparent: event
-            .headers
-            .iter()
-            .find(|(k, _)| k == "traceparent")
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok()),
-    })
+    let mut writes = Batch::new();
+    outbox::emit(
+        &mut writes,
+        &OutboxEvent {
+            id: event_id.clone(),
+            event_type: "settlement.updated",
+            aggregate_id: format!("stl_{merchant_id}_{day}_{currency}"),
+            merchant_id,
+            payload: json!({
+                "eventId": event_id,
+                "type": "settlement.updated",
+                "paymentId": payload["paymentId"],
+                "merchantId": merchant_id,
+                "amount": next.net,
+                "currency": currency,
+                "occurredAt": next.updated_at,
+                "data": data,
+            }),
+            created_at: next.updated_at.clone(),
+            // Carry the trace of the payment request that caused this update.
+            traceparent: event
+                .headers
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok()),
+        },
+    );
+    writes.run()
 }

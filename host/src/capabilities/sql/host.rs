@@ -1,6 +1,6 @@
 //! The WIT host implementation of `payfn:host/sql`, and nothing else.
 
-use crate::bindings::sql::{Dialect, Error, Host, RowSet, Value};
+use crate::bindings::sql::{Dialect, Error, Host, RowSet, Statement, Value};
 
 use super::SqlState;
 
@@ -11,6 +11,10 @@ impl Host for SqlState {
 
     async fn execute(&mut self, statement: String, params: Vec<Value>) -> Result<u64, Error> {
         self.tx()?.execute(&statement, params).await
+    }
+
+    async fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, Error> {
+        self.tx()?.execute_batch(statements).await
     }
 
     async fn shard_dialect(&mut self) -> Dialect {

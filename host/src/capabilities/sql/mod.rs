@@ -5,6 +5,7 @@
 //! to commit or roll back (DESIGN.md rule 2). A component can only reach the
 //! transaction it was given, so it never sees another shard.
 
+mod batch;
 mod checkpoint;
 mod errors;
 mod group_commit;

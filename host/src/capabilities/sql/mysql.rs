@@ -11,6 +11,7 @@
 //! accept both (the SDK's `Row::bytes`, the host's idempotency lookup).
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::str::FromStr;
 
 use sqlx::error::DatabaseError;
@@ -20,9 +21,10 @@ use sqlx::mysql::{
 use sqlx::pool::Pool;
 use sqlx::{Arguments, ConnectOptions, Executor, Row};
 
+use super::placeholders::{self, Syntax};
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
-use super::{errors, values};
+use super::{batch, errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/mysql");
@@ -80,8 +82,38 @@ impl Driver for Mysql {
             .connect_lazy_with(options))
     }
 
+    const SYNTAX: Syntax = placeholders::MYSQL;
+
     fn statement(statement: &str) -> Cow<'_, str> {
         Cow::Borrowed(statement)
+    }
+
+    /// Text and bytes as hex (`_utf8mb4 X'…'`, `X'…'`): no value can close
+    /// its literal, whatever the session's `sql_mode` says about
+    /// backslashes. Negative numbers in parentheses.
+    fn literal(value: &Value, out: &mut String) -> Result<(), SqlError> {
+        match value {
+            Value::Null => out.push_str("NULL"),
+            Value::Int64(v) if *v < 0 => write!(out, "({v})").expect("writing to a String"),
+            Value::Int64(v) => write!(out, "{v}").expect("writing to a String"),
+            Value::Float64(v) if !v.is_finite() => {
+                return Err(SqlError::InvalidStatement(format!("MariaDB cannot store the number {v}")))
+            }
+            Value::Float64(v) if v.is_sign_negative() => write!(out, "({v:e})").expect("writing to a String"),
+            Value::Float64(v) => write!(out, "{v:e}").expect("writing to a String"),
+            Value::Text(v) => {
+                out.push_str("_utf8mb4 X'");
+                batch::push_hex(out, v.as_bytes());
+                out.push('\'');
+            }
+            Value::Blob(v) => {
+                out.push_str("X'");
+                batch::push_hex(out, v);
+                out.push('\'');
+            }
+            Value::Boolean(v) => out.push_str(if *v { "TRUE" } else { "FALSE" }),
+        }
+        Ok(())
     }
 
     fn bind(params: Vec<Value>) -> Result<MySqlArguments, SqlError> {

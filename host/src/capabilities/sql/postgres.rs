@@ -5,6 +5,7 @@
 //! server infers their type from the column, as it does for `?` elsewhere.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::str::FromStr;
 
 use sqlx::encode::IsNull;
@@ -16,10 +17,10 @@ use sqlx::postgres::{
 };
 use sqlx::{Arguments, ConnectOptions, Encode, Row, Type};
 
-use super::placeholders;
+use super::placeholders::{self, Syntax};
 use super::runtime_config::ServerConfig;
 use super::server::{pool_options, Driver};
-use super::{errors, values};
+use super::{batch, errors, values};
 use crate::bindings::sql::{Error as SqlError, Value};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/postgres");
@@ -49,13 +50,55 @@ impl Driver for Postgres {
                 ("statement_timeout", statement.as_str()),
                 ("lock_timeout", lock.as_str()),
                 ("TimeZone", "UTC"),
+                // Backslashes in '…' are characters (the default since 9.1,
+                // pinned: batch.rs quotes text relying on it).
+                ("standard_conforming_strings", "on"),
             ])
             .disable_statement_logging();
         Ok(pool_options::<Pg>(config).connect_lazy_with(options))
     }
 
+    const SYNTAX: Syntax = placeholders::STANDARD;
+
     fn statement(statement: &str) -> Cow<'_, str> {
         placeholders::numbered(statement)
+    }
+
+    /// Quoted and cast to the type sqlx declares for a bound parameter;
+    /// text with its quotes doubled (the session has
+    /// `standard_conforming_strings = on`, so backslashes are characters).
+    fn literal(value: &Value, out: &mut String) -> Result<(), SqlError> {
+        match value {
+            Value::Null => out.push_str("NULL"),
+            Value::Int64(v) => write!(out, "'{v}'::int8").expect("writing to a String"),
+            Value::Float64(v) if v.is_nan() => out.push_str("'NaN'::float8"),
+            Value::Float64(v) if v.is_infinite() => {
+                out.push_str(if *v > 0.0 { "'Infinity'::float8" } else { "'-Infinity'::float8" })
+            }
+            Value::Float64(v) => write!(out, "'{v:e}'::float8").expect("writing to a String"),
+            Value::Text(v) if v.contains('\0') => {
+                return Err(SqlError::InvalidStatement(
+                    "PostgreSQL text cannot contain NUL characters".into(),
+                ))
+            }
+            Value::Text(v) => {
+                out.push('\'');
+                for c in v.chars() {
+                    if c == '\'' {
+                        out.push('\'');
+                    }
+                    out.push(c);
+                }
+                out.push_str("'::text");
+            }
+            Value::Blob(v) => {
+                out.push_str("'\\x");
+                batch::push_hex(out, v);
+                out.push_str("'::bytea");
+            }
+            Value::Boolean(v) => out.push_str(if *v { "TRUE" } else { "FALSE" }),
+        }
+        Ok(())
     }
 
     fn bind(params: Vec<Value>) -> Result<PgArguments, SqlError> {

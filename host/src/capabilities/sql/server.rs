@@ -13,15 +13,18 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::{Pool, PoolOptions};
 use sqlx::{Database, Executor, IntoArguments, Row};
 
+use super::batch;
 use super::errors;
+use super::placeholders::Syntax;
 use super::runtime_config::ServerConfig;
 use super::warm::{Held, Warm, PING_IF_IDLE_FOR};
-use crate::bindings::sql::{Error as SqlError, RowSet, Value};
+use crate::bindings::sql::{Error as SqlError, RowSet, Statement, Value};
 
 /// What one dialect supplies.
 pub trait Driver: Send + Sync + 'static {
@@ -41,8 +44,13 @@ pub trait Driver: Send + Sync + 'static {
     fn migrator() -> &'static Migrator;
     /// A pool, not yet connected, with the session settings of `config`.
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Self::Db>>;
+    /// How the dialect quotes and comments, for finding placeholders.
+    const SYNTAX: Syntax;
     /// The statement as the server wants it (placeholder style).
     fn statement(statement: &str) -> Cow<'_, str>;
+    /// Appends `value` to `out` as a literal of the type a bound parameter
+    /// would have, for a batch sent as text (batch.rs).
+    fn literal(value: &Value, out: &mut String) -> Result<(), SqlError>;
     /// The parameters, bound.
     fn bind(params: Vec<Value>) -> Result<<Self::Db as Database>::Arguments<'static>, SqlError>;
     /// One row as WIT values.
@@ -338,6 +346,41 @@ where
         }
     }
 
+    /// Runs `statements` in one round trip (batch.rs); a single statement
+    /// goes the prepared way, like [`execute`](Self::execute).
+    pub async fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, SqlError> {
+        let of = statements.len();
+        if of <= 1 {
+            let mut counts = Vec::with_capacity(of);
+            for Statement { sql, params } in statements {
+                counts.push(self.execute(&sql, params).await.map_err(|e| batch::in_batch(e, 0, of))?);
+            }
+            return Ok(counts);
+        }
+        let text = batch::render::<D>(&statements)?;
+        let mut counts = Vec::with_capacity(of);
+        let mut results = sqlx::raw_sql(&text).execute_many(self.conn_mut()?);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(done) => counts.push(D::rows_affected(&done)),
+                Err(e) => {
+                    drop(results);
+                    let e = batch::in_batch(map::<D>(e), counts.len(), of);
+                    return Err(self.check(e));
+                }
+            }
+        }
+        drop(results);
+        if counts.len() != of {
+            // Cannot happen with statements split as render() checks them;
+            // if it did, what ran is unknown, so nothing may commit.
+            let e = SqlError::Other(format!("a batch of {of} statements returned {} results", counts.len()));
+            self.doomed = Some(e.clone());
+            return Err(e);
+        }
+        Ok(counts)
+    }
+
     pub async fn commit(mut self) -> Result<(), SqlError> {
         Executor::execute(self.conn_mut()?, "COMMIT").await.map_err(map::<D>)?;
         self.ended = true;
@@ -423,6 +466,8 @@ mod transaction_tests {
     on_servers!(
         a_transaction_dropped_unended_leaves_nothing: "dropped",
         more_transactions_than_connections_take_turns: "turns",
+        a_batch_stores_what_bound_parameters_store: "batchvalues",
+        a_batch_counts_each_statement_and_stops_at_a_failure: "batchstops",
     );
 
     fn config(url: String) -> ServerConfig {
@@ -551,6 +596,124 @@ mod transaction_tests {
         }
         let committed: Vec<i64> = (0..60).filter(|id| id % 3 == 0).collect();
         assert_eq!(ids(&*shard).await, committed);
+    }
+
+    /// A batch writes its parameters in as literals (batch.rs): every value,
+    /// however hostile, must land exactly as the bound path stores it, and
+    /// none may change the statement around it.
+    async fn a_batch_stores_what_bound_parameters_store<D: Driver>(test: &str)
+    where
+        D::Db: MigrateDatabase,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        <D::Db as Database>::Connection: Migrate,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let shard = shard::<D>(test, 2).await;
+        let table = if <D::Db as Database>::NAME == "MySQL" {
+            "CREATE TABLE v (id BIGINT PRIMARY KEY, t VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+             b VARBINARY(200), i BIGINT, f DOUBLE, flag BOOLEAN, n BIGINT)"
+        } else {
+            "CREATE TABLE v (id BIGINT PRIMARY KEY, t TEXT, b BYTEA, i BIGINT, f DOUBLE PRECISION, \
+             flag BOOLEAN, n BIGINT)"
+        };
+        let mut tx = shard.begin(true).await.unwrap();
+        tx.execute(table, Vec::new()).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let insert = "INSERT INTO v (id, t, b, i, f, flag, n) VALUES (?, ?, ?, ?, ?, ?, ?)";
+        // `i - ?` with a negative parameter: `i - -5` would open a comment.
+        let update = "UPDATE v SET i = i - ?, f = f * ? WHERE id = ? AND t = ? -- ?\n";
+        let hostile = |id: i64| {
+            vec![
+                Value::Int64(id),
+                Value::Text("it's -- ?; DROP TABLE v; \\' \" ` # /* \\0 é 🦀 */".into()),
+                Value::Blob(vec![0, b'\'', b'\\', b'"', 0xff, b'\n', b'?']),
+                Value::Int64(i64::MIN + 10),
+                Value::Float64(-0.1),
+                Value::Boolean(true),
+                Value::Null,
+            ]
+        };
+        let update_params = |id: i64, text: &Value| {
+            vec![Value::Int64(-5), Value::Float64(-1.5e-300), Value::Int64(id), text.clone()]
+        };
+        let bound = hostile(1);
+        let batched = hostile(2);
+        let mut tx = shard.begin(true).await.unwrap();
+        tx.execute(insert, bound.clone()).await.unwrap();
+        assert_eq!(tx.execute(update, update_params(1, &bound[1])).await.unwrap(), 1);
+        let counts = tx
+            .execute_batch(vec![
+                Statement { sql: insert.into(), params: batched.clone() },
+                Statement { sql: update.into(), params: update_params(2, &batched[1]) },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(counts, vec![1, 1]);
+        tx.commit().await.unwrap();
+
+        let mut tx = shard.begin(false).await.unwrap();
+        let rows = tx.query("SELECT t, b, i, f, flag, n FROM v ORDER BY id", Vec::new()).await.unwrap();
+        tx.commit().await.unwrap();
+        let [row_bound, row_batched] = rows.rows.as_slice() else { panic!("two rows expected: {rows:?}") };
+        assert_eq!(
+            format!("{row_batched:?}"),
+            format!("{row_bound:?}"),
+            "the batch stored what binding stored"
+        );
+        assert!(matches!(row_bound[2], Value::Int64(i) if i == i64::MIN + 15), "{row_bound:?}");
+        assert!(matches!(row_bound[3], Value::Float64(f) if f == -0.1 * -1.5e-300), "{row_bound:?}");
+    }
+
+    /// Counts come back per statement; a failing statement is named, the
+    /// ones after it never run, and the transaction then ends the way a
+    /// failed `execute` would leave it on that server.
+    async fn a_batch_counts_each_statement_and_stops_at_a_failure<D: Driver>(test: &str)
+    where
+        D::Db: MigrateDatabase,
+        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+        <D::Db as Database>::Connection: Migrate,
+        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
+    {
+        let shard = shard::<D>(test, 1).await;
+        let statement = |sql: &str, ids: &[i64]| Statement {
+            sql: sql.into(),
+            params: ids.iter().map(|id| Value::Int64(*id)).collect(),
+        };
+        let insert = "INSERT INTO t (id) VALUES (?)";
+        let mut tx = shard.begin(true).await.unwrap();
+        let counts = tx
+            .execute_batch(vec![
+                statement(insert, &[10]),
+                statement("INSERT INTO t (id) VALUES (?), (?)", &[11, 12]),
+                statement("UPDATE t SET id = id WHERE id >= ?", &[11]),
+                statement("DELETE FROM t WHERE id = ?;", &[99]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(counts, vec![1, 2, 2, 0], "rows changed (matched, for the UPDATE) per statement");
+        tx.commit().await.unwrap();
+
+        let mut tx = shard.begin(true).await.unwrap();
+        let two_in_one =
+            tx.execute_batch(vec![statement(insert, &[1]), statement("DELETE FROM t; SELECT 1", &[])]).await;
+        assert!(
+            matches!(&two_in_one, Err(SqlError::InvalidStatement(m)) if m.starts_with("statement 2 of 2"))
+        );
+        let failed = tx
+            .execute_batch(vec![statement(insert, &[1]), statement(insert, &[10]), statement(insert, &[2])])
+            .await;
+        let Err(SqlError::ConstraintViolation(why)) = failed else {
+            panic!("duplicate accepted: {failed:?}")
+        };
+        assert!(why.starts_with("statement 2 of 3: "), "{why}");
+        if D::ERROR_ABORTS_TRANSACTION {
+            assert!(tx.commit().await.is_err(), "PostgreSQL's aborted transaction cannot commit");
+            assert_eq!(ids(&shard).await, vec![10, 11, 12]);
+        } else {
+            tx.commit().await.unwrap();
+            assert_eq!(ids(&shard).await, vec![1, 10, 11, 12], "statement 1 stays, statement 3 never ran");
+        }
     }
 
     #[tokio::test]

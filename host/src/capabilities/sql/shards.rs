@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use super::batch;
 use super::mysql::Mysql;
 use super::postgres::Postgres;
 use super::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
 use super::server::{self, ServerShard, ServerTx};
 use super::sqlite::{SqliteShard, SqliteTx};
-use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
+use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Statement, Value};
 
 /// One shard's connection pools.
 pub struct Shard {
@@ -112,6 +113,24 @@ impl ShardTx {
             ShardTx::Sqlite(tx) => tx.execute(statement, params).await,
             ShardTx::Mysql(tx) => tx.execute(statement, params).await,
             ShardTx::Postgres(tx) => tx.execute(statement, params).await,
+        }
+    }
+
+    /// Runs `statements` in order: on a database server in one round trip
+    /// (batch.rs); on SQLite, where a statement is a function call, one by
+    /// one. Stops at the first failure, named by position.
+    pub async fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, SqlError> {
+        match self {
+            ShardTx::Sqlite(tx) => {
+                let of = statements.len();
+                let mut counts = Vec::with_capacity(of);
+                for (index, Statement { sql, params }) in statements.into_iter().enumerate() {
+                    counts.push(tx.execute(&sql, params).await.map_err(|e| batch::in_batch(e, index, of))?);
+                }
+                Ok(counts)
+            }
+            ShardTx::Mysql(tx) => tx.execute_batch(statements).await,
+            ShardTx::Postgres(tx) => tx.execute_batch(statements).await,
         }
     }
 
@@ -226,5 +245,45 @@ pub async fn migrate(config: &ShardConfig, state_dir: &Path, create: bool) -> an
             }
             server::migrate::<Postgres>(name, server).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(id: i64) -> Statement {
+        Statement { sql: "INSERT INTO t (id) VALUES (?)".into(), params: vec![Value::Int64(id)] }
+    }
+
+    /// On SQLite a batch is its statements one by one, with the same
+    /// contract as on the servers (server.rs, `transaction_tests`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_batches_count_each_statement_and_stop_at_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = SqliteShard::open(&dir.path().join("shard.db"), 1).await.unwrap();
+        let mut tx = ShardTx::Sqlite(shard.begin(true).await.unwrap());
+        tx.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", Vec::new()).await.unwrap();
+        let update =
+            Statement { sql: "UPDATE t SET id = id WHERE id >= ?".into(), params: vec![Value::Int64(1)] };
+        assert_eq!(tx.execute_batch(vec![insert(1), insert(2), update]).await.unwrap(), vec![1, 1, 2]);
+        let failed = tx.execute_batch(vec![insert(3), insert(1), insert(4)]).await;
+        let Err(SqlError::ConstraintViolation(why)) = failed else {
+            panic!("duplicate accepted: {failed:?}")
+        };
+        assert!(why.starts_with("statement 2 of 3: "), "{why}");
+        // SQLite itself would run the DELETE and ignore the rest.
+        let two = Statement { sql: "DELETE FROM t; SELECT 1".into(), params: Vec::new() };
+        let refused = tx.execute_batch(vec![two]).await;
+        assert!(matches!(refused, Err(SqlError::InvalidStatement(_))), "{refused:?}");
+        tx.commit().await.unwrap();
+
+        let mut read = ShardTx::Sqlite(shard.begin(false).await.unwrap());
+        let rows = read.query("SELECT id FROM t ORDER BY id", Vec::new()).await.unwrap();
+        assert_eq!(
+            format!("{:?}", rows.rows),
+            format!("{:?}", [[Value::Int64(1)], [Value::Int64(2)], [Value::Int64(3)]])
+        );
+        read.rollback().await;
     }
 }

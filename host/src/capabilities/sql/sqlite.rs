@@ -21,6 +21,7 @@ use sqlx::ConnectOptions;
 
 use super::checkpoint::Checkpointer;
 use super::group_commit::{GroupWriter, Member};
+use super::placeholders;
 
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
 
@@ -270,7 +271,7 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `statement` on `conn` with `params`, returning every row.
 fn query(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
     let _deadline = Deadline::arm(conn);
-    let mut stmt = conn.prepare_cached(statement).map_err(map_error)?;
+    let mut stmt = prepare(conn, statement)?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
     let declared: Vec<Option<String>> =
         stmt.columns().iter().map(|c| c.decl_type().map(str::to_ascii_uppercase)).collect();
@@ -293,7 +294,7 @@ fn query(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<RowSe
 /// A statement that yields rows (`INSERT ... RETURNING`) runs to the end.
 fn execute(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
     let _deadline = Deadline::arm(conn);
-    let mut stmt = conn.prepare_cached(statement).map_err(map_error)?;
+    let mut stmt = prepare(conn, statement)?;
     let params = rusqlite::params_from_iter(params.into_iter().map(to_sqlite));
     if stmt.column_count() == 0 {
         return stmt.execute(params).map(|n| n as u64).map_err(map_error);
@@ -301,6 +302,18 @@ fn execute(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<u64
     let mut rows = stmt.query(params).map_err(map_error)?;
     while rows.next().map_err(map_error)?.is_some() {}
     Ok(conn.changes())
+}
+
+/// `statement`, compiled or from the cache. SQLite compiles the first
+/// statement of a text and ignores the rest, so a second one is refused
+/// here rather than silently dropped (the servers refuse it themselves).
+fn prepare<'c>(conn: &'c Connection, statement: &str) -> Result<rusqlite::CachedStatement<'c>, SqlError> {
+    if placeholders::split(statement, placeholders::STANDARD).several_statements {
+        return Err(SqlError::InvalidStatement(
+            "the text holds more than one statement; run each on its own".into(),
+        ));
+    }
+    conn.prepare_cached(statement).map_err(map_error)
 }
 
 /// Interrupts the statement running on `conn` once [`STATEMENT_DEADLINE`]
