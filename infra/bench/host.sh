@@ -12,6 +12,10 @@
 # COMPONENTS=dir the components under dir/wasm32-wasip2/release instead of
 # target/'s (the A/B comparison, ab.sh, runs two saved builds in turn).
 #
+# FSYNC_DELAY_US=n delays every fsync of the host by n microseconds (an
+# LD_PRELOAD shim, infra/bench/slow_fsync.c, built with the machine's cc):
+# what a slower disk than this machine's would do to the embedded shards.
+#
 # Rate limits are lifted: the benchmark measures the steps. Sets `state`
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
 # everything started is stopped on exit.
@@ -63,7 +67,13 @@ TOML
     *) echo "BACKEND must be embedded, mariadb or postgres" >&2; exit 1 ;;
   esac
   app_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml")
-  "$payfn" up --listen "127.0.0.1:$port" "${app_args[@]}" 2>"$state/log" &
+  local preload=""
+  if [ -n "${FSYNC_DELAY_US:-}" ]; then
+    preload="$state/slow_fsync.so"
+    cc -O2 -shared -fPIC -o "$preload" infra/bench/slow_fsync.c -ldl
+    echo "== every fsync of the host delayed by ${FSYNC_DELAY_US} us"
+  fi
+  LD_PRELOAD="$preload" "$payfn" up --listen "127.0.0.1:$port" "${app_args[@]}" 2>"$state/log" &
   bench_pids+=($!)
   for _ in $(seq 150); do grep -q "listening on" "$state/log" 2>/dev/null && break; sleep 0.2; done
   grep -q "listening on" "$state/log" || { cat "$state/log" >&2; echo "payfn did not start" >&2; exit 1; }

@@ -47,9 +47,8 @@ impl<'a> Posting<'a> {
         let sum: i64 = self.entries.iter().map(|(_, a)| a).sum();
         assert_eq!(sum, 0, "unbalanced posting {posting_id}");
         assert!(!self.entries.is_empty(), "empty posting {posting_id}");
-        // One multi-row INSERT for the whole posting: one statement and,
-        // on the database servers, one network round trip instead of one
-        // per entry (docs/BENCHMARKS.md).
+        // One multi-row INSERT for the whole posting: one statement
+        // instead of one per entry (docs/BENCHMARKS.md).
         let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; self.entries.len()].join(", ");
         let mut params = Vec::with_capacity(self.entries.len() * 8);
         for (account, amount) in &self.entries {
