@@ -124,3 +124,80 @@ async fn kv_is_namespaced_per_component_and_expires() {
     let log = host.log();
     assert!(log.contains("kv-probe set k -> null") && log.contains("component=kv-a"), "{log}");
 }
+
+/// `--log-format json`: every line is one JSON object, and a line logged
+/// while a request runs carries the request's id, merchant, shard,
+/// component and version in its `span`.
+#[tokio::test]
+async fn json_logs_tie_each_line_to_its_request() {
+    let extra = test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql", "log"]"#);
+    let host = Host::start_with_args(&manifest(&extra), "", &["--log-format", "json"]);
+    let reply = host.merchant(3).post("/test/trap", "{}").await;
+    reply.assert_error(500, "function_failed");
+    let request_id = reply.headers["request-id"].to_str().unwrap().to_string();
+
+    let mut tied = None;
+    for _ in 0..50 {
+        let log = host.log();
+        for line in log.lines() {
+            let entry: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if entry["span"]["request_id"] == request_id.as_str() {
+                tied = Some(entry);
+            }
+        }
+        if tied.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let entry = tied.unwrap_or_else(|| panic!("no line tied to {request_id}:\n{}", host.log()));
+    assert_eq!(entry["level"], "ERROR", "{entry}");
+    assert!(entry["message"].as_str().is_some_and(|m| m.contains("function failed")), "{entry}");
+    let span = &entry["span"];
+    assert_eq!(span["name"], "invocation", "{entry}");
+    assert_eq!(span["merchant"], 3, "{entry}");
+    // Odd merchants live on the second default shard.
+    assert_eq!(span["shard"], "shard-2", "{entry}");
+    assert_eq!(span["component"], "trap", "{entry}");
+    let version = span["version"].as_str().unwrap_or_default();
+    assert!(version.len() == 12 && version.bytes().all(|b| b.is_ascii_hexdigit()), "{entry}");
+}
+
+/// The Grafana dashboard and the Prometheus alerts in `infra/compose` query
+/// only metric names a host exports, so a renamed metric cannot leave a
+/// panel or an alert silently empty.
+#[tokio::test]
+async fn dashboards_and_alerts_query_exported_metrics() {
+    let host = Host::start();
+    let exported = host.metrics().await;
+    // `# TYPE payfn_invocations counter` -> the family and its sample names.
+    let mut names = std::collections::HashSet::new();
+    for line in exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let family = line.split_whitespace().next().unwrap_or_default();
+        for suffix in ["", "_total", "_bucket", "_sum", "_count", "_created"] {
+            names.insert(format!("{family}{suffix}"));
+        }
+    }
+    let infra = support::repo().join("infra/compose");
+    for file in ["grafana/dashboards/payfn.json", "alerts.yml"] {
+        let text = std::fs::read_to_string(infra.join(file)).unwrap();
+        let mut queried: Vec<&str> = text
+            .match_indices("payfn_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        queried.sort_unstable();
+        queried.dedup();
+        assert!(!queried.is_empty(), "{file} queries no payfn metric");
+        for name in queried {
+            assert!(
+                names.contains(name),
+                "{file} queries `{name}`, which the host does not export:\n{exported}"
+            );
+        }
+    }
+}

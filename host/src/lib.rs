@@ -14,6 +14,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod engine;
 mod keys;
+pub mod logging;
 pub mod manifest;
 mod metrics;
 pub mod runtime_config;

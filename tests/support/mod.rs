@@ -92,6 +92,16 @@ impl Host {
         Self::start_in(manifest_text, runtime_config, None)
     }
 
+    /// Starts `payfn up` with this manifest and runtime config and `args`
+    /// added to its command line.
+    pub fn start_with_args(manifest_text: &str, runtime_config: &str, args: &[&str]) -> Host {
+        build_components();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
+        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
+        Self::spawn_with(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)), args)
+    }
+
     /// Starts `payfn up` with this manifest and runtime config on `env`.
     pub fn start_in(manifest_text: &str, runtime_config: &str, env: Option<std::sync::Arc<Env>>) -> Host {
         build_components();
@@ -162,7 +172,9 @@ impl Host {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                    // Text logs end the address with a space, JSON logs with a quote.
+                    let addr = addr.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default();
+                    let _ = tx.send(addr.to_string());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);

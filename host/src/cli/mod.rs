@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logging::LogFormat;
 use crate::runtime_config::RuntimeConfig;
 
 /// Runs payment steps as isolated WebAssembly components.
@@ -22,6 +23,10 @@ use crate::runtime_config::RuntimeConfig;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line, for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t, env = "PAYFN_LOG_FORMAT")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

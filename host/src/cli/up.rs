@@ -22,6 +22,13 @@ use crate::triggers::timer::{self, TimerContext};
 use crate::versions::store::ControlStore;
 use crate::versions::{watch, HostIdentity, Versions};
 
+/// A line of the start-up summary (logging.rs: text, or an event in JSON).
+macro_rules! banner {
+    ($($arg:tt)*) => {
+        crate::logging::banner(format_args!($($arg)*))
+    };
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -50,19 +57,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let keys = KeyRing::load(&config.keys, &state_dir)?;
 
     let app_version = manifest.application.version.as_deref().unwrap_or("unversioned");
-    eprintln!("payfn {}: starting `{}` {app_version}", env!("CARGO_PKG_VERSION"), manifest.application.name);
+    banner!("payfn {}: starting `{}` {app_version}", env!("CARGO_PKG_VERSION"), manifest.application.name);
     match &config_path {
-        Some(path) => eprintln!("  runtime config  {}", path.display()),
-        None => eprintln!("  runtime config  embedded defaults"),
+        Some(path) => banner!("  runtime config  {}", path.display()),
+        None => banner!("  runtime config  embedded defaults"),
     }
     let shards = Arc::new(ShardSet::open(&config.shards, &config.routing, &state_dir).await?);
     for shard in shards.iter() {
-        eprintln!("  shard           {} ({})", shard.name, shard.describe());
+        banner!("  shard           {} ({})", shard.name, shard.describe());
     }
     let kv = Kv::from_config(&config.kv).await?;
-    eprintln!("  kv              {}", kv.describe());
+    banner!("  kv              {}", kv.describe());
     let broker = Broker::from_config(&config.kafka, &state_dir).await?;
-    eprintln!("  events          {}", broker.describe());
+    banner!("  events          {}", broker.describe());
 
     let listen = args.listen.unwrap_or(config.http.listen);
     let listener =
@@ -71,7 +78,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let engine = Engine::new(config.engine.clone(), state_dir.join("cache"))?;
     let control = ControlStore::open(&config.control, &state_dir).await?;
-    eprintln!(
+    banner!(
         "  control         {} (synced every {} ms)",
         control.describe(),
         config.control.sync_interval().as_millis()
@@ -83,7 +90,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let (versions, lines) = Versions::start(engine.clone(), control, kv.clone(), &manifest, identity).await?;
     for line in lines {
-        eprintln!("  component       {} {}", line.component, line.text);
+        banner!("  component       {} {}", line.component, line.text);
     }
     versions.start_sync(config.control.sync_interval());
     let _watcher = if args.watch { watch::start(manifest.clone(), versions.clone())? } else { None };
@@ -98,9 +105,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for trigger in &manifest.timer_triggers {
         let slot = registry.get(&trigger.component).cloned().context("timer component not loaded")?;
         timer::start(&timers, trigger, slot, shards.iter().cloned());
-        eprintln!(
+        banner!(
             "  timer           every {} ms per shard -> {} (batch {})",
-            trigger.interval_ms, trigger.component, trigger.batch_size
+            trigger.interval_ms,
+            trigger.component,
+            trigger.batch_size
         );
     }
     // Every topic a component may write or a trigger reads, and the dead-letter topics.
@@ -124,7 +133,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for trigger in &manifest.kafka_triggers {
         let slot = registry.get(&trigger.component).cloned().context("kafka component not loaded")?;
         kafka::start(&consumers, trigger, slot)?;
-        eprintln!(
+        banner!(
             "  kafka           {} (group {}) -> {}",
             trigger.topics.join(", "),
             trigger.group,
@@ -133,7 +142,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let routes = RouteTable::new(&manifest.http_triggers)?;
     for trigger in &manifest.http_triggers {
-        eprintln!("  route           {} -> {}", trigger.route, trigger.component);
+        banner!("  route           {} -> {}", trigger.route, trigger.component);
     }
 
     let admin = Arc::new(Admin::new(versions.clone(), keys.mode == "dev", &state_dir)?);
@@ -143,7 +152,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let admin_listener = tokio::net::TcpListener::bind(admin_listen)
                 .await
                 .with_context(|| format!("cannot listen on {admin_listen} ([admin] listen)"))?;
-            eprintln!(
+            banner!(
                 "  admin           http://{}/admin/v1 ({})",
                 admin_listener.local_addr()?,
                 admin.describe()
@@ -156,13 +165,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            eprintln!("  admin           http://{address}/admin/v1 ({})", admin.describe());
+            banner!("  admin           http://{address}/admin/v1 ({})", admin.describe());
             Some(admin_routes)
         }
     };
     if keys.mode == "dev" {
-        eprintln!("  dev API key     merchant 1: {}", keys.issue(1));
-        eprintln!("                  (more: payfn keys issue --merchant ID)");
+        banner!("  dev API key     merchant 1: {}", keys.issue(1));
+        banner!("                  (more: payfn keys issue --merchant ID)");
     }
     let app = Arc::new(App {
         engine,
@@ -175,13 +184,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config: config.http.clone(),
         metrics,
     });
-    eprintln!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
+    banner!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
 
     axum::serve(listener, http::router(app, admin_on_main))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
-    eprintln!("payfn stopped");
+    banner!("payfn stopped");
     Ok(())
 }
 

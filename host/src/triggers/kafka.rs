@@ -14,6 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
 use crate::bindings::kafka::Message;
 use crate::bindings::sql::Value;
@@ -21,6 +23,7 @@ use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
 use crate::engine::{Bindings, Engine};
+use crate::logging::invocation_span;
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
 use crate::versions::live::ComponentSlot;
@@ -292,7 +295,9 @@ impl Consumer {
         // Each record picks the version serving now (canary split by merchant).
         let component = self.slot.pick(merchant.to_string().as_bytes());
         let started = Instant::now();
-        let (result, tx) = self.context.engine.invoke_event(&component, bindings, event).await;
+        let span = invocation_span(&event_id, Some(merchant), &shard.name, name, component.short_digest());
+        let (result, tx) =
+            self.context.engine.invoke_event(&component, bindings, event).instrument(span).await;
         let failure = result.as_ref().err().map(|e| e.kind());
         self.context.metrics.invoked(
             name,

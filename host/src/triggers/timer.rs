@@ -9,11 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
 use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::Shard;
+use crate::capabilities::sql::{Shard, ShardTx};
 use crate::engine::{Bindings, Engine, LoadedComponent};
+use crate::logging::invocation_span;
 use crate::manifest::TimerTrigger;
 use crate::metrics::Metrics;
 use crate::versions::live::ComponentSlot;
@@ -80,8 +83,23 @@ async fn fire(
     if std::mem::take(shard_down) {
         tracing::info!(component = %name, shard = %shard.name, "timer: shard available again");
     }
+    let request_id = format!("timer:{name}:{}:{firing}", shard.name);
+    let span = invocation_span(&request_id, None, &shard.name, name, component.short_digest());
+    run_firing(context, component, shard, tx, request_id, batch_size).instrument(span).await
+}
+
+/// One firing in its open transaction, inside its `invocation` span.
+async fn run_firing(
+    context: &TimerContext,
+    component: &LoadedComponent,
+    shard: &Shard,
+    tx: ShardTx,
+    request_id: String,
+    batch_size: u32,
+) {
+    let name = &component.spec.name;
     let bindings = Bindings {
-        request_id: format!("timer:{name}:{}:{firing}", shard.name),
+        request_id,
         sql: shard.bind(Some(tx)),
         kv: context.kv.clone(),
         broker: Some(context.broker.clone()),

@@ -15,6 +15,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::Full;
+use tracing::Instrument;
 
 use super::auth::Merchant;
 use super::errors::HostError;
@@ -24,6 +25,7 @@ use super::routes::Matched;
 use super::App;
 use crate::capabilities::sql::{Shard, ShardTx};
 use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
+use crate::logging::invocation_span;
 
 /// Headers only the host may set; stripped from what clients send.
 const HOST_HEADER_PREFIX: &str = "payfn-";
@@ -83,30 +85,10 @@ async fn run(
     // if a deploy swaps another one in meanwhile.
     let component = slot.pick(merchant.to_string().as_bytes());
     let shard = app.shards.for_merchant(merchant).clone();
-
-    let claim = match (parts.method == Method::POST, idempotency::key_from(&parts.headers)?) {
-        (true, Some(key)) => {
-            let fingerprint = idempotency::fingerprint(&parts.method, parts.uri.path(), &body);
-            // The lock outlives the longest invocation.
-            let lock_ttl = app.engine.config().timeout() + Duration::from_secs(30);
-            match idempotency::begin(&app.kv, &shard, merchant, key, fingerprint, lock_ttl).await? {
-                Outcome::Replay { status, body } => return Ok(replay(status, body)),
-                Outcome::Proceed(claim) => Some(claim),
-            }
-        }
-        _ => None,
-    };
-
     let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
-    let mut result = call.invoke(parts, body, claim.as_ref()).await;
-    if let Some(claim) = &claim {
-        claim.release(&app.kv).await;
-    }
-    // Which version answered: what a deploy or canary is checked by.
-    if let (Ok(response), Ok(value)) = (&mut result, HeaderValue::from_str(component.short_digest())) {
-        response.headers_mut().insert(VERSION_HEADER, value);
-    }
-    result
+    let span =
+        invocation_span(&id.0, Some(merchant), &shard.name, &matched.component, component.short_digest());
+    call.serve(parts, body).instrument(span).await
 }
 
 /// A request on its way to one component, for one merchant, on one shard.
@@ -120,6 +102,32 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// The idempotency claim, the invocation and the answer.
+    async fn serve(&self, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, HostError> {
+        let Call { app, merchant, component, shard, .. } = *self;
+        let claim = match (parts.method == Method::POST, idempotency::key_from(&parts.headers)?) {
+            (true, Some(key)) => {
+                let fingerprint = idempotency::fingerprint(&parts.method, parts.uri.path(), &body);
+                // The lock outlives the longest invocation.
+                let lock_ttl = app.engine.config().timeout() + Duration::from_secs(30);
+                match idempotency::begin(&app.kv, shard, merchant, key, fingerprint, lock_ttl).await? {
+                    Outcome::Replay { status, body } => return Ok(replay(status, body)),
+                    Outcome::Proceed(claim) => Some(claim),
+                }
+            }
+            _ => None,
+        };
+        let mut result = self.invoke(parts, body, claim.as_ref()).await;
+        if let Some(claim) = &claim {
+            claim.release(&app.kv).await;
+        }
+        // Which version answered: what a deploy or canary is checked by.
+        if let (Ok(response), Ok(value)) = (&mut result, HeaderValue::from_str(component.short_digest())) {
+            response.headers_mut().insert(VERSION_HEADER, value);
+        }
+        result
+    }
+
     async fn invoke(
         &self,
         parts: axum::http::request::Parts,

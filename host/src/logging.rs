@@ -1,0 +1,70 @@
+//! The process's log: human-readable text on a terminal, or one JSON object
+//! per line for a log collector (`--log-format json`).
+//!
+//! Every invocation runs inside a span named `invocation` that carries
+//! `request_id`, `merchant`, `shard`, `component` and `version` (the HTTP,
+//! timer and Kafka triggers open it), so each line logged while it runs,
+//! the host's own and the component's (`log` capability), can be tied to
+//! the payment request that caused it. In JSON the span's fields are the
+//! `span` object of each line.
+
+use std::sync::OnceLock;
+
+use clap::ValueEnum;
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-02T07:00:00Z  INFO invocation{request_id=…}: target: message`.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the
+    /// event's fields (`message` among them) and `span`.
+    Json,
+}
+
+/// What is logged unless `RUST_LOG` says otherwise.
+const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn,sqlx=warn";
+
+/// The format [`init`] installed.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// Installs the global subscriber. `RUST_LOG` filters, as usual.
+pub fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            // Colours only for a terminal: logs that go to files stay plain.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        }
+    }
+}
+
+/// The span an invocation runs in (see the module docs). A timer firing
+/// serves a whole shard, so it has no merchant.
+pub fn invocation_span(
+    request_id: &str,
+    merchant: Option<i64>,
+    shard: &str,
+    component: &str,
+    version: &str,
+) -> tracing::Span {
+    tracing::info_span!("invocation", request_id, merchant, shard, component, version)
+}
+
+/// One line of `payfn up`'s start-up summary (shards, routes, listening
+/// address): as it is on a terminal, or as an info event in JSON, so a
+/// collector never sees a line that is not JSON.
+pub fn banner(line: std::fmt::Arguments<'_>) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!(target: "payfn::banner", "{}", line.to_string().trim_start()),
+        _ => eprintln!("{line}"),
+    }
+}
