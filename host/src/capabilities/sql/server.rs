@@ -637,30 +637,47 @@ mod transaction_tests {
         let update_params = |id: i64, text: &Value| {
             vec![Value::Int64(-5), Value::Float64(-1.5e-300), Value::Int64(id), text.clone()]
         };
+        // Empty text and bytes, and the extremes of both number types.
+        let edges = |id: i64| {
+            vec![
+                Value::Int64(id),
+                Value::Text(String::new()),
+                Value::Blob(Vec::new()),
+                Value::Int64(i64::MAX),
+                Value::Float64(f64::MIN_POSITIVE),
+                Value::Boolean(false),
+                Value::Int64(i64::MIN),
+            ]
+        };
         let bound = hostile(1);
         let batched = hostile(2);
         let mut tx = shard.begin(true).await.unwrap();
         tx.execute(insert, bound.clone()).await.unwrap();
         assert_eq!(tx.execute(update, update_params(1, &bound[1])).await.unwrap(), 1);
+        tx.execute(insert, edges(3)).await.unwrap();
         let counts = tx
             .execute_batch(vec![
                 Statement { sql: insert.into(), params: batched.clone() },
                 Statement { sql: update.into(), params: update_params(2, &batched[1]) },
+                Statement { sql: insert.into(), params: edges(4) },
             ])
             .await
             .unwrap();
-        assert_eq!(counts, vec![1, 1]);
+        assert_eq!(counts, vec![1, 1, 1]);
         tx.commit().await.unwrap();
 
         let mut tx = shard.begin(false).await.unwrap();
         let rows = tx.query("SELECT t, b, i, f, flag, n FROM v ORDER BY id", Vec::new()).await.unwrap();
         tx.commit().await.unwrap();
-        let [row_bound, row_batched] = rows.rows.as_slice() else { panic!("two rows expected: {rows:?}") };
+        let [row_bound, row_batched, edges_bound, edges_batched] = rows.rows.as_slice() else {
+            panic!("four rows expected: {rows:?}")
+        };
         assert_eq!(
             format!("{row_batched:?}"),
             format!("{row_bound:?}"),
             "the batch stored what binding stored"
         );
+        assert_eq!(format!("{edges_batched:?}"), format!("{edges_bound:?}"), "the same for the edge values");
         assert!(matches!(row_bound[2], Value::Int64(i) if i == i64::MIN + 15), "{row_bound:?}");
         assert!(matches!(row_bound[3], Value::Float64(f) if f == -0.1 * -1.5e-300), "{row_bound:?}");
     }
