@@ -67,6 +67,14 @@ pub fn test_component(route: &str, name: &str, wasm: &str, capabilities: &str) -
     )
 }
 
+/// Builds the components and writes an app (manifest and runtime config)
+/// into `dir`.
+fn write_app(dir: &Path, manifest_text: &str, runtime_config: &str) {
+    build_components();
+    std::fs::write(dir.join("spin.toml"), manifest_text).expect("write manifest");
+    std::fs::write(dir.join("runtime-config.toml"), runtime_config).expect("write config");
+}
+
 /// A running `payfn up`.
 pub struct Host {
     child: Child,
@@ -95,19 +103,15 @@ impl Host {
     /// Starts `payfn up` with this manifest and runtime config and `args`
     /// added to its command line.
     pub fn start_with_args(manifest_text: &str, runtime_config: &str, args: &[&str]) -> Host {
-        build_components();
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
-        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
+        write_app(dir.path(), manifest_text, runtime_config);
         Self::spawn_with(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)), args)
     }
 
     /// Starts `payfn up` with this manifest and runtime config on `env`.
     pub fn start_in(manifest_text: &str, runtime_config: &str, env: Option<std::sync::Arc<Env>>) -> Host {
-        build_components();
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("spin.toml"), manifest_text).expect("write manifest");
-        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).expect("write config");
+        write_app(dir.path(), manifest_text, runtime_config);
         let mut host = Self::spawn(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)));
         host.env = env;
         host
@@ -143,9 +147,7 @@ impl Host {
     /// `payfn up --watch` on this manifest and runtime config, in `dir`
     /// (which the caller owns and may fill with sources first).
     pub fn start_watching(dir: &Path, manifest_text: &str, runtime_config: &str) -> Host {
-        build_components();
-        std::fs::write(dir.join("spin.toml"), manifest_text).expect("write manifest");
-        std::fs::write(dir.join("runtime-config.toml"), runtime_config).expect("write config");
+        write_app(dir, manifest_text, runtime_config);
         Self::spawn_with(dir.to_path_buf(), None, &["--watch"])
     }
 

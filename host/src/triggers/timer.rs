@@ -88,7 +88,8 @@ async fn fire(
     run_firing(context, component, shard, tx, request_id, batch_size).instrument(span).await
 }
 
-/// One firing in its open transaction, inside its `invocation` span.
+/// One firing in its open transaction, inside its `invocation` span (which
+/// names the component and shard on every line logged here).
 async fn run_firing(
     context: &TimerContext,
     component: &LoadedComponent,
@@ -112,17 +113,15 @@ async fn run_firing(
     match (result, tx) {
         (Ok(report), Some(tx)) => match tx.commit().await {
             Ok(()) if report.is_empty() => {}
-            Ok(()) => tracing::debug!(component = %name, shard = %shard.name, "{report}"),
-            Err(e) => {
-                tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: commit failed")
-            }
+            Ok(()) => tracing::debug!("{report}"),
+            Err(e) => tracing::warn!(error = ?e, "timer: commit failed"),
         },
         (Ok(_), None) => {}
         (Err(e), tx) => {
             if let Some(tx) = tx {
                 tx.rollback().await;
             }
-            tracing::warn!(component = %name, shard = %shard.name, "timer firing rolled back: {e}");
+            tracing::warn!("timer firing rolled back: {e}");
         }
     }
 }

@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
-use sqlx::ConnectOptions;
 use tokio::sync::Mutex;
 
 use crate::bindings::kafka::{Delivery, Error, Message};
-use crate::capabilities::sql::{blocking, durable_connection, durable_options, Checkpointer};
+use crate::capabilities::sql::{blocking, durable_connection, migrate_and_open_writer, Checkpointer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/event-log");
 
@@ -47,11 +46,7 @@ pub struct EventLog {
 
 impl EventLog {
     pub async fn open(path: &Path, partitions: u32) -> anyhow::Result<Self> {
-        let mut migrator = durable_options(path)?.create_if_missing(true).connect().await?;
-        MIGRATOR.run(&mut migrator).await?;
-        sqlx::Connection::close(migrator).await?;
-        let writer = durable_connection(path, false)?;
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let writer = migrate_and_open_writer(path, &MIGRATOR).await?;
         let reader = durable_connection(path, true)?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -73,14 +73,17 @@ pub fn in_batch(e: SqlError, index: usize, of: usize) -> SqlError {
     }
 }
 
-/// `bytes` as hex digits, appended to `out`.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
+/// `bytes` as hex digits between `open` and `close`, appended to `out`:
+/// the dialects' forms of a literal that nothing in it can end.
+pub fn push_hex_literal(out: &mut String, open: &str, bytes: &[u8], close: &str) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(2 * bytes.len());
+    out.reserve(open.len() + 2 * bytes.len() + close.len());
+    out.push_str(open);
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)] as char);
         out.push(DIGITS[usize::from(b & 0xf)] as char);
     }
+    out.push_str(close);
 }
 
 #[cfg(test)]

@@ -21,11 +21,10 @@ mod values;
 mod warm;
 
 pub use shards::{migrate, Shard, ShardSet, ShardTx};
-pub use sqlite::durable_options;
 // The embedded event log (kafka/embedded.rs) keeps a SQLite file the way
 // the shards do.
 pub(crate) use checkpoint::Checkpointer;
-pub(crate) use sqlite::{blocking, connect as durable_connection};
+pub(crate) use sqlite::{blocking, connect as durable_connection, migrate_and_open_writer};
 
 use crate::bindings::sql::{Dialect, Error as SqlError};
 

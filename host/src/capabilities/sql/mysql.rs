@@ -101,16 +101,8 @@ impl Driver for Mysql {
             }
             Value::Float64(v) if v.is_sign_negative() => write!(out, "({v:e})").expect("writing to a String"),
             Value::Float64(v) => write!(out, "{v:e}").expect("writing to a String"),
-            Value::Text(v) => {
-                out.push_str("_utf8mb4 X'");
-                batch::push_hex(out, v.as_bytes());
-                out.push('\'');
-            }
-            Value::Blob(v) => {
-                out.push_str("X'");
-                batch::push_hex(out, v);
-                out.push('\'');
-            }
+            Value::Text(v) => batch::push_hex_literal(out, "_utf8mb4 X'", v.as_bytes(), "'"),
+            Value::Blob(v) => batch::push_hex_literal(out, "X'", v, "'"),
             Value::Boolean(v) => out.push_str(if *v { "TRUE" } else { "FALSE" }),
         }
         Ok(())

@@ -45,19 +45,38 @@ impl Split<'_> {
 
 /// Cuts `statement` at each `?` outside quotes and comments.
 pub fn split(statement: &str, syntax: Syntax) -> Split<'_> {
-    let bytes = statement.as_bytes();
-    // Every byte compared below is ASCII, so each cut is a char boundary.
     let mut pieces = Vec::new();
     let mut start = 0;
+    let scanned = scan(statement, syntax, |at| {
+        pieces.push(&statement[start..at]);
+        start = at + 1;
+    });
+    pieces.push(&statement[start..scanned.end]);
+    Split { pieces, several_statements: scanned.several_statements }
+}
+
+/// Whether a `;` outside quotes and comments starts a second statement.
+pub fn several_statements(statement: &str, syntax: Syntax) -> bool {
+    scan(statement, syntax, |_| {}).several_statements
+}
+
+/// What a [`scan`] found besides the placeholders.
+struct Scanned {
+    /// Where the statement ends: before a trailing `;`, else its length.
+    end: usize,
+    several_statements: bool,
+}
+
+/// Walks `statement`, calling `placeholder` with the byte index of each
+/// `?` outside quotes and comments. Every byte compared is ASCII, so each
+/// index is a char boundary.
+fn scan(statement: &str, syntax: Syntax, mut placeholder: impl FnMut(usize)) -> Scanned {
+    let bytes = statement.as_bytes();
     let mut several_statements = false;
-    let mut end = bytes.len();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'?' => {
-                pieces.push(&statement[start..i]);
-                start = i + 1;
-            }
+            b'?' => placeholder(i),
             quote @ (b'\'' | b'"') => i = skip_quoted(bytes, i, quote, syntax.backslash_escapes),
             b'`' if syntax.backtick_identifiers => i = skip_quoted(bytes, i, b'`', false),
             b'-' if bytes.get(i + 1) == Some(&b'-')
@@ -73,19 +92,13 @@ pub fn split(statement: &str, syntax: Syntax) -> Split<'_> {
                     None => bytes.len(),
                 };
             }
-            b';' => {
-                if statement[i + 1..].trim().is_empty() {
-                    end = i;
-                    break;
-                }
-                several_statements = true;
-            }
+            b';' if statement[i + 1..].trim().is_empty() => return Scanned { end: i, several_statements },
+            b';' => several_statements = true,
             _ => {}
         }
         i += 1;
     }
-    pieces.push(&statement[start..end.max(start)]);
-    Split { pieces, several_statements }
+    Scanned { end: bytes.len(), several_statements }
 }
 
 /// The index of the quote that closes the one at `open` (or the end).
@@ -115,15 +128,16 @@ pub fn numbered(statement: &str) -> Cow<'_, str> {
     if !statement.contains('?') {
         return Cow::Borrowed(statement);
     }
-    let split = split(statement, STANDARD);
-    let mut out = String::with_capacity(statement.len() + 3 * split.placeholders());
-    for (n, piece) in split.pieces.iter().enumerate() {
-        if n > 0 {
-            out.push('$');
-            out.push_str(&n.to_string());
-        }
-        out.push_str(piece);
-    }
+    let mut out = String::with_capacity(statement.len() + 8);
+    let (mut start, mut n) = (0, 0);
+    scan(statement, STANDARD, |at| {
+        n += 1;
+        out.push_str(&statement[start..at]);
+        out.push('$');
+        out.push_str(&n.to_string());
+        start = at + 1;
+    });
+    out.push_str(&statement[start..]);
     Cow::Owned(out)
 }
 

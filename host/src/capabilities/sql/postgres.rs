@@ -91,11 +91,7 @@ impl Driver for Postgres {
                 }
                 out.push_str("'::text");
             }
-            Value::Blob(v) => {
-                out.push_str("'\\x");
-                batch::push_hex(out, v);
-                out.push_str("'::bytea");
-            }
+            Value::Blob(v) => batch::push_hex_literal(out, "'\\x", v, "'::bytea"),
             Value::Boolean(v) => out.push_str(if *v { "TRUE" } else { "FALSE" }),
         }
         Ok(())

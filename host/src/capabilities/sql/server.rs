@@ -346,37 +346,32 @@ where
         }
     }
 
-    /// Runs `statements` in one round trip (batch.rs); a single statement
-    /// goes the prepared way, like [`execute`](Self::execute).
+    /// Runs `statements` in one round trip (batch.rs).
     pub async fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, SqlError> {
         let of = statements.len();
-        if of <= 1 {
-            let mut counts = Vec::with_capacity(of);
-            for Statement { sql, params } in statements {
-                counts.push(self.execute(&sql, params).await.map_err(|e| batch::in_batch(e, 0, of))?);
-            }
-            return Ok(counts);
+        if of == 0 {
+            return Ok(Vec::new());
         }
         let text = batch::render::<D>(&statements)?;
         let mut counts = Vec::with_capacity(of);
-        let mut results = sqlx::raw_sql(&text).execute_many(self.conn_mut()?);
-        while let Some(result) = results.next().await {
-            match result {
-                Ok(done) => counts.push(D::rows_affected(&done)),
-                Err(e) => {
-                    drop(results);
-                    let e = batch::in_batch(map::<D>(e), counts.len(), of);
-                    return Err(self.check(e));
+        let failure = {
+            let mut results = sqlx::raw_sql(&text).execute_many(self.conn_mut()?);
+            loop {
+                match results.next().await {
+                    Some(Ok(done)) => counts.push(D::rows_affected(&done)),
+                    Some(Err(e)) => break Some(batch::in_batch(map::<D>(e), counts.len(), of)),
+                    None => break None,
                 }
             }
+        };
+        if let Some(e) = failure {
+            return Err(self.check(e));
         }
-        drop(results);
         if counts.len() != of {
-            // Cannot happen with statements split as render() checks them;
-            // if it did, what ran is unknown, so nothing may commit.
+            // Cannot happen with statements split as render() checks them; if
+            // it did, what ran is unknown, and the error dooms the transaction.
             let e = SqlError::Other(format!("a batch of {of} statements returned {} results", counts.len()));
-            self.doomed = Some(e.clone());
-            return Err(e);
+            return Err(self.check(e));
         }
         Ok(counts)
     }
@@ -456,9 +451,9 @@ mod transaction_tests {
             mod $name {
                 use super::*;
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mariadb() { super::$name::<Mysql>($db).await }
+                async fn mariadb() { On::<Mysql>::$name($db).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() { super::$name::<Postgres>($db).await }
+                async fn postgres() { On::<Postgres>::$name($db).await }
             }
         )*};
     }
@@ -487,265 +482,251 @@ mod transaction_tests {
         }
     }
 
-    /// A migrated shard on a fresh database `payfn_unit_<test>`, with an
-    /// empty table `t (id)`, and a pool of `connections`.
-    async fn shard<D: Driver>(test: &str, connections: u32) -> ServerShard<D>
+    /// The scenarios and helpers on one server, generic over its driver;
+    /// the bounds sqlx's traits need are written once, on this impl.
+    struct On<D>(std::marker::PhantomData<D>);
+
+    impl<D: Driver> On<D>
     where
         D::Db: MigrateDatabase,
         for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
         <D::Db as Database>::Connection: Migrate,
         for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
     {
-        let server = if <D::Db as Database>::NAME == "MySQL" {
-            "mysql://root@127.0.0.1:3306"
-        } else {
-            "postgres://postgres@127.0.0.1:5432"
-        };
-        let url = format!("{server}/payfn_unit_{test}_{}", std::process::id());
-        let _ = D::Db::drop_database(&url).await;
-        D::Db::create_database(&url).await.expect("the database server is required (see .ci/run)");
-        let shard =
-            ServerShard::<D>::open(test, &ServerConfig { max_connections: connections, ..config(url) })
+        /// A migrated shard on a fresh database `payfn_unit_<test>`, with an
+        /// empty table `t (id)`, and a pool of `connections`.
+        async fn shard(test: &str, connections: u32) -> ServerShard<D> {
+            let server = if <D::Db as Database>::NAME == "MySQL" {
+                "mysql://root@127.0.0.1:3306"
+            } else {
+                "postgres://postgres@127.0.0.1:5432"
+            };
+            let url = format!("{server}/payfn_unit_{test}_{}", std::process::id());
+            let _ = D::Db::drop_database(&url).await;
+            D::Db::create_database(&url).await.expect("the database server is required (see .ci/run)");
+            let shard =
+                ServerShard::<D>::open(test, &ServerConfig { max_connections: connections, ..config(url) })
+                    .await
+                    .unwrap();
+            assert_eq!(shard.not_ready(), None);
+            let mut tx = shard.begin(true).await.unwrap();
+            tx.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", Vec::new()).await.unwrap();
+            tx.commit().await.unwrap();
+            shard
+        }
+
+        async fn ids(shard: &ServerShard<D>) -> Vec<i64> {
+            let mut tx = shard.begin(false).await.unwrap();
+            let rows = tx.query("SELECT id FROM t ORDER BY id", Vec::new()).await.unwrap();
+            tx.commit().await.unwrap();
+            rows.rows
+                .into_iter()
+                .map(|row| match row.as_slice() {
+                    [Value::Int64(id)] => *id,
+                    other => panic!("unexpected row {other:?}"),
+                })
+                .collect()
+        }
+
+        async fn insert(tx: &mut ServerTx<D>, id: i64) -> Result<u64, SqlError> {
+            tx.execute("INSERT INTO t (id) VALUES (?)", vec![Value::Int64(id)]).await
+        }
+
+        /// The danger of a transaction without BEGIN (MariaDB): a connection
+        /// back in the pool with its writes still open would have them
+        /// committed by its next user. Dropped unended, it is closed instead.
+        async fn a_transaction_dropped_unended_leaves_nothing(test: &str) {
+            let shard = Self::shard(test, 1).await;
+            let mut cancelled = shard.begin(true).await.unwrap();
+            Self::insert(&mut cancelled, 1).await.unwrap();
+            drop(cancelled);
+            let mut next = shard.begin(true).await.unwrap();
+            Self::insert(&mut next, 3).await.unwrap();
+            next.commit().await.unwrap();
+            let mut rolled_back = shard.begin(true).await.unwrap();
+            Self::insert(&mut rolled_back, 2).await.unwrap();
+            rolled_back.rollback().await;
+            assert_eq!(Self::ids(&shard).await, vec![3], "only the committed transaction's row");
+        }
+
+        /// Parked connections (warm.rs) and sqlx's pool share one limit: many
+        /// more transactions than connections, committed, rolled back or
+        /// dropped, all get a connection in turn, and none waits for a parked
+        /// one it cannot see.
+        async fn more_transactions_than_connections_take_turns(test: &str) {
+            let shard = Arc::new(Self::shard(test, 2).await);
+            let tasks: Vec<_> = (0..60_i64)
+                .map(|id| {
+                    let shard = shard.clone();
+                    tokio::spawn(async move {
+                        let mut tx = shard.begin(true).await.unwrap();
+                        Self::insert(&mut tx, id).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        match id % 3 {
+                            0 => tx.commit().await.unwrap(),
+                            1 => tx.rollback().await,
+                            _ => drop(tx),
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let committed: Vec<i64> = (0..60).filter(|id| id % 3 == 0).collect();
+            assert_eq!(Self::ids(&*shard).await, committed);
+        }
+
+        /// A batch writes its parameters in as literals (batch.rs): every value,
+        /// however hostile, must land exactly as the bound path stores it, and
+        /// none may change the statement around it.
+        async fn a_batch_stores_what_bound_parameters_store(test: &str) {
+            let shard = Self::shard(test, 2).await;
+            let table = if <D::Db as Database>::NAME == "MySQL" {
+                "CREATE TABLE v (id BIGINT PRIMARY KEY, t VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+                 b VARBINARY(200), i BIGINT, f DOUBLE, flag BOOLEAN, n BIGINT)"
+            } else {
+                "CREATE TABLE v (id BIGINT PRIMARY KEY, t TEXT, b BYTEA, i BIGINT, f DOUBLE PRECISION, \
+                 flag BOOLEAN, n BIGINT)"
+            };
+            let mut tx = shard.begin(true).await.unwrap();
+            tx.execute(table, Vec::new()).await.unwrap();
+            tx.commit().await.unwrap();
+
+            let insert = "INSERT INTO v (id, t, b, i, f, flag, n) VALUES (?, ?, ?, ?, ?, ?, ?)";
+            // `i - ?` with a negative parameter: `i - -5` would open a comment.
+            let update = "UPDATE v SET i = i - ?, f = f * ? WHERE id = ? AND t = ? -- ?\n";
+            let hostile = |id: i64| {
+                vec![
+                    Value::Int64(id),
+                    Value::Text("it's -- ?; DROP TABLE v; \\' \" ` # /* \\0 é 🦀 */".into()),
+                    Value::Blob(vec![0, b'\'', b'\\', b'"', 0xff, b'\n', b'?']),
+                    Value::Int64(i64::MIN + 10),
+                    Value::Float64(-0.1),
+                    Value::Boolean(true),
+                    Value::Null,
+                ]
+            };
+            let update_params = |id: i64, text: &Value| {
+                vec![Value::Int64(-5), Value::Float64(-1.5e-300), Value::Int64(id), text.clone()]
+            };
+            // Empty text and bytes, and the extremes of both number types.
+            let edges = |id: i64| {
+                vec![
+                    Value::Int64(id),
+                    Value::Text(String::new()),
+                    Value::Blob(Vec::new()),
+                    Value::Int64(i64::MAX),
+                    Value::Float64(f64::MIN_POSITIVE),
+                    Value::Boolean(false),
+                    Value::Int64(i64::MIN),
+                ]
+            };
+            let bound = hostile(1);
+            let batched = hostile(2);
+            let mut tx = shard.begin(true).await.unwrap();
+            tx.execute(insert, bound.clone()).await.unwrap();
+            assert_eq!(tx.execute(update, update_params(1, &bound[1])).await.unwrap(), 1);
+            tx.execute(insert, edges(3)).await.unwrap();
+            let counts = tx
+                .execute_batch(vec![
+                    Statement { sql: insert.into(), params: batched.clone() },
+                    Statement { sql: update.into(), params: update_params(2, &batched[1]) },
+                    Statement { sql: insert.into(), params: edges(4) },
+                ])
                 .await
                 .unwrap();
-        assert_eq!(shard.not_ready(), None);
-        let mut tx = shard.begin(true).await.unwrap();
-        tx.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", Vec::new()).await.unwrap();
-        tx.commit().await.unwrap();
-        shard
-    }
-
-    async fn ids<D: Driver>(shard: &ServerShard<D>) -> Vec<i64>
-    where
-        <D::Db as Database>::Connection: Migrate,
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        let mut tx = shard.begin(false).await.unwrap();
-        let rows = tx.query("SELECT id FROM t ORDER BY id", Vec::new()).await.unwrap();
-        tx.commit().await.unwrap();
-        rows.rows
-            .into_iter()
-            .map(|row| match row.as_slice() {
-                [Value::Int64(id)] => *id,
-                other => panic!("unexpected row {other:?}"),
-            })
-            .collect()
-    }
-
-    async fn insert<D: Driver>(tx: &mut ServerTx<D>, id: i64) -> Result<u64, SqlError>
-    where
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        tx.execute("INSERT INTO t (id) VALUES (?)", vec![Value::Int64(id)]).await
-    }
-
-    /// The danger of a transaction without BEGIN (MariaDB): a connection
-    /// back in the pool with its writes still open would have them
-    /// committed by its next user. Dropped unended, it is closed instead.
-    async fn a_transaction_dropped_unended_leaves_nothing<D: Driver>(test: &str)
-    where
-        D::Db: MigrateDatabase,
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        <D::Db as Database>::Connection: Migrate,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        let shard = shard::<D>(test, 1).await;
-        let mut cancelled = shard.begin(true).await.unwrap();
-        insert(&mut cancelled, 1).await.unwrap();
-        drop(cancelled);
-        let mut next = shard.begin(true).await.unwrap();
-        insert(&mut next, 3).await.unwrap();
-        next.commit().await.unwrap();
-        let mut rolled_back = shard.begin(true).await.unwrap();
-        insert(&mut rolled_back, 2).await.unwrap();
-        rolled_back.rollback().await;
-        assert_eq!(ids(&shard).await, vec![3], "only the committed transaction's row");
-    }
-
-    /// Parked connections (warm.rs) and sqlx's pool share one limit: many
-    /// more transactions than connections, committed, rolled back or
-    /// dropped, all get a connection in turn, and none waits for a parked
-    /// one it cannot see.
-    async fn more_transactions_than_connections_take_turns<D: Driver>(test: &str)
-    where
-        D::Db: MigrateDatabase,
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        <D::Db as Database>::Connection: Migrate,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        let shard = Arc::new(shard::<D>(test, 2).await);
-        let tasks: Vec<_> = (0..60_i64)
-            .map(|id| {
-                let shard = shard.clone();
-                tokio::spawn(async move {
-                    let mut tx = shard.begin(true).await.unwrap();
-                    insert(&mut tx, id).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    match id % 3 {
-                        0 => tx.commit().await.unwrap(),
-                        1 => tx.rollback().await,
-                        _ => drop(tx),
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let committed: Vec<i64> = (0..60).filter(|id| id % 3 == 0).collect();
-        assert_eq!(ids(&*shard).await, committed);
-    }
-
-    /// A batch writes its parameters in as literals (batch.rs): every value,
-    /// however hostile, must land exactly as the bound path stores it, and
-    /// none may change the statement around it.
-    async fn a_batch_stores_what_bound_parameters_store<D: Driver>(test: &str)
-    where
-        D::Db: MigrateDatabase,
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        <D::Db as Database>::Connection: Migrate,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        let shard = shard::<D>(test, 2).await;
-        let table = if <D::Db as Database>::NAME == "MySQL" {
-            "CREATE TABLE v (id BIGINT PRIMARY KEY, t VARCHAR(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
-             b VARBINARY(200), i BIGINT, f DOUBLE, flag BOOLEAN, n BIGINT)"
-        } else {
-            "CREATE TABLE v (id BIGINT PRIMARY KEY, t TEXT, b BYTEA, i BIGINT, f DOUBLE PRECISION, \
-             flag BOOLEAN, n BIGINT)"
-        };
-        let mut tx = shard.begin(true).await.unwrap();
-        tx.execute(table, Vec::new()).await.unwrap();
-        tx.commit().await.unwrap();
-
-        let insert = "INSERT INTO v (id, t, b, i, f, flag, n) VALUES (?, ?, ?, ?, ?, ?, ?)";
-        // `i - ?` with a negative parameter: `i - -5` would open a comment.
-        let update = "UPDATE v SET i = i - ?, f = f * ? WHERE id = ? AND t = ? -- ?\n";
-        let hostile = |id: i64| {
-            vec![
-                Value::Int64(id),
-                Value::Text("it's -- ?; DROP TABLE v; \\' \" ` # /* \\0 é 🦀 */".into()),
-                Value::Blob(vec![0, b'\'', b'\\', b'"', 0xff, b'\n', b'?']),
-                Value::Int64(i64::MIN + 10),
-                Value::Float64(-0.1),
-                Value::Boolean(true),
-                Value::Null,
-            ]
-        };
-        let update_params = |id: i64, text: &Value| {
-            vec![Value::Int64(-5), Value::Float64(-1.5e-300), Value::Int64(id), text.clone()]
-        };
-        // Empty text and bytes, and the extremes of both number types.
-        let edges = |id: i64| {
-            vec![
-                Value::Int64(id),
-                Value::Text(String::new()),
-                Value::Blob(Vec::new()),
-                Value::Int64(i64::MAX),
-                Value::Float64(f64::MIN_POSITIVE),
-                Value::Boolean(false),
-                Value::Int64(i64::MIN),
-            ]
-        };
-        let bound = hostile(1);
-        let batched = hostile(2);
-        let mut tx = shard.begin(true).await.unwrap();
-        tx.execute(insert, bound.clone()).await.unwrap();
-        assert_eq!(tx.execute(update, update_params(1, &bound[1])).await.unwrap(), 1);
-        tx.execute(insert, edges(3)).await.unwrap();
-        let counts = tx
-            .execute_batch(vec![
-                Statement { sql: insert.into(), params: batched.clone() },
-                Statement { sql: update.into(), params: update_params(2, &batched[1]) },
-                Statement { sql: insert.into(), params: edges(4) },
-            ])
-            .await
-            .unwrap();
-        assert_eq!(counts, vec![1, 1, 1]);
-        tx.commit().await.unwrap();
-
-        let mut tx = shard.begin(false).await.unwrap();
-        let rows = tx.query("SELECT t, b, i, f, flag, n FROM v ORDER BY id", Vec::new()).await.unwrap();
-        tx.commit().await.unwrap();
-        let [row_bound, row_batched, edges_bound, edges_batched] = rows.rows.as_slice() else {
-            panic!("four rows expected: {rows:?}")
-        };
-        assert_eq!(
-            format!("{row_batched:?}"),
-            format!("{row_bound:?}"),
-            "the batch stored what binding stored"
-        );
-        assert_eq!(format!("{edges_batched:?}"), format!("{edges_bound:?}"), "the same for the edge values");
-        assert!(matches!(row_bound[2], Value::Int64(i) if i == i64::MIN + 15), "{row_bound:?}");
-        assert!(matches!(row_bound[3], Value::Float64(f) if f == -0.1 * -1.5e-300), "{row_bound:?}");
-    }
-
-    /// Counts come back per statement; a failing statement is named, the
-    /// ones after it never run, and the transaction then ends the way a
-    /// failed `execute` would leave it on that server.
-    async fn a_batch_counts_each_statement_and_stops_at_a_failure<D: Driver>(test: &str)
-    where
-        D::Db: MigrateDatabase,
-        for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
-        <D::Db as Database>::Connection: Migrate,
-        for<'q> <D::Db as Database>::Arguments<'static>: IntoArguments<'q, D::Db>,
-    {
-        let shard = shard::<D>(test, 1).await;
-        let statement = |sql: &str, ids: &[i64]| Statement {
-            sql: sql.into(),
-            params: ids.iter().map(|id| Value::Int64(*id)).collect(),
-        };
-        let insert = "INSERT INTO t (id) VALUES (?)";
-        let mut tx = shard.begin(true).await.unwrap();
-        let counts = tx
-            .execute_batch(vec![
-                statement(insert, &[10]),
-                statement("INSERT INTO t (id) VALUES (?), (?)", &[11, 12]),
-                statement("UPDATE t SET id = id WHERE id >= ?", &[11]),
-                statement("DELETE FROM t WHERE id = ?;", &[99]),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(counts, vec![1, 2, 2, 0], "rows changed (matched, for the UPDATE) per statement");
-        tx.commit().await.unwrap();
-
-        let mut tx = shard.begin(true).await.unwrap();
-        let two_in_one =
-            tx.execute_batch(vec![statement(insert, &[1]), statement("DELETE FROM t; SELECT 1", &[])]).await;
-        assert!(
-            matches!(&two_in_one, Err(SqlError::InvalidStatement(m)) if m.starts_with("statement 2 of 2"))
-        );
-        let failed = tx
-            .execute_batch(vec![statement(insert, &[1]), statement(insert, &[10]), statement(insert, &[2])])
-            .await;
-        let Err(SqlError::ConstraintViolation(why)) = failed else {
-            panic!("duplicate accepted: {failed:?}")
-        };
-        assert!(why.starts_with("statement 2 of 3: "), "{why}");
-        if D::ERROR_ABORTS_TRANSACTION {
-            assert!(tx.commit().await.is_err(), "PostgreSQL's aborted transaction cannot commit");
-            assert_eq!(ids(&shard).await, vec![10, 11, 12]);
-        } else {
+            assert_eq!(counts, vec![1, 1, 1]);
             tx.commit().await.unwrap();
-            assert_eq!(ids(&shard).await, vec![1, 10, 11, 12], "statement 1 stays, statement 3 never ran");
+
+            let mut tx = shard.begin(false).await.unwrap();
+            let rows = tx.query("SELECT t, b, i, f, flag, n FROM v ORDER BY id", Vec::new()).await.unwrap();
+            tx.commit().await.unwrap();
+            let [row_bound, row_batched, edges_bound, edges_batched] = rows.rows.as_slice() else {
+                panic!("four rows expected: {rows:?}")
+            };
+            assert_eq!(
+                format!("{row_batched:?}"),
+                format!("{row_bound:?}"),
+                "the batch stored what binding stored"
+            );
+            assert_eq!(
+                format!("{edges_batched:?}"),
+                format!("{edges_bound:?}"),
+                "the same for the edge values"
+            );
+            assert!(matches!(row_bound[2], Value::Int64(i) if i == i64::MIN + 15), "{row_bound:?}");
+            assert!(matches!(row_bound[3], Value::Float64(f) if f == -0.1 * -1.5e-300), "{row_bound:?}");
+        }
+
+        /// Counts come back per statement; a failing statement is named, the
+        /// ones after it never run, and the transaction then ends the way a
+        /// failed `execute` would leave it on that server.
+        async fn a_batch_counts_each_statement_and_stops_at_a_failure(test: &str) {
+            let shard = Self::shard(test, 1).await;
+            let statement = |sql: &str, ids: &[i64]| Statement {
+                sql: sql.into(),
+                params: ids.iter().map(|id| Value::Int64(*id)).collect(),
+            };
+            let insert = "INSERT INTO t (id) VALUES (?)";
+            let mut tx = shard.begin(true).await.unwrap();
+            let counts = tx
+                .execute_batch(vec![
+                    statement(insert, &[10]),
+                    statement("INSERT INTO t (id) VALUES (?), (?)", &[11, 12]),
+                    statement("UPDATE t SET id = id WHERE id >= ?", &[11]),
+                    statement("DELETE FROM t WHERE id = ?;", &[99]),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(counts, vec![1, 2, 2, 0], "rows changed (matched, for the UPDATE) per statement");
+            tx.commit().await.unwrap();
+
+            let mut tx = shard.begin(true).await.unwrap();
+            let two_in_one = tx
+                .execute_batch(vec![statement(insert, &[1]), statement("DELETE FROM t; SELECT 1", &[])])
+                .await;
+            assert!(
+                matches!(&two_in_one, Err(SqlError::InvalidStatement(m)) if m.starts_with("statement 2 of 2"))
+            );
+            let failed = tx
+                .execute_batch(vec![
+                    statement(insert, &[1]),
+                    statement(insert, &[10]),
+                    statement(insert, &[2]),
+                ])
+                .await;
+            let Err(SqlError::ConstraintViolation(why)) = failed else {
+                panic!("duplicate accepted: {failed:?}")
+            };
+            assert!(why.starts_with("statement 2 of 3: "), "{why}");
+            if D::ERROR_ABORTS_TRANSACTION {
+                assert!(tx.commit().await.is_err(), "PostgreSQL's aborted transaction cannot commit");
+                assert_eq!(Self::ids(&shard).await, vec![10, 11, 12]);
+            } else {
+                tx.commit().await.unwrap();
+                assert_eq!(
+                    Self::ids(&shard).await,
+                    vec![1, 10, 11, 12],
+                    "statement 1 stays, statement 3 never ran"
+                );
+            }
         }
     }
 
     #[tokio::test]
     async fn mariadb_write_transactions_run_with_autocommit_off() {
-        let shard = shard::<Mysql>("autocommit", 1).await;
+        let shard = On::<Mysql>::shard("autocommit", 1).await;
         let mut tx = shard.begin(true).await.unwrap();
         let rows = tx.query("SELECT @@autocommit AS autocommit", Vec::new()).await.unwrap();
         assert!(
             matches!(rows.rows.as_slice(), [row] if matches!(row.as_slice(), [Value::Int64(0)])),
             "{rows:?}"
         );
-        insert(&mut tx, 1).await.unwrap();
-        insert(&mut tx, 2).await.unwrap();
+        On::<Mysql>::insert(&mut tx, 1).await.unwrap();
+        On::<Mysql>::insert(&mut tx, 2).await.unwrap();
         tx.rollback().await;
-        assert_eq!(ids(&shard).await, Vec::<i64>::new(), "a rollback undoes every statement");
+        assert_eq!(On::<Mysql>::ids(&shard).await, Vec::<i64>::new(), "a rollback undoes every statement");
     }
 
     /// PostgreSQL aborts the transaction at any error and turns its COMMIT
@@ -754,15 +735,15 @@ mod transaction_tests {
     /// nothing committed.
     #[tokio::test]
     async fn postgres_refuses_the_commit_of_a_failed_transaction() {
-        let shard = shard::<Postgres>("failed", 2).await;
+        let shard = On::<Postgres>::shard("failed", 2).await;
         let mut tx = shard.begin(true).await.unwrap();
-        insert(&mut tx, 1).await.unwrap();
-        let duplicate = insert(&mut tx, 1).await;
+        On::<Postgres>::insert(&mut tx, 1).await.unwrap();
+        let duplicate = On::<Postgres>::insert(&mut tx, 1).await;
         assert!(matches!(duplicate, Err(SqlError::ConstraintViolation(_))), "{duplicate:?}");
-        assert!(insert(&mut tx, 2).await.is_err());
+        assert!(On::<Postgres>::insert(&mut tx, 2).await.is_err());
         let commit = tx.commit().await;
         assert!(matches!(commit, Err(SqlError::ConstraintViolation(_))), "{commit:?}");
-        assert_eq!(ids(&shard).await, Vec::<i64>::new());
+        assert_eq!(On::<Postgres>::ids(&shard).await, Vec::<i64>::new());
     }
 
     /// MariaDB ends a deadlock victim's transaction; with `autocommit = 0`
@@ -770,10 +751,10 @@ mod transaction_tests {
     /// then make durable: half a step. The victim refuses both instead.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mariadb_refuses_statements_and_commit_after_a_deadlock() {
-        let shard = shard::<Mysql>("deadlock", 4).await;
+        let shard = On::<Mysql>::shard("deadlock", 4).await;
         let mut setup = shard.begin(true).await.unwrap();
-        insert(&mut setup, 1).await.unwrap();
-        insert(&mut setup, 2).await.unwrap();
+        On::<Mysql>::insert(&mut setup, 1).await.unwrap();
+        On::<Mysql>::insert(&mut setup, 2).await.unwrap();
         setup.commit().await.unwrap();
 
         let lock = "SELECT id FROM t WHERE id = ? FOR UPDATE";
@@ -792,9 +773,9 @@ mod transaction_tests {
             other => panic!("expected one deadlock victim, got {other:?}"),
         };
         assert!(matches!(error, SqlError::Conflict(_)), "{error:?}");
-        assert!(matches!(insert(&mut victim, 3).await, Err(SqlError::Conflict(_))));
+        assert!(matches!(On::<Mysql>::insert(&mut victim, 3).await, Err(SqlError::Conflict(_))));
         assert!(matches!(victim.commit().await, Err(SqlError::Conflict(_))));
         survivor.commit().await.unwrap();
-        assert_eq!(ids(&shard).await, vec![1, 2], "nothing of the victim's");
+        assert_eq!(On::<Mysql>::ids(&shard).await, vec![1, 2], "nothing of the victim's");
     }
 }

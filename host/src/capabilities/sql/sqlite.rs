@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::types::{Value as SqliteValue, ValueRef};
 use rusqlite::{ffi, Connection, ErrorCode, OpenFlags};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::ConnectOptions;
 
@@ -25,7 +26,7 @@ use super::placeholders;
 
 use crate::bindings::sql::{Error as SqlError, RowSet, Value};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/sqlite");
+static MIGRATOR: Migrator = sqlx::migrate!("../infra/migrations/sqlite");
 
 /// How long a statement waits for a lock before reporting the shard busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,9 +39,8 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Options for a SQLite file that must not lose a commit: WAL, and
 /// `synchronous = FULL` so a commit that answered 2xx survives power loss.
-/// Used for the embedded event log (through sqlx) and to migrate shard
-/// files. Creates the file's directory.
-pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
+/// Used to migrate the file (through sqlx). Creates the file's directory.
+fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -49,6 +49,19 @@ pub fn durable_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT))
+}
+
+/// Creates the file if needed, applies `migrator` (through sqlx, on a
+/// connection of its own) and opens the file's one writer with automatic
+/// checkpoints off: a [`Checkpointer`] runs them off the writer's path.
+/// The shards and the embedded event log open their files this way.
+pub(crate) async fn migrate_and_open_writer(path: &Path, migrator: &Migrator) -> anyhow::Result<Connection> {
+    let mut conn = durable_options(path)?.create_if_missing(true).connect().await?;
+    migrator.run(&mut conn).await?;
+    sqlx::Connection::close(conn).await?;
+    let writer = connect(path, false)?;
+    writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(writer)
 }
 
 /// Opens a shard connection with the same settings as [`durable_options`],
@@ -88,12 +101,7 @@ impl SqliteShard {
     /// Creates and migrates the file if needed, then opens the writer and
     /// `readers` read-only connections.
     pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Self> {
-        let mut migrator = durable_options(path)?.create_if_missing(true).connect().await?;
-        MIGRATOR.run(&mut migrator).await?;
-        sqlx::Connection::close(migrator).await?;
-        let writer = connect(path, false)?;
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let writer = GroupWriter::new(writer, ACQUIRE_TIMEOUT);
+        let writer = GroupWriter::new(migrate_and_open_writer(path, &MIGRATOR).await?, ACQUIRE_TIMEOUT);
         let readers = (0..readers.max(1)).map(|_| connect(path, true)).collect::<anyhow::Result<_>>()?;
         let checkpointer = Checkpointer::start(path)?;
         Ok(Self {
@@ -308,7 +316,7 @@ fn execute(conn: &Connection, statement: &str, params: Vec<Value>) -> Result<u64
 /// statement of a text and ignores the rest, so a second one is refused
 /// here rather than silently dropped (the servers refuse it themselves).
 fn prepare<'c>(conn: &'c Connection, statement: &str) -> Result<rusqlite::CachedStatement<'c>, SqlError> {
-    if placeholders::split(statement, placeholders::STANDARD).several_statements {
+    if placeholders::several_statements(statement, placeholders::STANDARD) {
         return Err(SqlError::InvalidStatement(
             "the text holds more than one statement; run each on its own".into(),
         ));
