@@ -94,7 +94,7 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     let host = Host::start();
     let log = host.events().await;
     // No event id, no merchant: can never be handled.
-    append(&log, 0, b"{}", Vec::new()).await;
+    support::append_event(&log, 0, b"{}", Vec::new()).await;
     take_payments(&host, 2).await;
     wait_for(SETTLE, "settlement after the poison event", || settled(&host, SHARDS)).await;
 
@@ -108,34 +108,6 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     assert!(metrics.contains(r#"payfn_events_dead_lettered_total{component="settlement"} 1"#), "{metrics}");
 }
 
-/// Appends a keyless record to `partition` of the log's `payments` topic.
-async fn append(log: &sqlx::SqlitePool, partition: i64, value: &[u8], headers: Vec<u8>) {
-    sqlx::query(
-        "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
-         VALUES ('payments', ?, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = ?), \
-                 NULL, ?, ?, 0)",
-    )
-    .bind(partition)
-    .bind(partition)
-    .bind(value)
-    .bind(headers)
-    .execute(log)
-    .await
-    .unwrap();
-}
-
-/// The event log's header encoding: `[u32 length][name][u32 length][value]...`.
-fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        for part in [name.as_bytes(), value.as_bytes()] {
-            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_once() {
     let host = Host::start();
@@ -146,9 +118,10 @@ async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_
     // batch is rolled back and handled again record by record. The good
     // events of the batch must settle exactly once all the same.
     for partition in 0..4 {
-        let headers = encode_headers(&[("event-id", &format!("evt_bad_{partition}")), ("merchant-id", "2")]);
+        let headers =
+            support::encode_headers(&[("event-id", &format!("evt_bad_{partition}")), ("merchant-id", "2")]);
         let value = r#"{"type":"payment.captured","merchantId":2,"currency":"EUR","occurredAt":"2026-12-01T00:00:00Z"}"#;
-        append(&log, partition, value.as_bytes(), headers).await;
+        support::append_event(&log, partition, value.as_bytes(), headers).await;
     }
     take_payments(&host, 8).await;
     wait_for(SETTLE, "settlement around the failing events", || settled(&host, SHARDS)).await;

@@ -168,36 +168,143 @@ async fn json_logs_tie_each_line_to_its_request() {
 /// only metric names a host exports, so a renamed metric cannot leave a
 /// panel or an alert silently empty.
 #[tokio::test]
-async fn dashboards_and_alerts_query_exported_metrics() {
-    let host = Host::start();
+async fn dashboards_and_alerts_query_exported_metrics_and_labels() {
+    use std::collections::{HashMap, HashSet};
+    // Drive the host until every family the dashboards use has samples: a
+    // trap (errors by kind), a rate-limited read, a payment through
+    // settlement, a poison record and a replayed one (consumed-event outcomes).
+    let extra = test_component("/test/trap", "trap", "test_trap.wasm", r#"["sql", "log"]"#);
+    let host = Host::start_with(&manifest(&extra), "[http.rate_limits.components]\nget-payment = 1\n");
+    let m = host.merchant(2);
+    let id = m.authorize(1000).await;
+    assert_eq!(m.post(&format!("/payments/{id}/capture"), "{}").await.status, 200);
+    assert_eq!(m.get(&format!("/payments/{id}")).await.status, 200);
+    assert_eq!(m.get(&format!("/payments/{id}")).await.status, 429);
+    host.merchant(3).post("/test/trap", "{}").await.assert_error(500, "function_failed");
+    let settle = std::time::Duration::from_secs(60);
+    support::wait_for(settle, "settlement", || support::settled(&host, support::SHARDS)).await;
+    let log = host.events().await;
+    support::append_event(&log, 0, b"{}", Vec::new()).await;
+    let (partition, value, headers): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT partition, value, headers FROM records \
+         WHERE topic = 'payments' AND instr(headers, 'payment.captured') > 0 LIMIT 1",
+    )
+    .fetch_one(&log)
+    .await
+    .unwrap();
+    support::append_event(&log, partition, &value, headers).await;
+    support::wait_for(settle, "a dead-lettered and a duplicate event", || async {
+        let text = host.metrics().await;
+        text.contains("payfn_events_dead_lettered_total{") && text.contains("payfn_events_duplicate_total{")
+    })
+    .await;
+
+    // Family -> the label names on its samples; sample name -> family.
     let exported = host.metrics().await;
-    // `# TYPE payfn_invocations counter` -> the family and its sample names.
-    let mut names = std::collections::HashSet::new();
+    let mut labels: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut family_of: HashMap<String, String> = HashMap::new();
     for line in exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
-        let family = line.split_whitespace().next().unwrap_or_default();
+        let family = line.split_whitespace().next().unwrap_or_default().to_string();
         for suffix in ["", "_total", "_bucket", "_sum", "_count", "_created"] {
-            names.insert(format!("{family}{suffix}"));
+            family_of.insert(format!("{family}{suffix}"), family.clone());
         }
     }
+    for line in exported.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let family = family_of.get(&line[..name_end]).unwrap_or_else(|| panic!("unknown sample {line}"));
+        let names = labels.entry(family.clone()).or_default();
+        if line[name_end..].starts_with('{') {
+            names.extend(selector_labels(&line[name_end + 1..]));
+        }
+    }
+
+    // Prometheus's own target labels, and the histogram bucket bound.
+    let implicit = ["instance", "job", "vm", "le"];
     let infra = support::repo().join("infra/compose");
-    for file in ["grafana/dashboards/payfn.json", "alerts.yml"] {
-        let text = std::fs::read_to_string(infra.join(file)).unwrap();
-        let mut queried: Vec<&str> = text
-            .match_indices("payfn_")
-            .map(|(at, _)| {
-                let rest = &text[at..];
-                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-                &rest[..end]
-            })
-            .collect();
-        queried.sort_unstable();
-        queried.dedup();
-        assert!(!queried.is_empty(), "{file} queries no payfn metric");
-        for name in queried {
-            assert!(
-                names.contains(name),
-                "{file} queries `{name}`, which the host does not export:\n{exported}"
-            );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(infra.join("grafana/dashboards/payfn.json")).unwrap())
+            .unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or_default();
+            queries
+                .push((format!("dashboard panel `{title}`"), target["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    let alerts = std::fs::read_to_string(infra.join("alerts.yml")).unwrap();
+    for line in alerts.lines().filter_map(|l| l.trim().strip_prefix("expr:")) {
+        queries.push(("alerts.yml".to_string(), line.trim().to_string()));
+    }
+    assert!(queries.len() > 20, "{queries:?}");
+    for (place, expr) in &queries {
+        // Every payfn metric the query names, and the labels its selector uses.
+        let mut families = Vec::new();
+        for (at, _) in expr.match_indices("payfn_") {
+            let rest = &expr[at..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let family = family_of.get(&rest[..end]).unwrap_or_else(|| {
+                panic!("{place} queries `{}`, which is not exported:\n{exported}", &rest[..end])
+            });
+            let have = labels.get(family).unwrap_or_else(|| panic!("{place}: `{family}` has no samples"));
+            if let Some(selector) = rest[end..].strip_prefix('{') {
+                for label in selector_labels(selector) {
+                    assert!(
+                        implicit.contains(&label.as_str()) || have.contains(&label),
+                        "{place} selects `{family}` by `{label}`, which it does not carry ({have:?})"
+                    );
+                }
+            }
+            families.push(family);
+        }
+        if families.is_empty() {
+            // Prometheus's own scrape health is the only other series used.
+            assert!(expr.contains(r#"up{job="payfn"}"#), "{place} queries no payfn metric: {expr}");
+            continue;
+        }
+        // Every label it groups by is on every metric of the query.
+        for (at, _) in expr.match_indices("by (") {
+            let list = &expr[at + 4..at + 4 + expr[at + 4..].find(')').unwrap()];
+            for label in list.split(',').map(str::trim).filter(|l| !implicit.contains(l)) {
+                for family in &families {
+                    assert!(
+                        labels[*family].contains(label),
+                        "{place} groups `{family}` by `{label}`, which it does not carry ({:?})",
+                        labels[*family]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The label names of a selector or sample, from just after its `{`:
+/// `a="x",b=~"y"}` -> a, b. Values may hold any escaped character.
+fn selector_labels(text: &str) -> Vec<String> {
+    let (mut names, mut chars) = (Vec::new(), text.chars().peekable());
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=' && *c != '!').collect();
+        let name = name.trim().trim_start_matches(',').trim().to_string();
+        if name.is_empty() || name.starts_with('}') {
+            return names;
+        }
+        names.push(name);
+        // Past the operator's rest (`~`, `=`) to the opening quote, then the value.
+        for c in chars.by_ref() {
+            if c == '"' {
+                break;
+            }
+        }
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => break,
+                _ => escaped = false,
+            }
+        }
+        if chars.peek() == Some(&'}') {
+            return names;
         }
     }
 }

@@ -18,5 +18,6 @@ pub mod logging;
 pub mod manifest;
 mod metrics;
 pub mod runtime_config;
+pub mod telemetry;
 pub mod triggers;
 pub mod versions;

@@ -29,22 +29,29 @@ const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn,sqlx=warn";
 /// The format [`init`] installed.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// Installs the global subscriber. `RUST_LOG` filters, as usual.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: `RUST_LOG` filters, as usual; spans are
+/// also exported over OTLP when telemetry.rs is configured to.
+pub fn init(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
     let _ = FORMAT.set(format);
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => {
-            // Colours only for a terminal: logs that go to files stay plain.
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            builder.with_ansi(ansi).init();
-        }
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        // Colours only for a terminal: logs that go to files stay plain.
+        LogFormat::Text => lines.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).boxed(),
         LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+            lines.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
         }
-    }
+    };
+    // The filter is global, so with export off the hot path is as before:
+    // call sites below the level are disabled once, not checked per call.
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::telemetry::layer()?)
+        .with(lines)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
 /// The span an invocation runs in (see the module docs). A timer firing
@@ -57,6 +64,12 @@ pub fn invocation_span(
     version: &str,
 ) -> tracing::Span {
     tracing::info_span!("invocation", request_id, merchant, shard, component, version)
+}
+
+/// The span a timer firing runs in: an invocation span whose target keeps
+/// it out of trace export (telemetry.rs says why).
+pub fn timer_span(request_id: &str, shard: &str, component: &str, version: &str) -> tracing::Span {
+    tracing::info_span!(target: "payfn::timer", "invocation", request_id, shard, component, version)
 }
 
 /// One line of `payfn up`'s start-up summary (shards, routes, listening

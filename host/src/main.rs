@@ -6,7 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = payfn::cli::Cli::parse();
-    payfn::logging::init(args.log_format);
+    if let Err(e) = payfn::logging::init(args.log_format) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

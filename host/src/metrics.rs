@@ -62,6 +62,7 @@ pub struct Metrics {
     outbox_dead: Family<ShardLabel, Gauge>,
     partition_owned: Family<PartitionLabels, Gauge>,
     partition_records: Family<PartitionLabels, Counter>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
     loaded_versions: Gauge,
     control_behind: Gauge,
     control_sync_age: Gauge<f64, AtomicU64>,
@@ -126,6 +127,12 @@ impl Metrics {
             "Records this host's Kafka trigger handled (processed, duplicate or dead-lettered), per partition",
             partition_records.clone(),
         );
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "kafka_consumer_lag",
+            "Records of the partition not yet handled by the consumer group (log end minus committed position), read at scrape time",
+            consumer_lag.clone(),
+        );
         let loaded_versions = Gauge::default();
         registry.register(
             "loaded_versions",
@@ -156,6 +163,7 @@ impl Metrics {
             outbox_dead,
             partition_owned,
             partition_records,
+            consumer_lag,
             loaded_versions,
             control_behind,
             control_sync_age,
@@ -225,6 +233,11 @@ impl Metrics {
     /// Counts one record of `topic`/`partition` handled by `group`'s consumer.
     pub fn record_handled(&self, group: &str, topic: &str, partition: i32) {
         self.partition_records.get_or_create(&partition_labels(group, topic, partition)).inc();
+    }
+
+    /// Sets the lag gauge of one partition of a consumer group.
+    pub fn consumer_lag(&self, group: &str, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.get_or_create(&partition_labels(group, topic, partition)).set(lag);
     }
 
     /// The text exposition.

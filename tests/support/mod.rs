@@ -105,7 +105,15 @@ impl Host {
     pub fn start_with_args(manifest_text: &str, runtime_config: &str, args: &[&str]) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         write_app(dir.path(), manifest_text, runtime_config);
-        Self::spawn_with(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)), args)
+        Self::spawn_with(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)), args, &[])
+    }
+
+    /// Starts `payfn up` with this manifest and runtime config and these
+    /// environment variables.
+    pub fn start_with_env(manifest_text: &str, runtime_config: &str, env: &[(&str, &str)]) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_app(dir.path(), manifest_text, runtime_config);
+        Self::spawn_with(dir.path().to_path_buf(), Some(std::sync::Arc::new(dir)), &[], env)
     }
 
     /// Starts `payfn up` with this manifest and runtime config on `env`.
@@ -148,14 +156,19 @@ impl Host {
     /// (which the caller owns and may fill with sources first).
     pub fn start_watching(dir: &Path, manifest_text: &str, runtime_config: &str) -> Host {
         write_app(dir, manifest_text, runtime_config);
-        Self::spawn_with(dir.to_path_buf(), None, &["--watch"])
+        Self::spawn_with(dir.to_path_buf(), None, &["--watch"], &[])
     }
 
     fn spawn(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>) -> Host {
-        Self::spawn_with(app, dir, &[])
+        Self::spawn_with(app, dir, &[], &[])
     }
 
-    fn spawn_with(app: PathBuf, dir: Option<std::sync::Arc<tempfile::TempDir>>, extra: &[&str]) -> Host {
+    fn spawn_with(
+        app: PathBuf,
+        dir: Option<std::sync::Arc<tempfile::TempDir>>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Host {
         let mut child = Command::new(PAYFN)
             .args(["up", "--listen", "127.0.0.1:0"])
             .args(extra)
@@ -163,6 +176,7 @@ impl Host {
             .arg(app.join("spin.toml"))
             .env_remove("PAYFN_KEY_SECRET")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -434,6 +448,34 @@ impl Host {
         let options = sqlx::sqlite::SqliteConnectOptions::new().filename(self.app.join(".payfn/events.db"));
         sqlx::SqlitePool::connect_with(options).await.expect("open events.db")
     }
+}
+
+/// Appends a keyless record to `partition` of the log's `payments` topic.
+pub async fn append_event(log: &sqlx::SqlitePool, partition: i64, value: &[u8], headers: Vec<u8>) {
+    sqlx::query(
+        "INSERT INTO records (topic, partition, \"offset\", key, value, headers, appended_at_ms) \
+         VALUES ('payments', ?, (SELECT COALESCE(MAX(\"offset\") + 1, 0) FROM records WHERE topic = 'payments' AND partition = ?), \
+                 NULL, ?, ?, 0)",
+    )
+    .bind(partition)
+    .bind(partition)
+    .bind(value)
+    .bind(headers)
+    .execute(log)
+    .await
+    .unwrap();
+}
+
+/// The event log's header encoding: `[u32 length][name][u32 length][value]...`.
+pub fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
 }
 
 /// Polls `check` until it returns true or `limit` passes; panics with

@@ -41,17 +41,17 @@ fn deploy_error(e: DeployError) -> Response {
 
 /// Who asks, for the audit trail: `X-Payfn-Actor` (the CLI sends
 /// `user@host`), else `admin-api`.
-fn actor(headers: &HeaderMap) -> String {
+pub fn actor(headers: &HeaderMap) -> String {
     let given = headers.get("x-payfn-actor").and_then(|v| v.to_str().ok()).unwrap_or("admin-api");
     given.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 pub async fn list_all(State(admin): State<Arc<Admin>>) -> Response {
-    answer(admin.versions.list(None).await)
+    answer(admin.app.versions.list(None).await)
 }
 
 pub async fn list_one(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
-    answer(admin.versions.list(Some(&name)).await)
+    answer(admin.app.versions.list(Some(&name)).await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +86,7 @@ pub async fn upload(
         }
     }
     let actor = actor(&headers);
-    let versions = &admin.versions;
+    let versions = &admin.app.versions;
     let (version, prepare_ms) = match versions.upload(&name, body.to_vec(), query.label, &actor).await {
         Ok(uploaded) => uploaded,
         Err(e) => return deploy_error(e),
@@ -120,7 +120,7 @@ pub async fn activate(
     headers: HeaderMap,
     Json(body): Json<Activate>,
 ) -> Response {
-    answer(admin.versions.activate(&name, &body.version, Origin::Admin, &actor(&headers)).await)
+    answer(admin.app.versions.activate(&name, &body.version, Origin::Admin, &actor(&headers)).await)
 }
 
 pub async fn rollback(
@@ -128,7 +128,7 @@ pub async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(admin.versions.rollback(&name, &actor(&headers)).await)
+    answer(admin.app.versions.rollback(&name, &actor(&headers)).await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,5 +144,5 @@ pub async fn canary(
     headers: HeaderMap,
     Json(body): Json<CanaryBody>,
 ) -> Response {
-    answer(admin.versions.canary(&name, &body.version, body.percent, &actor(&headers)).await)
+    answer(admin.app.versions.canary(&name, &body.version, body.percent, &actor(&headers)).await)
 }

@@ -1,7 +1,9 @@
-//! The admin API: deploy, activate, roll back and canary component
-//! versions, and list them. JSON over HTTP under `/admin/v1`, on the main
-//! listener or on `[admin] listen` alone, behind an admin token that is
-//! never a merchant key.
+//! The admin API and console: deploy, activate, roll back and canary
+//! component versions, and list them; the platform's status; dead-lettered
+//! outbox rows and their re-drive. JSON over HTTP under `/admin/v1`, on the
+//! main listener or on `[admin] listen` alone, behind an admin token that is
+//! never a merchant key. The console (`/admin/`, console.rs) is a static
+//! page that calls this API with the token the operator gives it.
 //!
 //! | Method | Path | Does |
 //! |---|---|---|
@@ -11,9 +13,15 @@
 //! | POST | `/admin/v1/components/{name}/activate` | `{"version": "<digest, prefix or label>"}` |
 //! | POST | `/admin/v1/components/{name}/rollback` | back to the previous version, or end the canary |
 //! | POST | `/admin/v1/components/{name}/canary` | `{"version": "...", "percent": 10}` |
+//! | GET | `/admin/v1/status` | shards, kv, events, consumer lag, settlement per day |
+//! | GET | `/admin/v1/shards/{shard}/dead-letters` | dead-lettered outbox rows, oldest first; `?limit=` |
+//! | POST | `/admin/v1/shards/{shard}/dead-letters/redrive` | `{"event_ids": [...]}` or `{"all": true}` |
 
 mod auth;
+mod console;
+mod dead_letters;
 mod handlers;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +32,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use crate::versions::Versions;
+use crate::triggers::http::App;
 
 /// Environment variable holding the admin token.
 pub const TOKEN_ENV: &str = "PAYFN_ADMIN_TOKEN";
@@ -54,13 +62,14 @@ pub struct Admin {
     token: Option<String>,
     /// Where the token came from, for the startup summary.
     access: String,
-    pub versions: Arc<Versions>,
+    /// What the HTTP trigger serves with: versions, shards, kv, broker.
+    pub app: Arc<App>,
 }
 
 impl Admin {
     /// The token from `PAYFN_ADMIN_TOKEN`; or, with development keys, one
     /// generated into the state directory; or none (the API is disabled).
-    pub fn new(versions: Arc<Versions>, dev_mode: bool, state_dir: &Path) -> anyhow::Result<Self> {
+    pub fn new(app: Arc<App>, dev_mode: bool, state_dir: &Path) -> anyhow::Result<Self> {
         let (token, access) = match std::env::var(TOKEN_ENV) {
             Ok(token) if token.len() >= 16 => (Some(token), format!("token from ${TOKEN_ENV}")),
             Ok(_) => anyhow::bail!("${TOKEN_ENV} must be at least 16 characters"),
@@ -70,7 +79,7 @@ impl Admin {
             }
             Err(_) => (None, format!("disabled (set ${TOKEN_ENV} to enable)")),
         };
-        Ok(Self { token, access, versions })
+        Ok(Self { token, access, app })
     }
 
     /// How the startup summary describes access.
@@ -79,7 +88,7 @@ impl Admin {
     }
 }
 
-/// The admin routes, under `/admin/v1`.
+/// The admin routes: the API under `/admin/v1`, the console under `/admin/`.
 pub fn router(admin: Arc<Admin>, config: &AdminConfig) -> Router {
     let api = Router::new()
         .route("/components", get(handlers::list_all))
@@ -88,8 +97,11 @@ pub fn router(admin: Arc<Admin>, config: &AdminConfig) -> Router {
         .route("/components/{name}/activate", post(handlers::activate))
         .route("/components/{name}/rollback", post(handlers::rollback))
         .route("/components/{name}/canary", post(handlers::canary))
+        .route("/status", get(status::handler))
+        .route("/shards/{shard}/dead-letters", get(dead_letters::list))
+        .route("/shards/{shard}/dead-letters/redrive", post(dead_letters::redrive))
         .layer(DefaultBodyLimit::max(config.max_upload_mb.saturating_mul(1 << 20)))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), auth::layer))
         .with_state(admin);
-    Router::new().nest("/admin/v1", api)
+    Router::new().nest("/admin/v1", api).merge(console::router())
 }

@@ -145,7 +145,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         banner!("  route           {} -> {}", trigger.route, trigger.component);
     }
 
-    let admin = Arc::new(Admin::new(versions.clone(), keys.mode == "dev", &state_dir)?);
+    let app = Arc::new(App {
+        engine,
+        versions,
+        routes,
+        shards,
+        kv,
+        broker,
+        keys,
+        config: config.http.clone(),
+        metrics,
+        kafka_triggers: manifest.kafka_triggers.clone(),
+    });
+    let admin = Arc::new(Admin::new(app.clone(), app.keys.mode == "dev", &state_dir)?);
     let admin_routes = admin::router(admin.clone(), &config.admin);
     let admin_on_main = match config.admin.listen {
         Some(admin_listen) => {
@@ -153,7 +165,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {admin_listen} ([admin] listen)"))?;
             banner!(
-                "  admin           http://{}/admin/v1 ({})",
+                "  admin           http://{}/admin/ (console; API under /admin/v1; {})",
                 admin_listener.local_addr()?,
                 admin.describe()
             );
@@ -165,31 +177,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            banner!("  admin           http://{address}/admin/v1 ({})", admin.describe());
+            banner!(
+                "  admin           http://{address}/admin/ (console; API under /admin/v1; {})",
+                admin.describe()
+            );
             Some(admin_routes)
         }
     };
-    if keys.mode == "dev" {
-        banner!("  dev API key     merchant 1: {}", keys.issue(1));
+    if app.keys.mode == "dev" {
+        banner!("  dev API key     merchant 1: {}", app.keys.issue(1));
         banner!("                  (more: payfn keys issue --merchant ID)");
     }
-    let app = Arc::new(App {
-        engine,
-        versions,
-        routes,
-        shards,
-        kv,
-        broker,
-        keys,
-        config: config.http.clone(),
-        metrics,
-    });
     banner!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
 
     axum::serve(listener, http::router(app, admin_on_main))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
+    crate::telemetry::shutdown();
     banner!("payfn stopped");
     Ok(())
 }

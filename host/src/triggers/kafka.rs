@@ -296,6 +296,8 @@ impl Consumer {
         let component = self.slot.pick(merchant.to_string().as_bytes());
         let started = Instant::now();
         let span = invocation_span(&event_id, Some(merchant), &shard.name, name, component.short_digest());
+        // The producer's trace: one trace from the payment request to here.
+        crate::telemetry::continue_trace(&span, header(record, "traceparent"));
         let (result, tx) =
             self.context.engine.invoke_event(&component, bindings, event).instrument(span).await;
         let failure = result.as_ref().err().map(|e| e.kind());

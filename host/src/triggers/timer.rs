@@ -16,7 +16,7 @@ use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardTx};
 use crate::engine::{Bindings, Engine, LoadedComponent};
-use crate::logging::invocation_span;
+use crate::logging::timer_span;
 use crate::manifest::TimerTrigger;
 use crate::metrics::Metrics;
 use crate::versions::live::ComponentSlot;
@@ -84,7 +84,7 @@ async fn fire(
         tracing::info!(component = %name, shard = %shard.name, "timer: shard available again");
     }
     let request_id = format!("timer:{name}:{}:{firing}", shard.name);
-    let span = invocation_span(&request_id, None, &shard.name, name, component.short_digest());
+    let span = timer_span(&request_id, &shard.name, name, component.short_digest());
     run_firing(context, component, shard, tx, request_id, batch_size).instrument(span).await
 }
 

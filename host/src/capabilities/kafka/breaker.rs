@@ -59,6 +59,15 @@ impl Breaker {
         }
     }
 
+    /// `closed`, or how long it stays open.
+    pub fn describe(&self) -> String {
+        match self.lock().open_until {
+            Some(until) if Instant::now() < until => format!("open for {:?}", until - Instant::now()),
+            Some(_) => "half-open".to_string(),
+            None => "closed".to_string(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }

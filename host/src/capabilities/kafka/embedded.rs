@@ -15,9 +15,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Mutex;
 
+use super::positions::PartitionLag;
 use crate::bindings::kafka::{Delivery, Error, Message};
 use crate::capabilities::sql::{blocking, durable_connection, migrate_and_open_writer, Checkpointer};
 
@@ -189,6 +190,28 @@ impl EventLog {
             .execute(params![group, topic, partition, next_offset])
         })?;
         Ok(())
+    }
+
+    /// Every partition of `topics` for `group`: the log's end and the
+    /// group's position (records are never deleted, so the earliest is 0).
+    pub async fn positions(&self, group: &str, topics: &[String]) -> rusqlite::Result<Vec<PartitionLag>> {
+        let conn = self.reader.lock().await;
+        let mut end = conn.prepare_cached(
+            r#"SELECT COALESCE(MAX("offset") + 1, 0) FROM records WHERE topic = ?1 AND partition = ?2"#,
+        )?;
+        let mut position = conn.prepare_cached(
+            "SELECT next_offset FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+        )?;
+        let mut out = Vec::new();
+        for topic in topics {
+            for partition in 0..self.partitions as i32 {
+                let last: i64 = end.query_row(params![topic, partition], |r| r.get(0))?;
+                let committed: Option<i64> =
+                    position.query_row(params![group, topic, partition], |r| r.get(0)).optional()?;
+                out.push(PartitionLag::new(group, topic, partition, 0, last, committed));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn ping(&self) -> bool {

@@ -13,9 +13,28 @@ impl Host for KafkaState {
             ));
             return messages.iter().map(|_| Err(refused.clone())).collect();
         }
-        match &self.broker {
-            Some(broker) => broker.produce(messages).await,
-            None => messages.iter().map(|_| Err(Error::Unavailable("no broker configured".into()))).collect(),
+        let Some(broker) = &self.broker else {
+            return messages.iter().map(|_| Err(Error::Unavailable("no broker configured".into()))).collect();
+        };
+        if !crate::telemetry::enabled() {
+            return broker.produce(messages).await;
         }
+        // One `publish` span per traced message, in the trace its
+        // `traceparent` header names; the header then names the span, so
+        // the consumer's invocation is its child (telemetry.rs).
+        let mut messages = messages;
+        let spans: Vec<tracing::Span> = messages.iter_mut().filter_map(publish_span).collect();
+        let results = broker.produce(messages).await;
+        drop(spans);
+        results
     }
+}
+
+/// The span publishing `message`, if it carries a trace context.
+fn publish_span(message: &mut Message) -> Option<tracing::Span> {
+    let (_, value) = message.headers.iter_mut().find(|(name, _)| name == "traceparent")?;
+    let span = tracing::info_span!("publish", topic = %message.topic);
+    crate::telemetry::continue_trace(&span, Some(value));
+    *value = crate::telemetry::traceparent(&span)?.into_bytes();
+    Some(span)
 }

@@ -9,6 +9,7 @@
 mod breaker;
 mod embedded;
 mod host;
+mod positions;
 mod rdkafka;
 pub mod runtime_config;
 
@@ -20,6 +21,7 @@ use super::Capability;
 use crate::bindings::kafka::{Delivery, Error, Message};
 use crate::metrics::Metrics;
 pub use embedded::{EventLog, Record};
+pub use positions::PartitionLag;
 use rdkafka::{KafkaBroker, KafkaSubscription};
 use runtime_config::KafkaConfig;
 
@@ -46,7 +48,8 @@ pub struct Broker(Arc<Backend>);
 
 enum Backend {
     Embedded(Arc<EventLog>),
-    Kafka(KafkaBroker),
+    // Boxed: the broker's state is large and the embedded variant is a pointer.
+    Kafka(Box<KafkaBroker>),
 }
 
 impl Broker {
@@ -62,7 +65,7 @@ impl Broker {
                 Backend::Embedded(Arc::new(EventLog::open(&path, *partitions).await?))
             }
             KafkaConfig::Kafka { brokers, settings, partitions, assignment } => {
-                Backend::Kafka(KafkaBroker::connect(brokers, settings, *partitions, *assignment)?)
+                Backend::Kafka(Box::new(KafkaBroker::connect(brokers, settings, *partitions, *assignment)?))
             }
         };
         Ok(Broker(Arc::new(backend)))
@@ -113,6 +116,24 @@ impl Broker {
             }
             Backend::Kafka(kafka) => Subscription::Kafka(kafka.subscribe(group, topics, metrics)?),
         })
+    }
+
+    /// Whether the broker answers now, with a line on its state (the admin
+    /// console). Unlike [`Broker::ping`] this asks a Kafka cluster.
+    pub async fn health(&self) -> Result<String, String> {
+        match &*self.0 {
+            Backend::Embedded(log) if log.ping().await => Ok("the log file answers".to_string()),
+            Backend::Embedded(_) => Err("the log file does not answer".to_string()),
+            Backend::Kafka(kafka) => kafka.health().await,
+        }
+    }
+
+    /// Where `group` stands on every partition of `topics`.
+    pub async fn positions(&self, group: &str, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+        match &*self.0 {
+            Backend::Embedded(log) => Ok(log.positions(group, topics).await?),
+            Backend::Kafka(kafka) => kafka.positions(group, topics).await,
+        }
     }
 
     /// Whether the broker answers (readiness). For Kafka: the breaker is closed.

@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::breaker::Breaker;
+use super::positions::{LagReader, PartitionLag};
 use super::runtime_config::Assignment;
 use super::Record;
 use crate::bindings::kafka::{Delivery, Error, Message};
@@ -43,6 +44,7 @@ pub struct KafkaBroker {
     breaker: Breaker,
     partitions: u32,
     assignment: Assignment,
+    positions: LagReader,
 }
 
 impl KafkaBroker {
@@ -79,11 +81,33 @@ impl KafkaBroker {
             breaker: Breaker::default(),
             partitions,
             assignment,
+            positions: LagReader::new(consumer_config(brokers, settings)),
         })
     }
 
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// Whether the cluster answers a metadata request now, and how many
+    /// brokers it lists; plus the producer breaker's state.
+    pub async fn health(&self) -> Result<String, String> {
+        let producer = self.producer.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let breaker = self.breaker.describe();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, Duration::from_secs(3)).map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match metadata {
+            Ok(brokers) => Ok(format!("{brokers} broker(s) answer; producer breaker {breaker}")),
+            Err(e) => Err(format!("metadata request failed: {e}; producer breaker {breaker}")),
+        }
+    }
+
+    /// Every partition of `topics` for `group`: end, committed, lag.
+    pub async fn positions(&self, group: &str, topics: &[String]) -> anyhow::Result<Vec<PartitionLag>> {
+        self.positions.read(group, topics).await
     }
 
     /// Creates `topics` with the configured partition count; existing ones are kept.

@@ -67,6 +67,11 @@ pub struct Member {
 }
 
 impl GroupWriter {
+    /// Whether a member or the flusher holds the writer now.
+    pub fn busy(&self) -> bool {
+        self.group.try_lock().is_err()
+    }
+
     /// Takes `conn` (migrated, WAL, `synchronous = FULL`) as the writer and
     /// starts its flusher task.
     pub fn new(conn: Connection, acquire_timeout: Duration) -> Self {

@@ -37,6 +37,17 @@ pub const CAPABILITY: Capability = Capability {
     link: |linker| crate::bindings::sql::add_to_linker::<_, super::Field<SqlState>>(linker, |s| &mut s.sql),
 };
 
+/// A shard's connections as the admin console shows them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolUse {
+    /// In a transaction now.
+    pub in_use: u32,
+    /// Open, in a transaction or idle.
+    pub open: u32,
+    /// The most the shard opens.
+    pub max: u32,
+}
+
 /// Per-invocation state: the shard the invocation is bound to and its
 /// transaction, present until the trigger takes it back.
 pub struct SqlState {

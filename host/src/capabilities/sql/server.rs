@@ -174,6 +174,12 @@ where
     pub async fn ping(&self) -> bool {
         self.not_ready().is_none() && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+
+    /// Connections in transactions, open (sqlx's plus parked) and allowed.
+    pub fn pool_use(&self) -> super::PoolUse {
+        let (in_use, max) = self.warm.in_use();
+        super::PoolUse { in_use, open: self.pool.size(), max }
+    }
 }
 
 /// Migrates (or checks), retrying with backoff until the shard is ready.

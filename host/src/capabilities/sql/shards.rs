@@ -66,6 +66,15 @@ impl Shard {
         }
     }
 
+    /// How many of its connections are in use.
+    pub fn pool_use(&self) -> super::PoolUse {
+        match &self.backend {
+            Backend::Sqlite(s) => s.pool_use(),
+            Backend::Mysql(s) => s.pool_use(),
+            Backend::Postgres(s) => s.pool_use(),
+        }
+    }
+
     /// Why the shard cannot take transactions yet (unreachable since start,
     /// or not migrated), if it cannot.
     pub fn not_ready(&self) -> Option<String> {

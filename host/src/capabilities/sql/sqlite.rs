@@ -156,6 +156,15 @@ impl SqliteShard {
             Err(_) => false,
         }
     }
+
+    /// The writer and the readers: how many are in a transaction now.
+    pub fn pool_use(&self) -> super::PoolUse {
+        let readers = u32::try_from(self.readers.count).unwrap_or(u32::MAX);
+        let free = u32::try_from(self.readers.permits.available_permits()).unwrap_or(readers);
+        let in_use = readers.saturating_sub(free) + u32::from(self.writer.busy());
+        let all = readers.saturating_add(1);
+        super::PoolUse { in_use, open: all, max: all }
+    }
 }
 
 /// A transaction on one SQLite shard: a member of the writer's group, or
@@ -215,12 +224,14 @@ impl Transaction {
 struct Readers {
     idle: Mutex<Vec<Connection>>,
     permits: tokio::sync::Semaphore,
+    count: usize,
 }
 
 impl Readers {
     fn new(connections: Vec<Connection>) -> Self {
-        let permits = tokio::sync::Semaphore::new(connections.len());
-        Self { idle: Mutex::new(connections), permits }
+        let count = connections.len();
+        let permits = tokio::sync::Semaphore::new(count);
+        Self { idle: Mutex::new(connections), permits, count }
     }
 
     async fn begin(readers: &Arc<Readers>) -> Result<ReadTx, SqlError> {

@@ -33,6 +33,7 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The parked connections of one shard.
 pub struct Warm<DB: Database> {
+    size: u32,
     permits: Arc<Semaphore>,
     parked: Mutex<Vec<Parked<DB>>>,
     acquire_timeout: Duration,
@@ -58,6 +59,7 @@ impl<DB: Database> Warm<DB> {
     /// For a pool of `size` connections.
     pub fn new(size: u32, acquire_timeout: Duration, max_lifetime: Duration) -> Self {
         Self {
+            size: size.max(1),
             permits: Arc::new(Semaphore::new(size.max(1) as usize)),
             parked: Mutex::new(Vec::new()),
             acquire_timeout,
@@ -100,6 +102,13 @@ impl<DB: Database> Warm<DB> {
         };
         drop(stale);
         // `_permit` drops after the push: whoever it admits finds the connection.
+    }
+
+    /// Connections in a transaction now (each holds a permit), of at most
+    /// `size`.
+    pub fn in_use(&self) -> (u32, u32) {
+        let free = u32::try_from(self.permits.available_permits()).unwrap_or(self.size);
+        (self.size.saturating_sub(free), self.size)
     }
 
     fn pop(&self) -> Option<Parked<DB>> {

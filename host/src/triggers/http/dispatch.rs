@@ -88,6 +88,8 @@ async fn run(
     let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
     let span =
         invocation_span(&id.0, Some(merchant), &shard.name, &matched.component, component.short_digest());
+    // The trace the caller started, if it sent one (telemetry.rs).
+    crate::telemetry::continue_trace(&span, parts.headers.get("traceparent").map(|v| v.as_bytes()));
     call.serve(parts, body).instrument(span).await
 }
 
@@ -248,7 +250,12 @@ fn guest_request(
     for (name, value) in &matched.params {
         set(format!("payfn-param-{name}"), value);
     }
-    // W3C trace context: the caller's if well formed, else a new trace.
+    // W3C trace context: with export on, the invocation span (a child of the
+    // caller's); else the caller's if well formed, else a new trace.
+    let exported = crate::telemetry::traceparent(&tracing::Span::current());
+    if let Some(value) = exported.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert("traceparent", value);
+    }
     let traceparent =
         headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
     if traceparent.is_none() {

@@ -60,6 +60,19 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             Err(e) => tracing::warn!(shard = %shard.name, error = ?e, "cannot read outbox counts"),
         }
     }
+    // So is consumer lag: the log's end and the group's commits live in the broker.
+    for trigger in &app.kafka_triggers {
+        match app.broker.positions(&trigger.group, &trigger.topics).await {
+            Ok(partitions) => {
+                for p in partitions {
+                    app.metrics.consumer_lag(&p.group, &p.topic, p.partition, p.lag);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %trigger.group, error = %format!("{e:#}"), "cannot read consumer lag")
+            }
+        }
+    }
     app.metrics.loaded_versions(crate::engine::loaded_versions());
     let sync = app.versions.sync_status();
     app.metrics.control_sync(sync.generations_behind, sync.seconds_since_sync);

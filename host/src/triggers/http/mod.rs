@@ -30,6 +30,7 @@ use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
 use crate::engine::Engine;
 use crate::keys::KeyRing;
+use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
 use crate::versions::Versions;
 
@@ -66,6 +67,8 @@ pub struct App {
     pub keys: KeyRing,
     pub config: HttpConfig,
     pub metrics: Metrics,
+    /// The manifest's Kafka triggers: whose consumer lag to report.
+    pub kafka_triggers: Vec<KafkaTrigger>,
 }
 
 /// The router: component routes behind their layers, plus health and
