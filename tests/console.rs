@@ -292,5 +292,38 @@ async fn operators_redrive_deploy_and_roll_back_from_the_console() {
         )
         .await;
     browser.screenshot("rolled-back").await;
+
+    // Canary build B to 25% of merchants from its version row, then end it.
+    let row = format!("tr.detail[data-component='authorize'] tr[data-digest='{deployed}']");
+    let percent = browser.find(&format!("{row} input.percent")).await;
+    percent.clear().await.unwrap();
+    percent.send_keys("25").await.unwrap();
+    browser.click(&format!("{row} button.canary")).await;
+    browser
+        .wait_text("#notice", "the canary", |t| {
+            t.contains(&format!("canary authorize {}: done", &deployed[..12]))
+        })
+        .await;
+    browser
+        .wait_text("tr.component[data-component='authorize'] .canary-version", "the canary shown", |t| {
+            t.contains("build-b") && t.contains("25%")
+        })
+        .await;
+    let listing = host.versions().await;
+    let active =
+        &listing["components"].as_array().unwrap().iter().find(|c| c["component"] == "authorize").unwrap()
+            ["active"];
+    assert_eq!(
+        (active["canary_digest"].as_str(), active["canary_percent"].as_u64()),
+        (Some(deployed.as_str()), Some(25))
+    );
+    browser.screenshot("canary").await;
+    browser.click_and_confirm("tr.component[data-component='authorize'] button.rollback").await;
+    browser
+        .wait_text("tr.component[data-component='authorize'] .canary-version", "the canary ended", |t| {
+            t == "–"
+        })
+        .await;
+    assert_eq!(host.active_digest("authorize").await, before);
     browser.close().await;
 }

@@ -114,19 +114,20 @@ impl Browser {
         self.find(css).await.click().await.unwrap_or_else(|e| panic!("click `{css}`: {e}"));
     }
 
-    /// Clicks the element at `css` and accepts the confirmation it opens.
+    /// Clicks the element at `css` and accepts the confirmation it opens
+    /// (clicking again, found afresh, if no confirmation came).
     pub async fn click_and_confirm(&self, css: &str) {
-        self.click(css).await;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            match self.client.accept_alert().await {
-                Ok(()) => return,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    panic!("no confirmation after `{css}`: {e}")
+        for _ in 0..5 {
+            self.click(css).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline {
+                if self.client.accept_alert().await.is_ok() {
+                    return;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        panic!("no confirmation after clicking `{css}`");
     }
 
     /// Ends the session and chromedriver.

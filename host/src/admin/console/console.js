@@ -17,6 +17,8 @@ const state = {
   busy: false,
   /// Components whose versions the operator has open.
   open: new Set(),
+  /// What the sections with buttons last drew, to redraw only on change.
+  drawn: {},
 };
 
 // ---- small DOM helpers ----------------------------------------------------
@@ -105,6 +107,7 @@ function showSignIn(message) {
   $("live").hidden = true;
   $("sign-in").hidden = false;
   $("sign-in-error").textContent = message || "";
+  state.drawn = {};
 }
 
 async function signIn(token) {
@@ -178,6 +181,11 @@ function renderComponents(listing) {
   const editing = body.querySelector("form.deploy input:focus, form.deploy select:focus, input.percent:focus") ||
     [...body.querySelectorAll("input[type=file]")].some((input) => input.files.length);
   if (editing) return;
+  // Redrawn only when what serves changes, so a button is never replaced
+  // under the operator's pointer (the figures live in Traffic).
+  const key = JSON.stringify(listing.components.map((c) => [c.active, c.versions.map((v) => [v.digest, v.label, v.role])]));
+  if (key === state.drawn.components) return;
+  state.drawn.components = key;
   body.replaceChildren(...listing.components.flatMap(component));
 }
 
@@ -222,9 +230,7 @@ function component(c) {
     el("td", {}, v.role || ""),
     el("td", {}, time(v.deployed_at)),
     el("td", {}, v.deployed_by),
-    el("td", { class: "num" }, num(v.stats.invocations)),
-    el("td", { class: "num" }, num(v.stats.errors)),
-    el("td", { class: "num" }, ms(v.stats.p99_ms)),
+    el("td", { class: "num" }, num(v.size)),
     el("td", { class: "actions" },
       v.role === "active" ? null : el("button", {
         type: "button", class: "activate",
@@ -241,7 +247,7 @@ function component(c) {
   const detail = el("tr", { class: "detail", "data-component": c.component, hidden: !open },
     el("td", { colSpan: 6 },
       el("table", { class: "versions" },
-        el("thead", {}, el("tr", {}, ["version", "label", "role", "deployed", "by", "invocations", "errors", "p99 ms", ""].map((h) => el("th", {}, h)))),
+        el("thead", {}, el("tr", {}, ["version", "label", "role", "deployed", "by", "bytes", ""].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows)),
       deployForm(c.component)));
   return [summary, detail];
@@ -336,6 +342,9 @@ async function renderDeadLetters(status) {
   const shards = status.shards.filter((s) => s.outbox && s.outbox.dead_lettered > 0);
   const lists = await Promise.all(shards.map((s) => api("GET", `/shards/${encodeURIComponent(s.name)}/dead-letters?limit=100`)));
   const body = $("dead-letters-body");
+  const key = JSON.stringify(lists);
+  if (key === state.drawn.deadLetters) return;
+  state.drawn.deadLetters = key;
   if (!lists.length) {
     body.replaceChildren(el("p", { class: "empty" }, "none: every outbox row is published or still being tried"));
     return;
