@@ -19,7 +19,7 @@ use super::Admin;
 use crate::bindings::sql::{Error as SqlError, Value};
 use crate::capabilities::kafka::PartitionLag;
 use crate::capabilities::sql::{PoolUse, Shard};
-use crate::triggers::http::App;
+use crate::triggers::http::{outbox_status, App, OutboxStatus};
 
 /// Rows counted per table at most: a count is a scan, and past this the
 /// console says "at least" instead of scanning further.
@@ -63,17 +63,6 @@ pub struct ShardStatus {
     /// Rows per table, each at most [`ROW_COUNT_CAP`].
     pub rows: BTreeMap<&'static str, i64>,
     pub outbox: Option<OutboxStatus>,
-}
-
-/// A shard's outbox.
-#[derive(Debug, Serialize)]
-pub struct OutboxStatus {
-    /// Not published yet, and still being tried.
-    pub pending: i64,
-    /// Given up on after the retry budget; waiting for a re-drive.
-    pub dead_lettered: i64,
-    /// `created_at` of the oldest pending row.
-    pub oldest_pending: Option<String>,
 }
 
 /// One Kafka trigger's consumer group.
@@ -183,15 +172,7 @@ async fn sizes(shard: &Shard) -> Result<(BTreeMap<&'static str, i64>, OutboxStat
     let mut tx = shard.begin(false).await?;
     let result = async {
         let sizes = tx.query(&format!("SELECT {}", counts.join(", ")), Vec::new()).await?;
-        let outbox = tx
-            .query(
-                "SELECT COALESCE(SUM(CASE WHEN dead_lettered = 0 THEN 1 ELSE 0 END), 0), \
-                        COALESCE(SUM(CASE WHEN dead_lettered = 1 THEN 1 ELSE 0 END), 0), \
-                        MIN(CASE WHEN dead_lettered = 0 THEN created_at END) \
-                 FROM outbox WHERE published = 0",
-                Vec::new(),
-            )
-            .await?;
+        let outbox = outbox_status(&mut tx).await?;
         Ok::<_, SqlError>((sizes, outbox))
     }
     .await;
@@ -199,17 +180,6 @@ async fn sizes(shard: &Shard) -> Result<(BTreeMap<&'static str, i64>, OutboxStat
     let (sizes, outbox) = result?;
     let row = sizes.rows.first().ok_or_else(|| SqlError::Other("no row of counts".into()))?;
     let rows = TABLES.iter().zip(row).map(|(t, v)| (*t, int(v).unwrap_or(-1))).collect();
-    let outbox = match outbox.rows.first().map(Vec::as_slice) {
-        Some([pending, dead, oldest]) => OutboxStatus {
-            pending: int(pending).unwrap_or(-1),
-            dead_lettered: int(dead).unwrap_or(-1),
-            oldest_pending: match oldest {
-                Value::Text(t) => Some(t.clone()),
-                _ => None,
-            },
-        },
-        other => return Err(SqlError::Other(format!("unexpected outbox counts {other:?}"))),
-    };
     Ok((rows, outbox))
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::App;
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::sql::Shard;
+use crate::capabilities::sql::{Shard, ShardTx};
 
 /// The process is up and serving.
 pub async fn live() -> Json<serde_json::Value> {
@@ -56,7 +56,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     // several hosts share them.
     for shard in app.shards.iter() {
         match outbox_counts(shard).await {
-            Ok((pending, dead)) => app.metrics.outbox(&shard.name, pending, dead),
+            Ok(outbox) => app.metrics.outbox(&shard.name, outbox.pending, outbox.dead_lettered),
             Err(e) => tracing::warn!(shard = %shard.name, error = ?e, "cannot read outbox counts"),
         }
     }
@@ -84,20 +84,44 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     response
 }
 
-/// Rows waiting to be published, and rows given up on (dead-lettered).
-async fn outbox_counts(shard: &Shard) -> Result<(i64, i64), SqlError> {
-    let mut tx = shard.begin(false).await?;
+/// A shard's outbox: what `/metrics` and the admin console report.
+#[derive(Debug, serde::Serialize)]
+pub struct OutboxStatus {
+    /// Not published yet, and still being tried.
+    pub pending: i64,
+    /// Given up on after the retry budget; waiting for a re-drive.
+    pub dead_lettered: i64,
+    /// `created_at` of the oldest pending row.
+    pub oldest_pending: Option<String>,
+}
+
+/// Reads the outbox inside `tx` (a read transaction on its shard).
+pub async fn outbox_status(tx: &mut ShardTx) -> Result<OutboxStatus, SqlError> {
     let rows = tx
         .query(
             "SELECT COALESCE(SUM(CASE WHEN dead_lettered = 0 THEN 1 ELSE 0 END), 0), \
-                    COALESCE(SUM(CASE WHEN dead_lettered = 1 THEN 1 ELSE 0 END), 0) \
+                    COALESCE(SUM(CASE WHEN dead_lettered = 1 THEN 1 ELSE 0 END), 0), \
+                    MIN(CASE WHEN dead_lettered = 0 THEN created_at END) \
              FROM outbox WHERE published = 0",
             Vec::new(),
         )
-        .await;
-    tx.rollback().await;
-    match rows?.rows.first().map(Vec::as_slice) {
-        Some([Value::Int64(pending), Value::Int64(dead)]) => Ok((*pending, *dead)),
+        .await?;
+    match rows.rows.first().map(Vec::as_slice) {
+        Some([Value::Int64(pending), Value::Int64(dead), oldest]) => Ok(OutboxStatus {
+            pending: *pending,
+            dead_lettered: *dead,
+            oldest_pending: match oldest {
+                Value::Text(t) => Some(t.clone()),
+                _ => None,
+            },
+        }),
         other => Err(SqlError::Other(format!("unexpected outbox counts {other:?}"))),
     }
+}
+
+async fn outbox_counts(shard: &Shard) -> Result<OutboxStatus, SqlError> {
+    let mut tx = shard.begin(false).await?;
+    let status = outbox_status(&mut tx).await;
+    tx.rollback().await;
+    status
 }

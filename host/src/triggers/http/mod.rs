@@ -14,6 +14,7 @@ mod rate_limit;
 mod request_id;
 mod routes;
 
+pub use health::{outbox_status, OutboxStatus};
 pub use rate_limit::RateLimitConfig;
 pub use routes::RouteTable;
 
