@@ -6,16 +6,30 @@ use support::{count, Host, SHARDS};
 
 /// Runs `payfn bench` against `host` and returns its JSON summary.
 async fn bench(host: &Host, args: &[&str]) -> serde_json::Value {
+    let (stdout, _) = run_bench(host, args, "-").await;
+    serde_json::from_str(&stdout).expect("a JSON summary")
+}
+
+/// Runs `payfn bench` with `--json json` and returns what it printed.
+async fn run_bench(host: &Host, args: &[&str], json: &str) -> (String, String) {
     let out = tokio::process::Command::new(support::PAYFN)
         .arg("bench")
         .args(args)
-        .args(["--url", &host.base, "--json", "-", "--manifest"])
+        .args(["--url", &host.base, "--json", json, "--manifest"])
         .arg(host.app.join("spin.toml"))
         .output()
         .await
         .expect("run payfn bench");
-    assert!(out.status.success(), "payfn bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "payfn bench failed: {stderr}");
+    (String::from_utf8(out.stdout).expect("UTF-8 output"), stderr)
+}
+
+/// `{p50, p99, max}` of the pipeline's lag: ordered, not negative.
+fn assert_quantiles(q: &serde_json::Value, what: &str) {
+    let get = |k: &str| q[k].as_f64().unwrap_or_else(|| panic!("{what}.{k} in {q}"));
+    let (p50, p99, max) = (get("p50"), get("p99"), get("max"));
+    assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{what}: {q}");
 }
 
 const NO_LIMITS: &str = "[http.rate_limits]\ndefault_capacity = 1000000000\ncomponents = {}\n";
@@ -23,8 +37,16 @@ const NO_LIMITS: &str = "[http.rate_limits]\ndefault_capacity = 1000000000\ncomp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_flow_counts_what_the_host_committed() {
     let host = Host::start_with(&support::manifest(""), NO_LIMITS);
-    let summary =
-        bench(&host, &["--scenario", "full", "--rate", "50", "--duration", "2s", "--merchants", "10"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("summary.json");
+    let (table, _) = run_bench(
+        &host,
+        &["--scenario", "full", "--rate", "50", "--duration", "2s", "--merchants", "10"],
+        json.to_str().unwrap(),
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(summary["scenario"], "full", "{summary}");
     // 50 iterations a second for 2 s, three requests each.
     assert_eq!(summary["iterations"], 100, "{summary}");
     assert_eq!(summary["dropped_iterations"], 0, "{summary}");
@@ -43,6 +65,48 @@ async fn the_full_flow_counts_what_the_host_committed() {
     assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM refunds").await, 100);
     assert_eq!(count(&host, &["shard-1"], "SELECT COUNT(*) FROM payments").await, 50);
     support::assert_money_invariants(&host, SHARDS).await;
+
+    // The pipeline was sampled while the load ran, and waited for after it.
+    let pipeline = &summary["pipeline"];
+    assert!(pipeline["samples"].as_u64().unwrap() > 0, "{pipeline}");
+    assert_eq!(pipeline["failed_scrapes"], 0, "{pipeline}");
+    assert_eq!(pipeline["consumer_group"], "settlement", "{pipeline}");
+    assert!(pipeline["note"].is_null(), "{pipeline}");
+    for figure in ["outbox_lag_s", "outbox_pending", "consumer_lag_s", "consumer_lag_records", "scrape_ms"] {
+        assert_quantiles(&pipeline[figure], figure);
+    }
+    // Drained (the cap is 120 s: this is not a speed check), and the host
+    // agrees: nothing of the outbox left, the consumer caught up.
+    let drain = &pipeline["drain"];
+    assert_eq!(drain["drained"], true, "{pipeline}");
+    assert!(drain["seconds"].as_f64().unwrap() >= 0.0, "{pipeline}");
+    assert_eq!((&drain["outbox_pending"], &drain["consumer_lag_records"]), (&0.into(), &0.into()), "{drain}");
+    let pending = "SELECT COUNT(*) FROM outbox WHERE published = 0 AND dead_lettered = 0";
+    assert_eq!(count(&host, SHARDS, pending).await, 0);
+    let metrics = host.metrics().await;
+    let lag: Vec<&str> = metrics.lines().filter(|l| l.starts_with("payfn_kafka_consumer_lag{")).collect();
+    assert!(!lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0")), "{lag:?}");
+    // The gauges behind it are exported.
+    for gauge in ["payfn_outbox_oldest_pending_age_seconds{", "payfn_kafka_consumer_lag_seconds{"] {
+        assert!(metrics.lines().any(|l| l.starts_with(gauge)), "{gauge} in {metrics}");
+    }
+
+    // The table names the scenario and prints the lag lines, plus one JSON
+    // line for scripts (the same figures as the summary).
+    let line = |start: &str| {
+        table.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("`{start}` in\n{table}"))
+    };
+    assert_eq!(line("scenario "), "scenario full at 50 iterations/s", "{table}");
+    assert!(line("300 requests in ").contains(" req/s; 100 iterations, 0 dropped; 0 errors"), "{table}");
+    line("  outbox lag s ");
+    line("  consumer lag s ");
+    assert!(line("  drained ").contains(" s after the load"), "{table}");
+    let grep: serde_json::Value =
+        serde_json::from_str(line("pipeline-json: ").trim_start_matches("pipeline-json: ")).unwrap();
+    assert_eq!(grep["scenario"], "full", "{grep}");
+    assert_eq!(grep["outbox_lag_s"], pipeline["outbox_lag_s"], "{grep}");
+    assert_eq!(grep["consumer_lag_s"], pipeline["consumer_lag_s"], "{grep}");
+    assert_eq!(grep["drain"], pipeline["drain"], "{grep}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,6 +134,28 @@ async fn refusals_and_overload_are_counted_not_hidden() {
     assert_eq!(sent + dropped, 2000, "{summary}");
     assert!(dropped > 0, "{summary}");
     assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await, sent as i64);
+}
+
+/// On Kafka the consumer's lag in time comes from record timestamps, which
+/// the host reads with a consumer of its own: sampled and drained as on the
+/// embedded log, and no scrape fails to read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_is_sampled_on_kafka_too() {
+    let host = support::Backend::sqlite_with_kafka(&support::manifest(""), NO_LIMITS).await;
+    let summary =
+        bench(&host, &["--scenario", "full", "--rate", "50", "--duration", "2s", "--merchants", "10"]).await;
+    assert_eq!((&summary["scenario"], &summary["errors"]), (&"full".into(), &0.into()), "{summary}");
+    let pipeline = &summary["pipeline"];
+    assert_eq!(pipeline["failed_scrapes"], 0, "{pipeline}");
+    assert!(pipeline["note"].is_null(), "{pipeline}");
+    for figure in ["outbox_lag_s", "consumer_lag_s", "consumer_lag_records"] {
+        assert_quantiles(&pipeline[figure], figure);
+    }
+    assert_eq!(pipeline["drain"]["drained"], true, "{pipeline}");
+    let metrics = host.metrics().await;
+    assert!(metrics.lines().any(|l| l.starts_with("payfn_kafka_consumer_lag_seconds{")), "{metrics}");
+    let log = host.log();
+    assert!(!log.contains("cannot read consumer lag"), "{log}");
 }
 
 /// The peer comparison's component: a bare `wasi:http` handler, served by

@@ -19,25 +19,22 @@ async fn every_event_is_published_once_and_settled_once() {
     wait_for(SETTLE, "the outbox to drain and settlements to match the payments", || settled(&host, SHARDS))
         .await;
 
-    // Each outbox row reached the log exactly once, keyed by payment id.
+    // settlement.updated rows are written by settlement, so the outbox
+    // drains only after it; then each row the relay sends is in the log
+    // exactly once (superseded snapshots are not sent).
+    wait_for(SETTLE, "settlement.updated events to be published", || async {
+        unpublished(&host, SHARDS).await == 0
+    })
+    .await;
     let log = host.events().await;
     let (records, distinct): (i64, i64) =
         sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT value) FROM records WHERE topic = 'payments'")
             .fetch_one(&log)
             .await
             .unwrap();
-    assert_eq!(records, distinct, "no event published twice");
-    let outbox_rows = support::outbox_rows(&host, SHARDS).await;
-    // settlement.updated events are published too, once the relay catches up.
-    wait_for(SETTLE, "settlement.updated events to be published", || async {
-        unpublished(&host, SHARDS).await == 0
-    })
-    .await;
-    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE topic = 'payments'")
-        .fetch_one(&log)
-        .await
-        .unwrap();
-    assert!(records >= outbox_rows, "{records} records for {outbox_rows} outbox rows");
+    let sent = support::outbox_rows_sent(&host, SHARDS).await;
+    assert!(sent >= 5 * 4, "authorized, captured, refunded twice per payment at least: {sent}");
+    assert_eq!((records, distinct), (sent, sent), "every row sent published once");
 
     // The API serves the same totals, fee included.
     let m = host.merchant(1);
@@ -247,6 +244,140 @@ async fn two_hosts_on_one_app_directory_publish_and_settle_once() {
             .await
             .unwrap();
     assert_eq!(records, distinct, "no event published twice by two relays");
-    assert_eq!(records, support::outbox_rows(&first, SHARDS).await);
+    assert_eq!(records, support::outbox_rows_sent(&first, SHARDS).await);
     assert_money_invariants(&first, SHARDS).await;
+}
+
+/// The payments manifest with the Kafka trigger's `max_attempts` at 2.
+fn two_attempts() -> String {
+    let manifest = support::manifest("");
+    assert!(manifest.contains("max_attempts = 5"), "the settlement trigger's max_attempts moved");
+    manifest.replace("max_attempts = 5", "max_attempts = 2")
+}
+
+/// `/metrics` sample `name` summed over its labels.
+async fn sample(host: &Host, name: &str) -> f64 {
+    support::metric(&host.metrics().await, name, &[])
+}
+
+/// Another process holds merchant 1's shard file's write lock (shard-2, a
+/// SQLite file) past the busy timeout while an event of that merchant
+/// waits to be settled: BEGIN fails as a conflict, a transient failure,
+/// tried again until the lock is gone. With two attempts allowed and each
+/// try taking at least the 5 s busy timeout, counting those tries would
+/// dead-letter the event; it is settled instead (it is a redelivery of a
+/// settled capture, so: found a duplicate, changing nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_shard_file_is_waited_out_not_dead_lettered() {
+    let host = Host::start_with(&two_attempts(), "");
+    let m = host.merchant(1);
+    let id = m.authorize(4000).await;
+    assert_eq!(m.post(&format!("/payments/{id}/capture"), "{}").await.status, 200);
+    wait_for(SETTLE, "the capture to be settled", || settled(&host, SHARDS)).await;
+    let before = actual_settlements(&host, SHARDS).await;
+    let log = host.events().await;
+    let (partition, value, headers): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT partition, value, headers FROM records \
+         WHERE topic = 'payments' AND CAST(value AS TEXT) LIKE '%\"payment.captured\"%'",
+    )
+    .fetch_one(&log)
+    .await
+    .unwrap();
+
+    let mut holder = host.shard_for_writes("shard-2").await;
+    holder.execute("BEGIN IMMEDIATE").await;
+    let retries = sample(&host, "payfn_kafka_transient_retries_total").await;
+    support::append_event(&log, partition, &value, headers).await;
+    wait_for(Duration::from_secs(90), "two tries on the locked shard", || async {
+        sample(&host, "payfn_kafka_transient_retries_total").await >= retries + 2.0
+    })
+    .await;
+    let metrics = host.metrics().await;
+    assert_eq!(support::metric(&metrics, "payfn_kafka_transient_waiting", &[("group", "settlement")]), 1.0);
+    holder.execute("ROLLBACK").await;
+    holder.close().await;
+
+    wait_for(SETTLE, "the redelivery to be found a duplicate", || async {
+        sample(&host, "payfn_events_duplicate_total").await >= 1.0
+    })
+    .await;
+    let metrics = host.metrics().await;
+    assert_eq!(support::metric(&metrics, "payfn_events_dead_lettered_total", &[]), 0.0, "{metrics}");
+    assert_eq!(support::metric(&metrics, "payfn_kafka_transient_waiting", &[]), 0.0, "{metrics}");
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE topic = 'payments.dlq'")
+        .fetch_one(&log)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    let log_text = host.log();
+    assert!(log_text.contains("transient failure, retried with backoff"), "{log_text}");
+    assert!(log_text.contains("transient failure cleared"), "{log_text}");
+    assert_eq!(actual_settlements(&host, SHARDS).await, before, "settled once");
+    wait_for(SETTLE, "settlement", || settled(&host, SHARDS)).await;
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+/// Records that fail and that the dead-letter topic refuses (the embedded
+/// log takes no message over 1 MiB) are kept in `failed_events`: one the
+/// component fails on, on its merchant's shard (merchant 1: shard-2); one
+/// without any header, on the first shard. Nothing is dropped, and the
+/// events after them are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_dead_letter_topic_refuses_are_kept_in_failed_events() {
+    let host = Host::start_with(&two_attempts(), "");
+    let log = host.events().await;
+    let mut refused = b"not json ".to_vec();
+    refused.resize(1_100_000, b'x');
+    let headers = support::encode_headers(&[("event-id", "evt_too_big"), ("merchant-id", "1")]);
+    support::append_event(&log, 0, &refused, headers).await;
+    let mut poison = b"{}".to_vec();
+    poison.resize(1_100_000, b' ');
+    support::append_event(&log, 1, &poison, Vec::new()).await;
+    take_payments(&host, 2).await;
+    wait_for(SETTLE, "settlement past the failed events", || settled(&host, SHARDS)).await;
+    wait_for(SETTLE, "both failed events to be stored", || async {
+        sample(&host, "payfn_events_failed_stored_total").await == 2.0
+    })
+    .await;
+
+    let columns = "consumer, source_topic, source_partition, source_offset, event_id, merchant_id, \
+                   LENGTH(record_value), headers, error, dead_letter_topic, dead_letter_error, failed_at";
+    let mut shard2 = host.shard("shard-2").await;
+    let rows = shard2.rows(&format!("SELECT {columns} FROM failed_events")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!((row[0].text(), row[1].text(), row[2].i64()), ("settlement".into(), "payments".into(), 0));
+    assert_eq!((row[4].text(), row[5].i64(), row[6].i64()), ("evt_too_big".into(), 1, 1_100_000));
+    let headers: serde_json::Value = serde_json::from_str(&row[7].text()).unwrap();
+    assert_eq!(
+        headers,
+        serde_json::json!([{"name": "event-id", "value": "evt_too_big"}, {"name": "merchant-id", "value": "1"}])
+    );
+    assert!(row[8].text().contains("invalid_json"), "{row:?}");
+    assert_eq!(row[9].text(), "payments.dlq");
+    assert!(row[10].text().contains("larger than"), "{row:?}");
+    assert!(row[11].text().ends_with('Z'), "{row:?}");
+    let mut shard1 = host.shard("shard-1").await;
+    let rows = shard1.rows(&format!("SELECT {columns} FROM failed_events")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!((row[2].i64(), row[4].clone(), row[5].clone()), (1, support::Cell::Null, support::Cell::Null));
+    assert!(row[8].text().contains("no event-id header"), "{row:?}");
+    assert_eq!(row[7].text(), "[]");
+
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE topic = 'payments.dlq'")
+        .fetch_one(&log)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    let metrics = host.metrics().await;
+    assert_eq!(support::metric(&metrics, "payfn_events_dead_lettered_total", &[]), 0.0, "{metrics}");
+    let refusals = support::metric(
+        &metrics,
+        "payfn_invocation_errors_total",
+        &[("component", "settlement"), ("kind", "refused")],
+    );
+    assert_eq!(refusals, 2.0, "max_attempts component failures, then no more: {metrics}");
+    assert!(host.log().contains("kept in failed_events"));
+    assert_money_invariants(&host, SHARDS).await;
 }

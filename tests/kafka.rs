@@ -9,11 +9,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use support::{
-    assert_money_invariants, handled_records, outbox_rows, owned_partitions, settled, take_payments,
-    unpublished, wait_for, Backend, Host, Kafka, SHARDS,
+    assert_money_invariants, handled_records, metric, outbox_rows_sent, owned_partitions, settled,
+    take_payments, unpublished, wait_for, Backend, Host, Kafka, SHARDS,
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
+const RELAY_ENV: &str = r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#;
 /// Group (re)formation: joins, tansu's 3 s follower pauses, and the 6 s
 /// session timeout of `Kafka::runtime_config_with` before a dead member's
 /// partitions move.
@@ -31,6 +32,31 @@ async fn published_once(kafka: &Kafka, expected: usize) -> (usize, usize) {
     (records.len(), ids.len())
 }
 
+/// A record read back from a topic: key, value and headers.
+type Record = (Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Per payment, the events on the topic are in commit order (authorized or
+/// declined, then captured or voided, then refunds); per settlement, the
+/// snapshots' versions increase.
+fn assert_in_payment_order(records: &[Record]) {
+    let mut by_key: std::collections::HashMap<&[u8], Vec<(i64, String)>> = Default::default();
+    for (key, value, _) in records {
+        let event: serde_json::Value = serde_json::from_slice(value).unwrap();
+        let kind = event["type"].as_str().unwrap().to_string();
+        let rank = match kind.as_str() {
+            "payment.authorized" | "payment.declined" => 0,
+            "payment.captured" | "payment.voided" => 1,
+            "payment.refunded" => 2,
+            _ => event["data"]["version"].as_i64().expect("a settlement.updated carries its version"),
+        };
+        by_key.entry(key).or_default().push((rank, kind));
+    }
+    assert!(!by_key.is_empty(), "no records to check");
+    for (key, events) in &by_key {
+        assert!(events.windows(2).all(|w| w[0].0 <= w[1].0), "{key:?}: out of order {events:?}");
+    }
+}
+
 async fn payments_flow_through_kafka_exactly_once(backend: Backend) {
     let host = backend.start().await;
     let kafka = host.kafka();
@@ -41,27 +67,10 @@ async fn payments_flow_through_kafka_exactly_once(backend: Backend) {
     })
     .await;
 
-    let rows = outbox_rows(&host, SHARDS).await as usize;
+    let rows = outbox_rows_sent(&host, SHARDS).await as usize;
     let (records, distinct) = published_once(kafka, rows).await;
     assert_eq!((records, distinct), (rows, rows), "each outbox row published exactly once");
-    // Per payment, events arrive in commit order.
-    let mut by_payment: std::collections::HashMap<Vec<u8>, Vec<String>> = Default::default();
-    for (key, value, _) in kafka.read_all("payments", rows).await {
-        let event: serde_json::Value = serde_json::from_slice(&value).unwrap();
-        let kind = event["type"].as_str().unwrap().to_string();
-        if kind.starts_with("payment.") {
-            by_payment.entry(key).or_default().push(kind);
-        }
-    }
-    let rank = |kind: &str| match kind {
-        "payment.authorized" | "payment.declined" => 0,
-        "payment.captured" | "payment.voided" => 1,
-        _ => 2,
-    };
-    for (payment, kinds) in &by_payment {
-        let ranks: Vec<_> = kinds.iter().map(|k| rank(k)).collect();
-        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{payment:?}: out of order {kinds:?}");
-    }
+    assert_in_payment_order(&kafka.read_all("payments", rows).await);
     // Headers of API.md on every record.
     let all = kafka.read_all("payments", rows).await;
     for (key, value, headers) in &all {
@@ -77,49 +86,67 @@ async fn payments_flow_through_kafka_exactly_once(backend: Backend) {
     assert_money_invariants(&host, SHARDS).await;
 }
 
-async fn a_broker_outage_delays_events_but_loses_none(backend: Backend) {
-    let host = backend.start().await;
+/// The relay's retry budget, shortened: three refusals 50 ms and 100 ms
+/// apart dead-letter a row within a second.
+const SHORT_BUDGET: &str = r#"TOPIC = "payments", RETRY_BUDGET = "3", BACKOFF_BASE_MS = "50""#;
+
+/// A broker away for many times the whole retry budget: every attempt
+/// meanwhile is refused as unavailable, which is backlog, so no row spends
+/// budget or is dead-lettered; afterwards each row is published once, in
+/// order per payment.
+async fn an_outage_is_backlog_not_failure(host: Host) {
     let kafka = host.kafka();
     take_payments(&host, 1).await;
     wait_for(SETTLE, "first settlement", || settled(&host, SHARDS)).await;
 
     kafka.set_outage(true);
+    let before = metric(&host.metrics().await, "payfn_kafka_produced_total", &[("outcome", "unavailable")]);
     // Payments keep succeeding while the broker is away.
     take_payments(&host, 3).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The relay keeps trying: far more unavailable attempts than the budget
+    // allows refusals, over several seconds.
+    let started = std::time::Instant::now();
+    wait_for(SETTLE, "the relay to try through the outage", || async {
+        let now = metric(&host.metrics().await, "payfn_kafka_produced_total", &[("outcome", "unavailable")]);
+        now - before >= 30.0 && started.elapsed() >= Duration::from_secs(6)
+    })
+    .await;
     assert!(unpublished(&host, SHARDS).await > 0, "nothing can be published during the outage");
-    // Attempts per row stay bounded: exponential backoff (1 s, 2 s, 4 s...).
     for shard in SHARDS {
         let mut db = host.shard(shard).await;
-        let most = db.i64("SELECT COALESCE(MAX(retry_count), 0) FROM outbox").await;
-        assert!(most <= 4, "{shard}: {most} attempts on one row in 6 s");
+        let spent = db.i64("SELECT COALESCE(MAX(retry_count), 0) FROM outbox").await;
+        assert_eq!(spent, 0, "{shard}: an outage spent a row's retry budget");
         let dead = db.i64("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1").await;
-        assert_eq!(dead, 0);
+        assert_eq!(dead, 0, "{shard}: an outage dead-lettered a row");
     }
-
     let metrics = host.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("payfn_outbox_pending{shard=\"shard-1\"}") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
-    assert!(metrics.contains("payfn_outbox_dead_lettered{shard=\"shard-1\"} 0"), "{metrics}");
+    assert!(metric(&metrics, "payfn_outbox_pending", &[("shard", "shard-1")]) > 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "payfn_outbox_dead_lettered", &[("shard", "shard-1")]), 0.0, "{metrics}");
 
     kafka.set_outage(false);
     wait_for(SETTLE, "the backlog to drain after the outage", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;
-    let rows = outbox_rows(&host, SHARDS).await as usize;
-    // Across an outage delivery is at-least-once, as DESIGN.md rule 7 has
-    // it: a batch the broker stored but whose acknowledgement the cut lost
-    // is sent again, by a new producer whose idempotence does not cover
-    // the old one's writes (docs/ARCHITECTURE.md, "Found with tansu 0.6").
-    // So every event is on the topic, perhaps twice; its effects count
-    // once (processed events), which the money invariants check.
+    for shard in SHARDS {
+        let dead = host.shard(shard).await.i64("SELECT COUNT(*) FROM outbox WHERE dead_lettered = 1").await;
+        assert_eq!(dead, 0, "{shard}: dead-lettered after the outage");
+    }
+    let rows = outbox_rows_sent(&host, SHARDS).await as usize;
     let (records, distinct) = published_once(kafka, rows).await;
-    assert_eq!(distinct, rows, "every outbox row published");
-    assert!(records >= rows, "{records} records for {rows} rows");
+    assert_eq!((records, distinct), (rows, rows), "every row published once");
+    assert_in_payment_order(&kafka.read_all("payments", rows).await);
     assert_money_invariants(&host, SHARDS).await;
+}
+
+async fn an_outage_longer_than_the_retry_budget_is_backlog(backend: Backend) {
+    let manifest = support::manifest("").replace(RELAY_ENV, SHORT_BUDGET);
+    an_outage_is_backlog_not_failure(backend.start_with(&manifest, "").await).await;
+}
+
+/// The same on SQLite shards (the embedded default) publishing to Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_retry_budget_is_backlog_on_sqlite_shards() {
+    let manifest = support::manifest("").replace(RELAY_ENV, SHORT_BUDGET);
+    an_outage_is_backlog_not_failure(Backend::sqlite_with_kafka(&manifest, "").await).await;
 }
 
 async fn two_hosts_relaying_one_shard_never_publish_twice(backend: Backend) {
@@ -129,7 +156,7 @@ async fn two_hosts_relaying_one_shard_never_publish_twice(backend: Backend) {
     futures::future::join(take_payments(&first, 3), take_payments(&second, 3)).await;
     wait_for(SETTLE, "settlement with two hosts", || settled(&first, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&first, SHARDS).await == 0 }).await;
-    let rows = outbox_rows(&first, SHARDS).await as usize;
+    let rows = outbox_rows_sent(&first, SHARDS).await as usize;
     assert_eq!(published_once(kafka, rows).await, (rows, rows));
     assert_money_invariants(&first, SHARDS).await;
 }
@@ -359,11 +386,205 @@ async fn the_survivor_of_a_sigkilled_group_leader_takes_its_partitions_over() {
     wait_for(SETTLE, "settlement by the survivor", || settled(&second, SHARDS)).await;
 }
 
+/// The payments manifest with the Kafka trigger's `max_attempts` at 2.
+fn two_attempts() -> String {
+    let manifest = support::manifest("");
+    assert!(manifest.contains("max_attempts = 5"), "the settlement trigger's max_attempts moved");
+    manifest.replace("max_attempts = 5", "max_attempts = 2")
+}
+
+/// `/metrics` sample `name` of the settlement trigger or component, summed
+/// over its other labels.
+async fn settlement_sample(host: &Host, name: &str) -> f64 {
+    let metrics = host.metrics().await;
+    metric(&metrics, name, &[("group", "settlement")])
+        + metric(&metrics, name, &[("component", "settlement")])
+}
+
+/// Merchant 1's shard (odd merchants: shard-2) is held up while events of
+/// its captures wait to be settled: first its settlement row is locked from
+/// outside the host (each try ends in a lock wait timeout: a conflict),
+/// then the shard is cut off altogether (unavailable), for many times what
+/// the trigger's two attempts and their backoff take. The trigger waits,
+/// spends no attempt and dead-letters nothing; merchant 2's payments are
+/// taken meanwhile; once the shard is back every capture is settled once.
+async fn a_shard_outage_is_waited_out_not_dead_lettered(backend: Backend) {
+    let host = backend.start_with(&two_attempts(), "").await;
+    let env = host.env.clone().expect("a server backend");
+    let kafka = host.kafka();
+    let (one, two) = (host.merchant(1), host.merchant(2));
+    async fn capture(m: &support::Merchant<'_>, amount: i64) {
+        let id = m.authorize(amount).await;
+        assert_eq!(m.post(&format!("/payments/{id}/capture"), "{}").await.status, 200);
+    }
+    capture(&one, 1000).await;
+    capture(&two, 1000).await;
+    wait_for(SETTLE, "the first captures to be settled", || settled(&host, SHARDS)).await;
+
+    // Merchant 1's settlement row, locked by a connection of the test's own
+    // (not through the host's proxy).
+    let mut holder = env.shard("shard-2").await.expect("shard-2");
+    holder.execute("BEGIN").await;
+    assert_eq!(
+        holder.rows("SELECT merchant_id FROM settlements WHERE merchant_id = 1 FOR UPDATE").await.len(),
+        1
+    );
+    let before = settlement_sample(&host, "payfn_kafka_transient_retries_total").await;
+    for amount in [2000, 3000, 4000] {
+        capture(&one, amount).await;
+    }
+    wait_for(SETTLE, "merchant 1's captures to be published", || async {
+        unpublished(&host, &["shard-2"]).await == 0
+    })
+    .await;
+    wait_for(SETTLE, "the trigger to wait on the locked row", || async {
+        settlement_sample(&host, "payfn_kafka_transient_retries_total").await > before
+    })
+    .await;
+
+    // Then the shard goes away, for many times what 2 attempts and their
+    // backoff (0.1 s) take. The lock goes only once the proxy has dropped
+    // the host's connections (within 50 ms), so the waiting try cannot
+    // slip through.
+    env.set_shard_outage("shard-2", true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.execute("ROLLBACK").await;
+    holder.close().await;
+    let cut = tokio::time::Instant::now();
+    let at_cut = settlement_sample(&host, "payfn_kafka_transient_retries_total").await;
+    // The other shard's merchant is served meanwhile.
+    for amount in [5000, 6000] {
+        capture(&two, amount).await;
+    }
+    // Tries are at most 30 s apart (the backoff's cap).
+    wait_for(SETTLE, "the trigger to keep trying during the cut", || async {
+        settlement_sample(&host, "payfn_kafka_transient_retries_total").await > at_cut
+    })
+    .await;
+    tokio::time::sleep_until(cut + Duration::from_secs(12)).await;
+    let metrics = host.metrics().await;
+    assert_eq!(metric(&metrics, "payfn_kafka_transient_waiting", &[("group", "settlement")]), 1.0);
+    assert_eq!(metric(&metrics, "payfn_events_dead_lettered_total", &[]), 0.0, "{metrics}");
+    env.set_shard_outage("shard-2", false);
+
+    wait_for(SETTLE, "settlement after the outage", || settled(&host, SHARDS)).await;
+    let metrics = host.metrics().await;
+    assert_eq!(metric(&metrics, "payfn_events_dead_lettered_total", &[]), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "payfn_events_failed_stored_total", &[]), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "payfn_kafka_transient_waiting", &[("group", "settlement")]), 0.0);
+    assert!(kafka.read_all("payments.dlq", 0).await.is_empty(), "nothing on the dead-letter topic");
+    let log = host.log();
+    assert!(log.contains("transient failure cleared"), "{log}");
+    // Each capture counted once: 4 of merchant 1's, 3 of merchant 2's.
+    let counts = support::count(&host, SHARDS, "SELECT SUM(capture_count) FROM settlements").await;
+    assert_eq!(counts, 7);
+    assert_money_invariants(&host, SHARDS).await;
+}
+
+/// A record the component fails on and the dead-letter topic refuses (the
+/// host's producer takes no message over `message.max.bytes`, 1 MB) is kept
+/// in `failed_events` on its merchant's shard; consumption goes on.
+async fn an_event_the_dead_letter_topic_refuses_is_kept_in_failed_events_on_kafka(backend: Backend) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let host = backend.start_with(&two_attempts(), "").await;
+    let kafka = host.kafka();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let mut value = b"not json ".to_vec();
+    value.resize(1_500_000, b'x');
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "event-id", value: Some("evt_too_big") })
+        .insert(rdkafka::message::Header { key: "merchant-id", value: Some("1") });
+    let record = FutureRecord::to("payments").key("pay_too_big").payload(&value).headers(headers);
+    producer.send(record, Duration::from_secs(10)).await.unwrap();
+    take_payments(&host, 1).await;
+    wait_for(SETTLE, "settlement past the failed event", || settled(&host, SHARDS)).await;
+    wait_for(SETTLE, "the failed event to be stored", || async {
+        settlement_sample(&host, "payfn_events_failed_stored_total").await == 1.0
+    })
+    .await;
+
+    let mut db = host.shard("shard-2").await;
+    let rows = db
+        .rows(
+            "SELECT consumer, source_topic, event_id, merchant_id, record_key, LENGTH(record_value), headers, \
+             error, dead_letter_topic, dead_letter_error FROM failed_events",
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        (row[0].text(), row[1].text(), row[2].text()),
+        ("settlement".into(), "payments".into(), "evt_too_big".into())
+    );
+    assert_eq!((row[3].i64(), row[4].bytes(), row[5].i64()), (1, b"pay_too_big".to_vec(), 1_500_000));
+    let headers: serde_json::Value = serde_json::from_str(&row[6].text()).unwrap();
+    assert_eq!(headers[0], serde_json::json!({"name": "event-id", "value": "evt_too_big"}), "{headers}");
+    assert!(row[7].text().contains("invalid_json"), "{:?}", row[7]);
+    assert_eq!(row[8].text(), "payments.dlq");
+    assert!(row[9].text().contains("Rejected"), "{:?}", row[9]);
+    assert_eq!(host.shard("shard-1").await.i64("SELECT COUNT(*) FROM failed_events").await, 0);
+    assert!(kafka.read_all("payments.dlq", 0).await.is_empty());
+    let metrics = host.metrics().await;
+    assert_eq!(metric(&metrics, "payfn_events_dead_lettered_total", &[]), 0.0, "{metrics}");
+    assert_money_invariants(&host, SHARDS).await;
+}
+
 on_server_backends!(
     payments_flow_through_kafka_exactly_once,
-    a_broker_outage_delays_events_but_loses_none,
+    an_outage_longer_than_the_retry_budget_is_backlog,
     two_hosts_relaying_one_shard_never_publish_twice,
     a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka,
     a_poison_event_is_dead_lettered_on_kafka_and_the_rest_flows,
-    redelivered_events_change_nothing_on_kafka
+    redelivered_events_change_nothing_on_kafka,
+    a_shard_outage_is_waited_out_not_dead_lettered,
+    an_event_the_dead_letter_topic_refuses_is_kept_in_failed_events_on_kafka
 );
+
+/// The default `[kafka] replication_factor` (3) on a single-broker cluster:
+/// the host starts, warns that it lowers the factor to the broker count,
+/// creates the topic and its dead-letter topic with replication factor 1 and
+/// `min.insync.replicas` 1, and events flow. A second host finds the topics
+/// there and leaves them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_replication_factor_is_lowered_to_a_single_broker_with_a_warning() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    const WARNING: &str = "topics are created with replication factor 1 instead of the configured 3";
+    let kafka = Kafka::start().await;
+    let config = kafka.runtime_config();
+    assert!(!config.contains("replication_factor"), "the default is under test: {config}");
+    let host = Host::start_with(&support::manifest(""), &config);
+    let log = host.log();
+    let warning = log.lines().find(|l| l.contains(WARNING)).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(warning.contains("WARN") && warning.contains("min.insync.replicas 1"), "{warning}");
+
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
+        .create()
+        .unwrap();
+    for topic in ["payments", "payments.dlq"] {
+        let metadata = tokio::task::block_in_place(|| {
+            admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap()
+        });
+        let partitions = metadata.topics()[0].partitions();
+        assert_eq!(partitions.len(), 2, "{topic}");
+        assert!(partitions.iter().all(|p| p.replicas().len() == 1), "{topic}: replicas of more than one");
+        let configs =
+            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()).await.unwrap();
+        let config = configs.into_iter().next().unwrap().unwrap();
+        let min_insync = config.get("min.insync.replicas").and_then(|e| e.value.clone());
+        assert_eq!(min_insync.as_deref(), Some("1"), "{topic}");
+    }
+
+    take_payments(&host, 1).await;
+    wait_for(SETTLE, "settlement on the lowered topics", || settled(&host, SHARDS)).await;
+
+    let second = host.another();
+    let log = second.log();
+    assert!(!log.contains(WARNING), "the topics exist, nothing is created:\n{log}");
+    assert!(log.lines().any(|l| l.contains("Kafka topic exists") && l.contains("payments.dlq")), "{log}");
+}

@@ -101,7 +101,9 @@ async fn payfn_migrate_brings_a_database_up_to_date(backend: Backend) {
         .expect("payfn migrate");
     let printed = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{printed}");
-    assert!(printed.contains("3 migrations applied, latest 3"), "{printed}");
+    // Every dialect has the same numbered migrations.
+    let latest = std::fs::read_dir(support::repo().join("infra/migrations/sqlite")).unwrap().count();
+    assert!(printed.contains(&format!("{latest} migrations applied, latest {latest}")), "{printed}");
     // Idempotent: a second run applies nothing new.
     let again = std::process::Command::new(support::PAYFN)
         .args(["migrate", "--manifest"])

@@ -17,6 +17,8 @@ mod keys;
 pub mod logging;
 pub mod manifest;
 mod metrics;
+mod reconcile;
+mod retention;
 pub mod runtime_config;
 pub mod telemetry;
 pub mod triggers;

@@ -20,6 +20,11 @@ struct ComponentLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     component: String,
     /// The first 12 hex digits of the version's SHA-256.
@@ -46,6 +51,28 @@ struct PartitionLabels {
     partition: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProduceLabels {
+    topic: String,
+    /// `acknowledged`, `unavailable`, `rejected` or `topic_not_granted`.
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabels {
+    shard: String,
+    /// `outbox`, `processed_events` or `idempotency_keys`.
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    shard: String,
+    /// `mismatch` (settlement rows that differ from what they count) or
+    /// `unsettled` (captures and refunds not settled past the grace).
+    kind: String,
+}
+
 type HistogramFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
 
 /// The host's metrics, cheap to clone.
@@ -57,15 +84,24 @@ pub struct Metrics {
     duration: HistogramFamily,
     rate_limited: Family<ComponentLabel, Counter>,
     dead_lettered: Family<ComponentLabel, Counter>,
+    failed_stored: Family<ComponentLabel, Counter>,
+    transient_retries: Family<GroupLabel, Counter>,
+    transient_waiting: Family<GroupLabel, Gauge>,
     duplicates: Family<ComponentLabel, Counter>,
     outbox_pending: Family<ShardLabel, Gauge>,
     outbox_dead: Family<ShardLabel, Gauge>,
+    outbox_oldest_age: Family<ShardLabel, Gauge<f64, AtomicU64>>,
     partition_owned: Family<PartitionLabels, Gauge>,
     partition_records: Family<PartitionLabels, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
+    consumer_lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    produced: Family<ProduceLabels, Counter>,
     loaded_versions: Gauge,
     control_behind: Gauge,
     control_sync_age: Gauge<f64, AtomicU64>,
+    retention_purged: Family<RetentionLabels, Counter>,
+    settlement_drift_rows: Family<DriftLabels, Gauge>,
+    settlement_drift_amount: Family<DriftLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -102,6 +138,12 @@ impl Metrics {
             "Outbox rows the relay gave up on after its retry budget, per shard",
             outbox_dead.clone(),
         );
+        let outbox_oldest_age = Family::<ShardLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest outbox row not yet published nor dead-lettered, per shard (0: none pending), read at scrape time",
+            outbox_oldest_age.clone(),
+        );
         registry.register("invocations", "Component invocations", invocations.clone());
         registry.register("invocation_errors", "Invocations that failed, by kind", errors.clone());
         registry.register(
@@ -114,6 +156,24 @@ impl Metrics {
             "events_dead_lettered",
             "Consumed events sent to the dead-letter topic, by consuming component",
             dead_lettered.clone(),
+        );
+        let failed_stored = Family::<ComponentLabel, Counter>::default();
+        registry.register(
+            "events_failed_stored",
+            "Consumed events the dead-letter topic did not take (unavailable or refused), kept in a shard's failed_events table instead, by consuming component",
+            failed_stored.clone(),
+        );
+        let transient_retries = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "kafka_transient_retries",
+            "Tries again of a Kafka trigger's records after a transient failure (shard unavailable, lock conflict): the partition waits, no attempt is spent",
+            transient_retries.clone(),
+        );
+        let transient_waiting = Family::<GroupLabel, Gauge>::default();
+        registry.register(
+            "kafka_transient_waiting",
+            "1 while a Kafka trigger's consumer waits out a transient failure (its partitions do not advance), else 0",
+            transient_waiting.clone(),
         );
         let partition_owned = Family::<PartitionLabels, Gauge>::default();
         registry.register(
@@ -133,6 +193,18 @@ impl Metrics {
             "Records of the partition not yet handled by the consumer group (log end minus committed position), read at scrape time",
             consumer_lag.clone(),
         );
+        let consumer_lag_seconds = Family::<PartitionLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "kafka_consumer_lag_seconds",
+            "Age of the first record of the partition the consumer group has not committed past (0: caught up), read at scrape time",
+            consumer_lag_seconds.clone(),
+        );
+        let produced = Family::<ProduceLabels, Counter>::default();
+        registry.register(
+            "kafka_produced",
+            "Messages produced to the event broker, by topic and outcome (unavailable: backlog, retried without spending a retry budget; rejected, topic_not_granted: refusals)",
+            produced.clone(),
+        );
         let loaded_versions = Gauge::default();
         registry.register(
             "loaded_versions",
@@ -151,6 +223,24 @@ impl Metrics {
             "Seconds since this host last read the control store successfully (a deploy reaches it only then)",
             control_sync_age.clone(),
         );
+        let retention_purged = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "retention_purged",
+            "Rows deleted by the retention purge (published outbox rows, processed event ids, idempotency records), per shard and table",
+            retention_purged.clone(),
+        );
+        let settlement_drift_rows = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "settlement_drift_rows",
+            "Settlement drift found by the last reconciliation of the shard: kind=mismatch, settlement rows whose totals differ from the processed captures and refunds they count; kind=unsettled, captures and refunds whose event is past the grace period and not settled",
+            settlement_drift_rows.clone(),
+        );
+        let settlement_drift_amount = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "settlement_drift_amount",
+            "The amount of that drift, in minor units (summed over currencies): kind=mismatch, the sum of |captured difference| + |refunded difference|; kind=unsettled, the sum of the unsettled amounts",
+            settlement_drift_amount.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             invocations,
@@ -158,15 +248,24 @@ impl Metrics {
             duration,
             rate_limited,
             dead_lettered,
+            failed_stored,
+            transient_retries,
+            transient_waiting,
             duplicates,
             outbox_pending,
             outbox_dead,
+            outbox_oldest_age,
             partition_owned,
             partition_records,
             consumer_lag,
+            consumer_lag_seconds,
+            produced,
             loaded_versions,
             control_behind,
             control_sync_age,
+            retention_purged,
+            settlement_drift_rows,
+            settlement_drift_amount,
         }
     }
 
@@ -213,6 +312,22 @@ impl Metrics {
         self.dead_lettered.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
     }
 
+    /// Counts one consumed event kept in `failed_events` (its dead-letter
+    /// topic did not take it).
+    pub fn failed_stored(&self, component: &str) {
+        self.failed_stored.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
+    }
+
+    /// Counts one try again of `group`'s records after a transient failure.
+    pub fn transient_retry(&self, group: &str) {
+        self.transient_retries.get_or_create(&GroupLabel { group: group.to_string() }).inc();
+    }
+
+    /// Whether `group`'s consumer is waiting out a transient failure.
+    pub fn transient_waiting(&self, group: &str, waiting: bool) {
+        self.transient_waiting.get_or_create(&GroupLabel { group: group.to_string() }).set(waiting.into());
+    }
+
     pub fn duplicate(&self, component: &str) {
         self.duplicates.get_or_create(&ComponentLabel { component: component.to_string() }).inc();
     }
@@ -224,6 +339,11 @@ impl Metrics {
         self.outbox_dead.get_or_create(&label).set(dead);
     }
 
+    /// Sets the age of `shard`'s oldest pending outbox row (0: none pending).
+    pub fn outbox_oldest_age(&self, shard: &str, seconds: f64) {
+        self.outbox_oldest_age.get_or_create(&ShardLabel { shard: shard.to_string() }).set(seconds);
+    }
+
     /// Marks `topic`/`partition` as owned (or no longer) by `group`'s consumer on this host.
     pub fn partition_owned(&self, group: &str, topic: &str, partition: i32, owned: bool) {
         let labels = partition_labels(group, topic, partition);
@@ -231,6 +351,13 @@ impl Metrics {
     }
 
     /// Counts one record of `topic`/`partition` handled by `group`'s consumer.
+    /// Counts one produced message by its outcome.
+    pub fn produced(&self, topic: &str, outcome: &str) {
+        self.produced
+            .get_or_create(&ProduceLabels { topic: topic.to_string(), outcome: outcome.to_string() })
+            .inc();
+    }
+
     pub fn record_handled(&self, group: &str, topic: &str, partition: i32) {
         self.partition_records.get_or_create(&partition_labels(group, topic, partition)).inc();
     }
@@ -238,6 +365,25 @@ impl Metrics {
     /// Sets the lag gauge of one partition of a consumer group.
     pub fn consumer_lag(&self, group: &str, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag.get_or_create(&partition_labels(group, topic, partition)).set(lag);
+    }
+
+    /// Sets the age of the first record of one partition a consumer group
+    /// has not committed past (0: caught up).
+    pub fn consumer_lag_seconds(&self, group: &str, topic: &str, partition: i32, seconds: f64) {
+        self.consumer_lag_seconds.get_or_create(&partition_labels(group, topic, partition)).set(seconds);
+    }
+
+    /// Counts `rows` of `table` on `shard` deleted by the retention purge.
+    pub fn retention_purged(&self, shard: &str, table: &str, rows: u64) {
+        let labels = RetentionLabels { shard: shard.to_string(), table: table.to_string() };
+        self.retention_purged.get_or_create(&labels).inc_by(rows);
+    }
+
+    /// Sets the settlement drift gauges of `shard` and `kind` (reconcile.rs).
+    pub fn settlement_drift(&self, shard: &str, kind: &str, rows: i64, amount: i64) {
+        let labels = DriftLabels { shard: shard.to_string(), kind: kind.to_string() };
+        self.settlement_drift_rows.get_or_create(&labels).set(rows);
+        self.settlement_drift_amount.get_or_create(&labels).set(amount);
     }
 
     /// The text exposition.

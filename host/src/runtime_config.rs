@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     pub control: ControlConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
+    #[serde(default)]
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 impl Default for RuntimeConfig {

@@ -56,7 +56,10 @@ pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$state/payfn.log" 2>/dev/null && break; sleep 0.2; done
 for _ in $(seq 100); do curl -sf http://127.0.0.1:3998/noop >/dev/null && break; sleep 0.2; done
 key=$(./target/release/payfn keys issue --merchant 1 --state-dir "$state/payfn")
-bench_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml")
+# --no-pipeline: no /metrics scrapes during the run (wasmtime serve has none,
+# and the comparison must load both hosts alike).
+bench_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml"
+  --no-pipeline)
 
 peak() { wrk -t1 -c"$conns" -d"${secs}s" -H "Authorization: Bearer $key" "$1/noop" | tee /dev/stderr | awk '/Requests\/sec/ {print $2}'; }
 echo "== wrk -t1 -c$conns -d${secs}s GET /noop" >&2

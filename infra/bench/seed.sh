@@ -19,27 +19,43 @@ source infra/bench/host.sh
 bench_start_host
 out="target/bench"
 mkdir -p "$out"
-# The asynchronous half after a run: what the relay has not yet published
-# and how far the settlement consumer is behind (embedded log, with the
-# sqlite3 CLI). Lag that only shrinks afterwards is a burst the pipeline
-# absorbs; lag that grows run after run is a pipeline slower than the steps.
-pipeline() {
-  local pending handled
-  pending=$(curl -s "$url/metrics" | awk '/^payfn_outbox_pending/ {s += $2} END {print s + 0}')
-  handled=$(curl -s "$url/metrics" | awk '/^payfn_kafka_records_handled_total/ {s += $2} END {print s + 0}')
-  local line="pipeline: outbox unpublished $pending, settlement consumer handled $handled records so far"
-  if [ "${BACKEND:-embedded}" = embedded ] && command -v sqlite3 >/dev/null; then
-    line+=" of $(sqlite3 "$state/payfn/events.db" "SELECT COUNT(*) FROM records WHERE topic = 'payments'") in the log"
-  fi
-  echo "$line"
-}
+# The asynchronous half: `payfn bench` scrapes the host's /metrics every
+# 250 ms while it runs (outbox lag: age of the oldest unpublished row; the
+# settlement consumer's lag: age of the oldest record it has not committed
+# past), prints p50/p99/max of each, then waits (at most 120 s) for both to
+# drain. Lag that drains in a few seconds is a burst the pipeline absorbs;
+# "not drained" is a pipeline slower than the steps. Each run's
+# `pipeline-json:` line is kept for the summary at the end.
+lags=()
 run() {
   local name=$1; shift
   echo "== $name: payfn bench $*"
-  ./target/release/payfn bench --url "$url" "${app_args[@]}" --json "$out/${BACKEND:-embedded}-$name.json" "$@"
-  pipeline
+  ./target/release/payfn bench --url "$url" "${app_args[@]}" --json "$out/${BACKEND:-embedded}-$name.json" "$@" \
+    | tee "$state/$name.out"
+  lags+=("$name $(grep '^pipeline-json: ' "$state/$name.out" | sed 's/^pipeline-json: //' || true)")
   sleep 2
 }
+# One line per run: scenario, req/s, outbox and consumer lag (p50/p99/max,
+# seconds) during the load, and the drain after it.
+summary() {
+  echo "== pipeline lag per run (${BACKEND:-embedded}): p50/p99/max seconds during the load; drain after it"
+  local entry name json
+  for entry in "${lags[@]}"; do
+    name=${entry%% *}; json=${entry#* }
+    if command -v jq >/dev/null && [ -n "$json" ] && [ "$json" != "$name" ]; then
+      jq -r --arg name "$name" '
+        def q: if . == null then "-" else "\(.p50)/\(.p99)/\(.max)" end;
+        "\($name) (\(.scenario)): \(.requests_per_sec | floor) req/s; outbox lag \(.outbox_lag_s | q); consumer lag \(.consumer_lag_s | q); " +
+        (if .drain == null then "drain not waited for"
+         elif .drain.drained then "drained in \(.drain.seconds * 100 | round / 100) s"
+         else "NOT drained after \(.drain.seconds) s: outbox \(.drain.outbox_pending) pending, consumer \(.drain.consumer_lag_records) records behind" end)
+      ' <<<"$json"
+    else
+      echo "$entry"
+    fi
+  done
+}
+trap 'summary; bench_cleanup' EXIT
 run authorize-steady --scenario authorize --rate 1000 --duration 20s
 run authorize-peak --scenario authorize --rate "${AUTHORIZE:-6000}" --duration "${secs}s"
 run authorize-capture-peak --scenario authorize-capture --rate "${AUTHORIZE_CAPTURE:-2500}" --duration "${secs}s"

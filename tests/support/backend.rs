@@ -78,6 +78,21 @@ impl Backend {
         }
     }
 
+    /// A host on SQLite shards (the embedded default) with a tansu broker of
+    /// its own in place of the embedded event log; `runtime_config` is laid
+    /// over that.
+    pub async fn sqlite_with_kafka(manifest_text: &str, runtime_config: &str) -> Host {
+        let env = Env {
+            backend: Backend::Embedded,
+            shards: Vec::new(),
+            control: None,
+            kafka: Some(Kafka::start().await),
+            redis_prefix: None,
+        };
+        let config = merge(&env.runtime_config(), runtime_config);
+        Host::start_in(manifest_text, &config, Some(Arc::new(env)))
+    }
+
     /// The payments app on this backend.
     pub async fn start(self) -> Host {
         self.start_with(&manifest(""), "").await
@@ -97,7 +112,7 @@ impl Env {
     pub fn runtime_config(&self) -> String {
         let mut text = String::new();
         let backend = match self.backend {
-            Backend::Embedded => return text,
+            Backend::Embedded => return self.kafka.as_ref().map(Kafka::runtime_config).unwrap_or_default(),
             Backend::Mariadb => "mysql",
             Backend::Postgres => "postgres",
         };

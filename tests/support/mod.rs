@@ -267,6 +267,20 @@ impl Host {
         ShardDb::Sqlite(options.connect().await.expect("open shard db"))
     }
 
+    /// Like [`Host::shard`], but an embedded shard's file is opened for
+    /// writing (test set-up that changes rows under a running host); a
+    /// write waits up to 5 s for the host's writer.
+    pub async fn shard_for_writes(&self, shard: &str) -> ShardDb {
+        use sqlx::ConnectOptions;
+        if self.env.as_ref().is_some_and(|e| e.backend != Backend::Embedded) {
+            return self.shard(shard).await;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.shard_db(shard))
+            .busy_timeout(Duration::from_secs(5));
+        ShardDb::Sqlite(options.connect().await.expect("open shard db for writes"))
+    }
+
     /// The Kafka broker of this host's backend.
     pub fn kafka(&self) -> &Kafka {
         self.env.as_ref().and_then(|e| e.kafka.as_ref()).expect("a backend with Kafka")
@@ -809,9 +823,12 @@ pub async fn settled(host: &Host, shards: &[&str]) -> bool {
         && expected_settlements(host, shards).await == actual_settlements(host, shards).await
 }
 
-/// Outbox rows of `shards`, all types.
-pub async fn outbox_rows(host: &Host, shards: &[&str]) -> i64 {
-    count(host, shards, "SELECT COUNT(*) FROM outbox").await
+/// Outbox rows of `shards` that the relay sends, all types: every row but
+/// the snapshot events a newer state superseded (`superseded_by`), which
+/// are marked published without being sent. What the topic must hold once
+/// the outbox has drained.
+pub async fn outbox_rows_sent(host: &Host, shards: &[&str]) -> i64 {
+    count(host, shards, "SELECT COUNT(*) FROM outbox WHERE superseded_by IS NULL").await
 }
 
 /// Runs each named `async fn(Backend)` once per backend, as tests named

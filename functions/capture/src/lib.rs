@@ -34,14 +34,17 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     next.status = Status::Captured;
     next.captured_amount = amount;
     next.updated_at = clock::now();
-    store::update(&prev, &mut next)?;
+    // The row keeps the capture's instant and its event's id (reconciliation).
+    let event_id = events::new_event_id();
+    store::update_captured(&prev, &mut next, &event_id)?;
     let mut writes = Batch::new();
     // The whole hold is released; an uncaptured remainder goes back to the card.
     Posting::new(&next, "capture")
         .transfer(MERCHANT_PENDING, AUTHORIZATION_HOLD, prev.amount)
         .transfer(PROCESSOR_RECEIVABLE, MERCHANT_PAYABLE, amount)
         .write(&mut writes, &next.updated_at);
-    events::emit(&mut writes, &next, "payment.captured", amount, events::state(&next), req.traceparent());
+    let data = events::state(&next);
+    events::emit_with_id(&mut writes, event_id, &next, "payment.captured", amount, data, req.traceparent());
     writes.run()?;
     Ok(next.response(200))
 }

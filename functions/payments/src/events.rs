@@ -6,8 +6,17 @@ use serde_json::{json, Value};
 
 use crate::{clock, Payment};
 
-/// Adds one event about `payment` to the outbox writes. `amount` is the amount of
-/// this change (the refund's amount for a refund); `data` carries the rest.
+/// A new event id. A step that stores its event's id with the row it
+/// changes (a capture, a refund: what reconciliation matches against the
+/// settlement consumer's processed events) takes one first and passes it to
+/// [`emit_with_id`].
+pub fn new_event_id() -> String {
+    clock::new_id("evt")
+}
+
+/// Adds one event about `payment` to the outbox writes and returns its id.
+/// `amount` is the amount of this change (the refund's amount for a refund);
+/// `data` carries the rest.
 pub fn emit(
     writes: &mut Batch,
     payment: &Payment,
@@ -15,8 +24,24 @@ pub fn emit(
     amount: i64,
     data: Value,
     traceparent: Option<&str>,
+) -> String {
+    let id = new_event_id();
+    emit_with_id(writes, id.clone(), payment, event_type, amount, data, traceparent);
+    id
+}
+
+/// [`emit`] with an id from [`new_event_id`]. The event's `occurredAt` is
+/// `payment.updated_at`: the instant settlement files the change under
+/// (its UTC day), which capture and refund also store with their rows.
+pub fn emit_with_id(
+    writes: &mut Batch,
+    id: String,
+    payment: &Payment,
+    event_type: &'static str,
+    amount: i64,
+    data: Value,
+    traceparent: Option<&str>,
 ) {
-    let id = clock::new_id("evt");
     let payload = json!({
         "eventId": id,
         "type": event_type,

@@ -93,23 +93,45 @@ pub fn insert(writes: &mut Batch, p: &Payment) {
 /// `invalid_state` if the row moved underneath (a lost race), which the
 /// row lock of [`load`] makes a should-never-happen.
 pub fn update(prev: &Payment, next: &mut Payment) -> Result<(), ApiError> {
+    write_update(prev, next, None)
+}
+
+/// [`update`] for a capture: the same statement also stores the capture's
+/// instant (`captured_at = next.updated_at`, the `payment.captured`
+/// event's `occurredAt`, whose UTC day settlement files it under) and the
+/// id of that event (`capture_event_id`, to be emitted with
+/// [`events::emit_with_id`](crate::events::emit_with_id)). Reconciliation
+/// recomputes each settlement from these.
+pub fn update_captured(prev: &Payment, next: &mut Payment, event_id: &str) -> Result<(), ApiError> {
+    write_update(prev, next, Some(event_id))
+}
+
+fn write_update(prev: &Payment, next: &mut Payment, capture_event_id: Option<&str>) -> Result<(), ApiError> {
     assert!(prev.status.can_become(next.status), "illegal transition {:?} -> {:?}", prev.status, next.status);
     next.assert_invariants();
     assert!(next.captured_amount >= prev.captured_amount && next.refunded_amount >= prev.refunded_amount);
     next.version = prev.version + 1;
+    let mut params: Vec<sql::Value> = vec![
+        next.status.as_str().into(),
+        next.captured_amount.into(),
+        next.refunded_amount.into(),
+        next.updated_at.as_str().into(),
+        next.version.into(),
+    ];
+    let capture = match capture_event_id {
+        Some(event_id) => {
+            params.extend([next.updated_at.as_str().into(), event_id.into()]);
+            ", captured_at = ?, capture_event_id = ?"
+        }
+        None => "",
+    };
+    params.extend([prev.id.as_str().into(), prev.merchant_id.into(), prev.version.into()]);
     let changed = sql::execute(
-        "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, version = ? \
-         WHERE id = ? AND merchant_id = ? AND version = ?",
-        &[
-            next.status.as_str().into(),
-            next.captured_amount.into(),
-            next.refunded_amount.into(),
-            next.updated_at.as_str().into(),
-            next.version.into(),
-            prev.id.as_str().into(),
-            prev.merchant_id.into(),
-            prev.version.into(),
-        ],
+        &format!(
+            "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, \
+             version = ?{capture} WHERE id = ? AND merchant_id = ? AND version = ?"
+        ),
+        &params,
     )?;
     if changed == 1 {
         Ok(())
@@ -118,10 +140,13 @@ pub fn update(prev: &Payment, next: &mut Payment) -> Result<(), ApiError> {
     }
 }
 
-/// Adds the insert of a refund row to `writes`.
-pub fn insert_refund(writes: &mut Batch, payment: &Payment, refund: &Refund) {
+/// Adds the insert of a refund row to `writes`. `event_id` is the id of its
+/// `payment.refunded` event, whose `occurredAt` is `refund.created_at`:
+/// reconciliation recomputes each settlement from the two.
+pub fn insert_refund(writes: &mut Batch, payment: &Payment, refund: &Refund, event_id: &str) {
     writes.push(
-        "INSERT INTO refunds (id, payment_id, merchant_id, amount, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO refunds (id, payment_id, merchant_id, amount, reason, created_at, event_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
         vec![
             refund.id.as_str().into(),
             payment.id.as_str().into(),
@@ -129,6 +154,7 @@ pub fn insert_refund(writes: &mut Batch, payment: &Payment, refund: &Refund) {
             refund.amount.into(),
             refund.reason.clone().into(),
             refund.created_at.as_str().into(),
+            event_id.into(),
         ],
         1,
     );

@@ -43,7 +43,9 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
     next.updated_at = now;
     store::update(&prev, &mut next)?;
     let mut writes = Batch::new();
-    store::insert_refund(&mut writes, &next, &refund);
+    // The refund row keeps its event's id (reconciliation).
+    let event_id = events::new_event_id();
+    store::insert_refund(&mut writes, &next, &refund, &event_id);
     Posting::new(&next, "refund")
         .transfer(MERCHANT_PAYABLE, PROCESSOR_RECEIVABLE, amount)
         .write(&mut writes, &next.updated_at);
@@ -53,7 +55,7 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
         map.insert("reason".into(), refund.reason.clone().into());
     }
     next.refunds.push(refund);
-    events::emit(&mut writes, &next, "payment.refunded", amount, data, req.traceparent());
+    events::emit_with_id(&mut writes, event_id, &next, "payment.refunded", amount, data, req.traceparent());
     writes.run()?;
     Ok(next.response(200))
 }

@@ -61,6 +61,9 @@ fn apply(event: &Event) -> Result<(), ApiError> {
     if let Value::Object(map) = &mut data {
         map.insert("date".into(), day.into());
         map.insert("sourceEventId".into(), payload["eventId"].clone());
+        // Orders the snapshots: the relay may coalesce pending ones, so a
+        // consumer sees increasing versions, not necessarily every one.
+        map.insert("version".into(), next.version.into());
     }
     let mut writes = Batch::new();
     outbox::emit(

@@ -1,11 +1,13 @@
-//! The command line: `payfn up`, `build`, `migrate`, `keys issue`, and the
-//! admin API's `deploy`, `activate`, `rollback`, `versions`.
+//! The command line: `payfn up`, `build`, `migrate`, `keys issue`,
+//! `reconcile`, and the admin API's `deploy`, `activate`, `rollback`,
+//! `versions`.
 
 mod bench;
 mod build;
 mod deploy;
 mod keys;
 mod migrate;
+mod reconcile;
 mod up;
 
 pub use build::build_one;
@@ -37,6 +39,9 @@ enum Command {
     Build(AppArgs),
     /// Apply the schema migrations to every shard, then exit.
     Migrate(migrate::MigrateArgs),
+    /// Check settlement against the captures and refunds it sums (and
+    /// re-publish lost events with --repair); exit 1 when drift remains.
+    Reconcile(reconcile::ReconcileArgs),
     /// Merchant API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -96,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build::run(&args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Keys(command) => keys::run(command),
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Deploy(args) => deploy::deploy(args).await,
         Command::Activate(args) => deploy::activate(args).await,
         Command::Rollback(args) => deploy::rollback(args).await,

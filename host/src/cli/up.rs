@@ -68,7 +68,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let kv = Kv::from_config(&config.kv).await?;
     banner!("  kv              {}", kv.describe());
-    let broker = Broker::from_config(&config.kafka, &state_dir).await?;
+    let metrics = Metrics::new();
+    let broker = Broker::from_config(&config.kafka, &state_dir, &metrics).await?;
     banner!("  events          {}", broker.describe());
 
     let listen = args.listen.unwrap_or(config.http.listen);
@@ -95,7 +96,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     versions.start_sync(config.control.sync_interval());
     let _watcher = if args.watch { watch::start(manifest.clone(), versions.clone())? } else { None };
     let registry = versions.registry();
-    let metrics = Metrics::new();
     let timers = TimerContext {
         engine: engine.clone(),
         kv: kv.clone(),
@@ -140,6 +140,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             trigger.component
         );
     }
+    crate::retention::start(&config.retention, shards.iter().cloned(), &metrics);
+    crate::reconcile::start(&config, shards.iter().cloned(), &metrics);
     let routes = RouteTable::new(&manifest.http_triggers)?;
     for trigger in &manifest.http_triggers {
         banner!("  route           {} -> {}", trigger.route, trigger.component);

@@ -8,8 +8,18 @@
 //! shard share that transaction (one commit for them all). Only once every
 //! record of the batch is committed is the consumer offset committed, so a
 //! crash anywhere replays records and the processed-events rows absorb them.
-//! A record that keeps failing is retried with backoff, then produced to the
-//! dead-letter topic with the error in its headers, and consumption goes on.
+//!
+//! Failures come in three kinds ([`Failure`]). A *transient* one (the shard
+//! unavailable or timed out, a lock wait, a deadlock, a serialization
+//! failure; the component failing after one of its statements got such an
+//! error) is retried with backoff for as long as it lasts: the partition
+//! waits, its offset is not committed past the record, and consumer lag
+//! shows it. Only a *component* failure (its error, trap or timeout) counts
+//! toward the trigger's `max_attempts`, after which the record is produced
+//! to the dead-letter topic with the error in its headers; a *poison*
+//! record (no event id, no merchant) goes there at once. If the dead-letter
+//! topic cannot take it either, the record is kept in the `failed_events`
+//! table of a shard, and consumption goes on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +27,12 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
-use crate::bindings::kafka::Message;
-use crate::bindings::sql::Value;
+use crate::bindings::kafka::{Error as ProduceError, Message};
+use crate::bindings::sql::{Error as SqlError, Value};
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
-use crate::engine::{Bindings, Engine};
+use crate::engine::{Bindings, Engine, InvokeError};
 use crate::logging::invocation_span;
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
@@ -32,6 +42,15 @@ use crate::versions::live::ComponentSlot;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// First retry delay of a failing record; doubles per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(100);
+/// The longest pause between two tries of a transient failure.
+const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// How long producing to the dead-letter topic is tried while the broker is
+/// unavailable, before the record goes to `failed_events` instead.
+const DEAD_LETTER_PATIENCE: Duration = Duration::from_secs(10);
+/// Where a record the dead-letter topic could not take is kept.
+const STORE_FAILED: &str = "INSERT INTO failed_events (consumer, source_topic, source_partition, \
+     source_offset, event_id, merchant_id, record_key, record_value, headers, error, dead_letter_topic, \
+     dead_letter_error, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// What every consumer task needs.
 #[derive(Clone)]
@@ -46,7 +65,8 @@ pub struct KafkaContext {
 /// Starts the consumer task of `trigger`.
 pub fn start(context: &KafkaContext, trigger: &KafkaTrigger, slot: Arc<ComponentSlot>) -> anyhow::Result<()> {
     let subscription = context.broker.subscribe(&trigger.group, &trigger.topics, &context.metrics)?;
-    let consumer = Consumer { context: context.clone(), trigger: trigger.clone(), slot };
+    let consumer =
+        Consumer { context: context.clone(), trigger: trigger.clone(), slot, waiting: Default::default() };
     tokio::spawn(consumer.run(subscription));
     Ok(())
 }
@@ -55,6 +75,18 @@ struct Consumer {
     context: KafkaContext,
     trigger: KafkaTrigger,
     slot: Arc<ComponentSlot>,
+    /// The wait on a transient failure in progress, if any. The consumer is
+    /// one task, which waits with its partitions: one wait at a time.
+    waiting: std::sync::Mutex<Waiting>,
+}
+
+/// A wait on a transient failure: when it began, the tries so far and the
+/// pause before the next one (doubling up to [`TRANSIENT_MAX_DELAY`]).
+#[derive(Default)]
+struct Waiting {
+    since: Option<Instant>,
+    tries: u64,
+    delay: Duration,
 }
 
 /// What became of one record.
@@ -124,13 +156,27 @@ impl Consumer {
         for (shard, run) in runs.drain(..) {
             let mut rest: &[&Record] = &run;
             while !rest.is_empty() {
-                let Err(failed) = self.handle_run(&shard, rest).await else { break };
+                let failed = match self.handle_run(&shard, rest).await {
+                    Ok(()) => {
+                        self.transient_cleared();
+                        break;
+                    }
+                    // The shard's trouble, no record's: the same records
+                    // again, together, once it passes. No attempt is spent.
+                    Err(RunFailure { error: Failure::Transient(e), .. }) => {
+                        self.wait_transient(&format!("{} records on shard {}", rest.len(), shard.name), &e)
+                            .await;
+                        continue;
+                    }
+                    Err(failed) => failed,
+                };
+                self.transient_cleared();
                 tracing::warn!(
                     component = %self.slot.spec.name, shard = %shard.name, records = rest.len(),
                     "batch rolled back ({}); going on without it", failed.error.message()
                 );
                 let Some(at) = failed.at else {
-                    // Not one record's fault (begin or commit): each alone.
+                    // Not one record's fault (a COMMIT refused): each alone.
                     for record in rest {
                         self.deliver(record).await;
                     }
@@ -138,12 +184,7 @@ impl Consumer {
                 };
                 // The records before the failing one were fine: again, together.
                 if at > 0 {
-                    if let Err(again) = self.handle_run(&shard, &rest[..at]).await {
-                        tracing::warn!(shard = %shard.name, "batch failed again ({}); one by one", again.error.message());
-                        for record in &rest[..at] {
-                            self.deliver(record).await;
-                        }
-                    }
+                    self.handle_together(&shard, &rest[..at]).await;
                 }
                 // The failing record: the batch's try was its first attempt.
                 self.deliver_after(rest[at], Some(failed.error)).await;
@@ -152,19 +193,42 @@ impl Consumer {
         }
     }
 
+    /// `records`, which went through a batch without failing, again in one
+    /// transaction, waiting out transient failures; one by one if it fails
+    /// otherwise.
+    async fn handle_together(&self, shard: &Shard, records: &[&Record]) {
+        loop {
+            match self.handle_run(shard, records).await {
+                Ok(()) => {
+                    self.transient_cleared();
+                    return;
+                }
+                Err(RunFailure { error: Failure::Transient(e), .. }) => {
+                    self.wait_transient(&format!("{} records on shard {}", records.len(), shard.name), &e)
+                        .await;
+                }
+                Err(again) => {
+                    self.transient_cleared();
+                    tracing::warn!(shard = %shard.name, "batch failed again ({}); one by one", again.error.message());
+                    for record in records {
+                        self.deliver(record).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     /// The records of `run` (all on `shard`) in one transaction.
     async fn handle_run(&self, shard: &Shard, run: &[&Record]) -> Result<(), RunFailure> {
         let whole = |error| RunFailure { at: None, error };
-        let mut tx = shard
-            .begin(true)
-            .await
-            .map_err(|e| whole(Failure::Retry(format!("shard {}: {e:?}", shard.name))))?;
+        let mut tx = shard.begin(true).await.map_err(|e| whole(Failure::begin(shard, e)))?;
         let mut duplicates = 0;
         for (at, record) in run.iter().enumerate() {
             let failed = |error| RunFailure { at: Some(at), error };
             let (event_id, merchant) = Self::route(record).map_err(failed)?;
             let (outcome, back) = self.apply(tx, record, event_id, merchant).await;
-            tx = back.ok_or_else(|| failed(Failure::Retry("the shard transaction was lost".into())))?;
+            tx = back.ok_or_else(|| failed(Failure::lost()))?;
             match outcome {
                 Ok(Handled::Processed) => {}
                 Ok(Handled::Duplicate) => duplicates += 1,
@@ -174,7 +238,7 @@ impl Consumer {
                 }
             }
         }
-        tx.commit().await.map_err(|e| whole(Failure::Retry(format!("commit: {e:?}"))))?;
+        tx.commit().await.map_err(|e| whole(Failure::of_shard("commit", e)))?;
         for _ in 0..duplicates {
             self.context.metrics.duplicate(&self.slot.spec.name);
         }
@@ -199,30 +263,36 @@ impl Consumer {
 
     /// Like [`deliver`](Self::deliver), where `failed` is the outcome of an
     /// attempt already made (in a batch): it counts as the first of the
-    /// trigger's `max_attempts`.
+    /// trigger's `max_attempts` if it was the component's failure.
+    /// Transient failures are waited out and spend no attempt.
     async fn deliver_after(&self, record: &Record, failed: Option<Failure>) {
         let attempts = self.trigger.max_attempts.max(1);
         let mut outcome = match failed {
             Some(failure) => Err(failure),
             None => self.handle(record).await,
         };
-        let mut attempt = 1;
+        let mut failures = 0;
         let last_error = loop {
+            if !matches!(outcome, Err(Failure::Transient(_))) {
+                self.transient_cleared();
+            }
             match outcome {
                 Ok(Handled::Processed | Handled::Duplicate) => return,
                 Err(Failure::Poison(e)) => break e,
-                Err(Failure::Retry(e)) => {
+                Err(Failure::Component(e)) => {
+                    failures += 1;
                     tracing::warn!(
                         component = %self.slot.spec.name, topic = %record.topic, offset = record.offset,
-                        attempt, "event failed: {e}"
+                        attempt = failures, max_attempts = attempts, "event failed: {e}"
                     );
-                    if attempt >= attempts {
+                    if failures >= attempts {
                         break e;
                     }
-                    tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt - 1)).await;
+                    let delay = RETRY_BASE.saturating_mul(1 << (failures - 1).min(16));
+                    tokio::time::sleep(delay.min(TRANSIENT_MAX_DELAY)).await;
                 }
+                Err(Failure::Transient(e)) => self.wait_transient(&position(record), &e).await,
             }
-            attempt += 1;
             outcome = self.handle(record).await;
         };
         self.dead_letter(record, &last_error).await;
@@ -232,13 +302,12 @@ impl Consumer {
     async fn handle(&self, record: &Record) -> Result<Handled, Failure> {
         let (event_id, merchant) = Self::route(record)?;
         let shard = self.context.shards.for_merchant(merchant);
-        let tx =
-            shard.begin(true).await.map_err(|e| Failure::Retry(format!("shard {}: {e:?}", shard.name)))?;
+        let tx = shard.begin(true).await.map_err(|e| Failure::begin(shard, e))?;
         let (outcome, tx) = self.apply(tx, record, event_id, merchant).await;
-        let Some(tx) = tx else { return Err(Failure::Retry("the shard transaction was lost".into())) };
+        let Some(tx) = tx else { return Err(Failure::lost()) };
         match outcome {
             Ok(handled) => {
-                tx.commit().await.map_err(|e| Failure::Retry(format!("commit: {e:?}")))?;
+                tx.commit().await.map_err(|e| Failure::of_shard("commit", e))?;
                 if let Handled::Duplicate = handled {
                     self.context.metrics.duplicate(&self.slot.spec.name);
                 }
@@ -248,6 +317,46 @@ impl Consumer {
                 tx.rollback().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Pauses before the next try after a transient failure (`why`) of
+    /// `what`, with backoff. The first pause of a wait logs a warning, the
+    /// end of the wait ([`transient_cleared`](Self::transient_cleared)) a
+    /// line saying how long it took; the tries between are counted in
+    /// `payfn_kafka_transient_retries_total{group}`, not logged one by one.
+    async fn wait_transient(&self, what: &str, why: &str) {
+        let group = &self.trigger.group;
+        let delay = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.since.is_none() {
+                *waiting = Waiting { since: Some(Instant::now()), tries: 0, delay: RETRY_BASE };
+                self.context.metrics.transient_waiting(group, true);
+                tracing::warn!(
+                    group = %group, component = %self.slot.spec.name,
+                    "{what}: transient failure, retried with backoff until it clears; the partition waits \
+                     (offsets are not committed past it): {why}"
+                );
+            }
+            waiting.tries += 1;
+            let delay = waiting.delay;
+            waiting.delay = (delay * 2).min(TRANSIENT_MAX_DELAY);
+            delay
+        };
+        self.context.metrics.transient_retry(group);
+        tracing::debug!(group = %group, ?delay, "{what}: transient failure: {why}");
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Ends the wait on a transient failure, if one is on.
+    fn transient_cleared(&self) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = waiting.since.take() {
+            self.context.metrics.transient_waiting(&self.trigger.group, false);
+            tracing::info!(
+                group = %self.trigger.group, component = %self.slot.spec.name, tries = waiting.tries,
+                waited = ?since.elapsed(), "transient failure cleared; consumption goes on"
+            );
         }
     }
 
@@ -272,10 +381,11 @@ impl Consumer {
         match seen {
             Ok(seen) if !seen.rows.is_empty() => return (Ok(Handled::Duplicate), Some(tx)),
             Ok(_) => {}
-            Err(e) => return (Err(Failure::Retry(format!("{e:?}"))), Some(tx)),
+            Err(e) => return (Err(Failure::of_shard("checking processed events", e)), Some(tx)),
         }
 
         let shard = self.context.shards.for_merchant(merchant);
+        let failed_before = tx.failed_statements();
         let trace = header(record, "traceparent").map(String::from_utf8_lossy).unwrap_or_default();
         let bindings = Bindings {
             request_id: format!("{event_id} traceparent={trace}"),
@@ -309,11 +419,20 @@ impl Consumer {
             failure,
         );
         let Some(mut tx) = tx else {
-            return (Err(Failure::Retry("the shard transaction was lost".into())), None);
+            return (Err(Failure::lost()), None);
         };
         if let Err(e) = result {
-            return (Err(Failure::Retry(e.to_string())), Some(tx));
+            let failure = match (tx.transient_failure(), &e) {
+                // It could not do its work because of the shard (and may have
+                // turned the shard's error into its own, or trapped on it).
+                (Some(shard), _) => Failure::Transient(format!("{e} (the shard failed it: {shard})")),
+                // No instance free: the host's capacity, not the component.
+                (None, InvokeError::Unavailable(_)) => Failure::Transient(e.to_string()),
+                (None, _) => Failure::Component(e.to_string()),
+            };
+            return (Err(failure), Some(tx));
         }
+        let component_failed_statements = tx.failed_statements() > failed_before;
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let recorded = tx
             .execute(
@@ -323,10 +442,25 @@ impl Consumer {
             .await;
         match recorded {
             Ok(_) => (Ok(Handled::Processed), Some(tx)),
-            Err(e) => (Err(Failure::Retry(format!("recording the event: {e:?}"))), Some(tx)),
+            // Without a failed statement of the component, the key was taken
+            // by another consumer of the group that handled the record
+            // meanwhile (a rebalance, or `all-partitions`): the next try
+            // finds it a duplicate. With one, the component went on after
+            // its statement failed and the shard had ended the transaction
+            // (PostgreSQL does on any failure): its own fault.
+            Err(e @ SqlError::ConstraintViolation(_)) if !component_failed_statements => {
+                (Err(Failure::Transient(format!("recording the event: {e:?}"))), Some(tx))
+            }
+            Err(e) => (Err(Failure::of_shard("recording the event", e)), Some(tx)),
         }
     }
 
+    /// Produces `record` to the dead-letter topic with `error` in its
+    /// headers. While the broker is unavailable that is tried for
+    /// [`DEAD_LETTER_PATIENCE`]; if it stays unavailable or refuses the
+    /// message (too large, say), the record goes to `failed_events` instead
+    /// ([`store_failed`](Self::store_failed)). Either way it is kept, and
+    /// consumption goes on.
     async fn dead_letter(&self, record: &Record, error: &str) {
         let topic = dead_letter_topic(&self.trigger, &record.topic);
         let mut headers = record.headers.clone();
@@ -338,27 +472,112 @@ impl Consumer {
         headers.push(("dlq-consumer".into(), self.trigger.group.as_bytes().to_vec()));
         let message =
             Message { topic: topic.clone(), key: record.key.clone(), value: record.value.clone(), headers };
-        self.context.metrics.dead_lettered(&self.slot.spec.name);
-        loop {
-            match self.context.broker.produce(vec![message.clone()]).await.pop() {
-                Some(Ok(_)) => break,
-                other => {
-                    tracing::warn!(topic = %topic, "dead-letter produce failed ({other:?}); retrying");
-                    tokio::time::sleep(BACKOFF).await;
+        let give_up_at = Instant::now() + DEAD_LETTER_PATIENCE;
+        let mut delay = RETRY_BASE;
+        let not_produced = loop {
+            let unavailable = match self.context.broker.produce(vec![message.clone()]).await.pop() {
+                Some(Ok(_)) => {
+                    self.context.metrics.dead_lettered(&self.slot.spec.name);
+                    tracing::error!(
+                        component = %self.slot.spec.name, source_topic = %record.topic, offset = record.offset,
+                        dead_letter_topic = %topic, "event dead-lettered: {error}"
+                    );
+                    return;
                 }
+                Some(Err(ProduceError::Unavailable(e))) => e,
+                // A refusal: the same message is refused again.
+                Some(Err(refused)) => break format!("{refused:?}"),
+                None => break "the broker returned no result".to_string(),
+            };
+            if Instant::now() + delay > give_up_at {
+                break format!("unavailable for {DEAD_LETTER_PATIENCE:?}: {unavailable}");
+            }
+            tracing::warn!(topic = %topic, "dead-letter produce failed ({unavailable}); retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        };
+        self.store_failed(record, error, &topic, &not_produced).await;
+    }
+
+    /// Keeps `record`, which failed with `error` and which its dead-letter
+    /// topic did not take (`why`), in the `failed_events` table of its
+    /// merchant's shard, or of the first shard if it has no valid
+    /// `merchant-id`. Tried until it is stored: its offset is committed only
+    /// after that, so nothing is lost (the partition waits meanwhile).
+    async fn store_failed(&self, record: &Record, error: &str, dead_letter_topic: &str, why: &str) {
+        let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
+        let merchant: Option<i64> = text("merchant-id").and_then(|m| m.parse().ok());
+        let shard = match merchant {
+            Some(merchant) => self.context.shards.for_merchant(merchant),
+            None => self.context.shards.iter().next().expect("a shard set has a shard"),
+        };
+        let event_id = text("event-id").filter(|id| id.len() <= 255).map(sanitize);
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let row = vec![
+            Value::Text(self.trigger.group.clone()),
+            Value::Text(sanitize(&record.topic)),
+            Value::Int64(record.partition.into()),
+            Value::Int64(record.offset),
+            event_id.map_or(Value::Null, Value::Text),
+            merchant.map_or(Value::Null, Value::Int64),
+            record.key.clone().map_or(Value::Null, Value::Blob),
+            Value::Blob(record.value.clone()),
+            Value::Text(headers_json(&record.headers)),
+            Value::Text(sanitize(error)),
+            Value::Text(sanitize(dead_letter_topic)),
+            Value::Text(sanitize(why)),
+            Value::Text(now),
+        ];
+        while let Err(e) = self.insert_failed(shard, record, row.clone()).await {
+            let what = format!("storing the failed event {} on shard {}", position(record), shard.name);
+            self.wait_transient(&what, &format!("{e:?}")).await;
+        }
+        self.transient_cleared();
+        self.context.metrics.failed_stored(&self.slot.spec.name);
+        tracing::error!(
+            component = %self.slot.spec.name, source_topic = %record.topic, partition = record.partition,
+            offset = record.offset, shard = %shard.name, dead_letter_topic = %dead_letter_topic,
+            "event could not be dead-lettered ({why}); kept in failed_events: {error}"
+        );
+    }
+
+    /// Inserts `row` into `failed_events` on `shard`, unless the record is
+    /// there already (a host that stored it died before committing the offset).
+    async fn insert_failed(&self, shard: &Shard, record: &Record, row: Vec<Value>) -> Result<(), SqlError> {
+        let mut tx = shard.begin(true).await?;
+        let stored = tx
+            .query(
+                "SELECT 1 FROM failed_events WHERE consumer = ? AND source_topic = ? \
+                 AND source_partition = ? AND source_offset = ?",
+                row[..4].to_vec(),
+            )
+            .await;
+        let inserted = match stored {
+            Ok(found) if !found.rows.is_empty() => Ok(0),
+            Ok(_) => tx.execute(STORE_FAILED, row).await,
+            Err(e) => Err(e),
+        };
+        match inserted {
+            Ok(_) => tx.commit().await,
+            Err(e) => {
+                tx.rollback().await;
+                tracing::debug!(offset = record.offset, "storing a failed event: {e:?}");
+                Err(e)
             }
         }
-        tracing::error!(
-            component = %self.slot.spec.name, source_topic = %record.topic, offset = record.offset,
-            dead_letter_topic = %topic, "event dead-lettered: {error}"
-        );
     }
 }
 
 /// Why handling a record failed.
 enum Failure {
-    /// Might succeed later (shard down, component error): retried.
-    Retry(String),
+    /// The shard could not do the work now (unavailable, timed out, a lock
+    /// wait, a deadlock, a serialization failure), or the component failed
+    /// after one of its statements got such an error: retried with backoff
+    /// until it passes, never dead-lettered.
+    Transient(String),
+    /// The component failed on its own (an error it returned, a trap, its
+    /// deadline): counts toward `max_attempts`, then the dead-letter topic.
+    Component(String),
     /// Can never succeed (no event id, no merchant): dead-lettered at once.
     Poison(String),
 }
@@ -366,7 +585,30 @@ enum Failure {
 impl Failure {
     fn message(&self) -> &str {
         match self {
-            Failure::Retry(m) | Failure::Poison(m) => m,
+            Failure::Transient(m) | Failure::Component(m) | Failure::Poison(m) => m,
+        }
+    }
+
+    /// A transaction that could not be opened: the shard's trouble.
+    fn begin(shard: &Shard, e: SqlError) -> Self {
+        Failure::Transient(format!("shard {}: {e:?}", shard.name))
+    }
+
+    /// The invocation did not hand the transaction back.
+    fn lost() -> Self {
+        Failure::Transient("the shard transaction was lost".into())
+    }
+
+    /// The host's own statement or COMMIT failed, `doing` what: transient
+    /// if the shard failed it; otherwise the statement was refused because
+    /// of what the component wrote (a failed statement of its own ended the
+    /// transaction on PostgreSQL, or a deferred constraint refused the
+    /// COMMIT), which counts as the component's failure.
+    fn of_shard(doing: &str, e: SqlError) -> Self {
+        if ShardTx::is_transient(&e) {
+            Failure::Transient(format!("{doing}: {e:?}"))
+        } else {
+            Failure::Component(format!("{doing}: {e:?}"))
         }
     }
 }
@@ -386,4 +628,33 @@ fn header<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
 /// Where `trigger` sends records of `topic` that cannot be handled.
 pub fn dead_letter_topic(trigger: &KafkaTrigger, topic: &str) -> String {
     trigger.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}.dlq"))
+}
+
+/// `record`'s place, for log lines.
+fn position(record: &Record) -> String {
+    format!("record {}/{}/{}", record.topic, record.partition, record.offset)
+}
+
+/// `text` with its NUL characters replaced (PostgreSQL's text cannot hold
+/// them, and a failed event must be storable whatever it carries).
+fn sanitize(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// Headers as `failed_events.headers` keeps them: a JSON array, in order,
+/// of `{"name": …, "value": …}`, or `{"name": …, "base64": …}` for a value
+/// that is not UTF-8, so every byte survives a re-drive.
+fn headers_json(headers: &[(String, Vec<u8>)]) -> String {
+    use base64::Engine as _;
+    let list: Vec<serde_json::Value> = headers
+        .iter()
+        .map(|(name, value)| match std::str::from_utf8(value) {
+            Ok(text) => serde_json::json!({ "name": name, "value": text }),
+            Err(_) => serde_json::json!({
+                "name": name,
+                "base64": base64::engine::general_purpose::STANDARD.encode(value),
+            }),
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }

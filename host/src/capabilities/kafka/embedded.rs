@@ -35,6 +35,19 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The largest message the log accepts (key, value and headers): Kafka's
+/// default `message.max.bytes`, so what the embedded setup takes a default
+/// Kafka cluster takes too.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The size of `message` if it is over [`MAX_MESSAGE_BYTES`].
+fn oversized(message: &Message) -> Option<usize> {
+    let size = message.key.as_ref().map_or(0, Vec::len)
+        + message.value.len()
+        + message.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    (size > MAX_MESSAGE_BYTES).then_some(size)
+}
+
 pub struct EventLog {
     path: PathBuf,
     /// Appends and group positions: each call one durable transaction.
@@ -80,11 +93,28 @@ impl EventLog {
 
     /// Appends all messages in one transaction: all acknowledged or none.
     pub async fn produce(&self, messages: Vec<Message>) -> Vec<Result<Delivery, Error>> {
-        let count = messages.len();
-        match self.append(messages).await {
+        // A message over the limit is refused, as a Kafka broker refuses one
+        // over `message.max.bytes`; the rest are appended.
+        let refused: Vec<Option<usize>> = messages.iter().map(oversized).collect();
+        let accepted: Vec<Message> =
+            messages.into_iter().zip(&refused).filter(|(_, r)| r.is_none()).map(|(m, _)| m).collect();
+        let count = accepted.len();
+        let mut appended = match self.append(accepted).await {
             Ok(deliveries) => deliveries.into_iter().map(Ok).collect(),
-            Err(e) => (0..count).map(|_| Err(Error::Unavailable(format!("event log: {e}")))).collect(),
+            Err(e) => {
+                (0..count).map(|_| Err(Error::Unavailable(format!("event log: {e}")))).collect::<Vec<_>>()
+            }
         }
+        .into_iter();
+        refused
+            .into_iter()
+            .map(|size| match size {
+                Some(size) => Err(Error::Rejected(format!(
+                    "message of {size} bytes is larger than the event log's limit of {MAX_MESSAGE_BYTES}"
+                ))),
+                None => appended.next().expect("one result per appended message"),
+            })
+            .collect()
     }
 
     async fn append(&self, messages: Vec<Message>) -> rusqlite::Result<Vec<Delivery>> {
@@ -212,6 +242,22 @@ impl EventLog {
             }
         }
         Ok(out)
+    }
+
+    /// When the first record at or after `offset` of each `(topic,
+    /// partition, offset)` was appended, in ms since the epoch (`None`: no
+    /// record there). One primary-key seek per entry, on the reader.
+    pub async fn appended_at_ms(&self, at: &[(String, i32, i64)]) -> rusqlite::Result<Vec<Option<i64>>> {
+        let conn = self.reader.lock().await;
+        let mut stmt = conn.prepare_cached(
+            r#"SELECT appended_at_ms FROM records WHERE topic = ?1 AND partition = ?2 AND "offset" >= ?3
+               ORDER BY "offset" LIMIT 1"#,
+        )?;
+        at.iter()
+            .map(|(topic, partition, offset)| {
+                stmt.query_row(params![topic, partition, offset], |r| r.get(0)).optional()
+            })
+            .collect()
     }
 
     pub async fn ping(&self) -> bool {

@@ -11,7 +11,11 @@ impl Host for KafkaState {
                 "topic `{}` is not in this component's kafka_topics",
                 m.topic
             ));
-            return messages.iter().map(|_| Err(refused.clone())).collect();
+            let results: Vec<_> = messages.iter().map(|_| Err(refused.clone())).collect();
+            if let Some(broker) = &self.broker {
+                broker.count(&messages, &results);
+            }
+            return results;
         }
         let Some(broker) = &self.broker else {
             return messages.iter().map(|_| Err(Error::Unavailable("no broker configured".into()))).collect();

@@ -42,9 +42,10 @@ const FETCH_MAX: u32 = 100;
 /// for and whatever has already arrived behind it.
 const KAFKA_BATCH_MAX: usize = 100;
 
-/// The shared broker handle, cheap to clone.
+/// The shared broker handle, cheap to clone; counts what it produces in
+/// `payfn_kafka_produced_total{topic,outcome}`.
 #[derive(Clone)]
-pub struct Broker(Arc<Backend>);
+pub struct Broker(Arc<Backend>, Metrics);
 
 enum Backend {
     Embedded(Arc<EventLog>),
@@ -54,7 +55,11 @@ enum Backend {
 
 impl Broker {
     /// Opens the backend the runtime config names.
-    pub async fn from_config(config: &KafkaConfig, state_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn from_config(
+        config: &KafkaConfig,
+        state_dir: &Path,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let backend = match config {
             KafkaConfig::Embedded { path, partitions } => {
                 let path = match path {
@@ -64,11 +69,26 @@ impl Broker {
                 };
                 Backend::Embedded(Arc::new(EventLog::open(&path, *partitions).await?))
             }
-            KafkaConfig::Kafka { brokers, settings, partitions, assignment } => {
-                Backend::Kafka(Box::new(KafkaBroker::connect(brokers, settings, *partitions, *assignment)?))
+            KafkaConfig::Kafka {
+                brokers,
+                settings,
+                partitions,
+                assignment,
+                replication_factor,
+                min_insync_replicas,
+            } => {
+                let replication =
+                    runtime_config::Replication::new(*replication_factor, *min_insync_replicas)?;
+                Backend::Kafka(Box::new(KafkaBroker::connect(
+                    brokers,
+                    settings,
+                    *partitions,
+                    *assignment,
+                    replication,
+                )?))
             }
         };
-        Ok(Broker(Arc::new(backend)))
+        Ok(Broker(Arc::new(backend), metrics.clone()))
     }
 
     pub fn describe(&self) -> String {
@@ -89,9 +109,21 @@ impl Broker {
 
     /// Produces messages; one result per message, in order.
     pub async fn produce(&self, messages: Vec<Message>) -> Vec<Result<Delivery, Error>> {
-        match &*self.0 {
+        let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        let results = match &*self.0 {
             Backend::Embedded(log) => log.produce(messages).await,
             Backend::Kafka(kafka) => kafka.produce(messages).await,
+        };
+        for (topic, result) in topics.iter().zip(&results) {
+            self.1.produced(topic, produce_outcome(result));
+        }
+        results
+    }
+
+    /// Counts results that never reached the backend (a topic not granted).
+    pub(super) fn count(&self, messages: &[Message], results: &[Result<Delivery, Error>]) {
+        for (message, result) in messages.iter().zip(results) {
+            self.1.produced(&message.topic, produce_outcome(result));
         }
     }
 
@@ -136,12 +168,51 @@ impl Broker {
         }
     }
 
+    /// When the first record each of `partitions` (from
+    /// [`positions`](Self::positions)) has not committed past was written,
+    /// in ms since the epoch: `None` where the group is caught up or the
+    /// time is unknown. Embedded log: the record's `appended_at_ms`, one
+    /// primary-key seek per lagging partition. Kafka: the record's
+    /// timestamp, fetched once per position (`LagReader::first_unhandled_at`).
+    pub async fn first_unhandled_at(&self, partitions: &[PartitionLag]) -> anyhow::Result<Vec<Option<i64>>> {
+        match &*self.0 {
+            Backend::Embedded(log) => {
+                let wanted: Vec<(usize, (String, i32, i64))> = partitions
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| p.first_unhandled().map(|o| (i, (p.topic.clone(), p.partition, o))))
+                    .collect();
+                let mut out = vec![None; partitions.len()];
+                if wanted.is_empty() {
+                    return Ok(out);
+                }
+                let keys: Vec<(String, i32, i64)> = wanted.iter().map(|(_, k)| k.clone()).collect();
+                for ((i, _), at) in wanted.iter().zip(log.appended_at_ms(&keys).await?) {
+                    out[*i] = at;
+                }
+                Ok(out)
+            }
+            Backend::Kafka(kafka) => kafka.first_unhandled_at(partitions).await,
+        }
+    }
+
     /// Whether the broker answers (readiness). For Kafka: the breaker is closed.
     pub async fn ping(&self) -> bool {
         match &*self.0 {
             Backend::Embedded(log) => log.ping().await,
             Backend::Kafka(_) => true,
         }
+    }
+}
+
+/// The `outcome` label of a produce result: `acknowledged`, or the kind of
+/// failure (`unavailable` is backlog; the others are refusals).
+fn produce_outcome(result: &Result<Delivery, Error>) -> &'static str {
+    match result {
+        Ok(_) => "acknowledged",
+        Err(Error::Unavailable(_)) => "unavailable",
+        Err(Error::Rejected(_)) => "rejected",
+        Err(Error::TopicNotGranted(_)) => "topic_not_granted",
     }
 }
 

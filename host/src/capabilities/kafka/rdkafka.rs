@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::breaker::Breaker;
 use super::positions::{LagReader, PartitionLag};
-use super::runtime_config::Assignment;
+use super::runtime_config::{Assignment, Replication};
 use super::Record;
 use crate::bindings::kafka::{Delivery, Error, Message};
 use crate::metrics::Metrics;
@@ -43,6 +43,8 @@ pub struct KafkaBroker {
     producer_config: ClientConfig,
     breaker: Breaker,
     partitions: u32,
+    /// Replication of the topics payfn creates.
+    replication: Replication,
     assignment: Assignment,
     positions: LagReader,
 }
@@ -53,6 +55,7 @@ impl KafkaBroker {
         settings: &BTreeMap<String, String>,
         partitions: u32,
         assignment: Assignment,
+        replication: Replication,
     ) -> anyhow::Result<Self> {
         let mut config = client_config(brokers, settings);
         // librdkafka defaults to enable.idempotence=false; on, it implies
@@ -80,6 +83,7 @@ impl KafkaBroker {
             producer_config,
             breaker: Breaker::default(),
             partitions,
+            replication,
             assignment,
             positions: LagReader::new(consumer_config(brokers, settings)),
         })
@@ -110,20 +114,73 @@ impl KafkaBroker {
         self.positions.read(group, topics).await
     }
 
-    /// Creates `topics` with the configured partition count; existing ones are kept.
+    /// When the first record each of `partitions` has not committed past
+    /// was written (ms since the epoch); see [`LagReader::first_unhandled_at`].
+    pub async fn first_unhandled_at(&self, partitions: &[PartitionLag]) -> anyhow::Result<Vec<Option<i64>>> {
+        self.positions.first_unhandled_at(partitions).await
+    }
+
+    /// Creates the missing ones of `topics` with the configured partition
+    /// count, replication factor and `min.insync.replicas`, both lowered to
+    /// the cluster's broker count if it has fewer brokers (with a warning).
+    /// Existing topics are left as they are; their replication factor is logged.
     pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = client_config(&self.brokers, &self.settings)
             .create()
             .context("creating the Kafka admin client")?;
-        let new: Vec<NewTopic<'_>> = topics
+        let (brokers, existing) = tokio::task::block_in_place(|| cluster(&admin))?;
+        let missing: Vec<&String> = topics.iter().filter(|t| !existing.contains_key(*t)).collect();
+        for topic in topics {
+            if let Some(factor) = existing.get(topic) {
+                tracing::info!(topic, replication_factor = factor, "Kafka topic exists; left as it is");
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let used = self.replication.on_cluster(brokers);
+        if used.lowered {
+            let configured = self.replication.factor();
+            let configured_min_insync =
+                self.replication.min_insync().map_or_else(|| "default".to_string(), |m| m.to_string());
+            tracing::warn!(
+                brokers,
+                configured_replication_factor = configured,
+                replication_factor = used.factor,
+                configured_min_insync_replicas = %configured_min_insync,
+                min_insync_replicas = used.min_insync,
+                "the Kafka cluster has {brokers} broker(s), fewer than [kafka] replication_factor: topics \
+                 are created with replication factor {} instead of the configured {configured}, \
+                 min.insync.replicas {} ({configured_min_insync} configured)",
+                used.factor,
+                used.min_insync,
+            );
+        }
+        let min_insync = used.min_insync.to_string();
+        let new: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|t| NewTopic::new(t, self.partitions as i32, TopicReplication::Fixed(1)))
+            .map(|t| {
+                NewTopic::new(t, self.partitions as i32, TopicReplication::Fixed(used.factor.into()))
+                    .set("min.insync.replicas", &min_insync)
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         for result in admin.create_topics(&new, &options).await.context("creating topics")? {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => anyhow::bail!("creating topic `{topic}`: {code}"),
+                Ok(topic) => tracing::info!(
+                    topic,
+                    partitions = self.partitions,
+                    replication_factor = used.factor,
+                    min_insync_replicas = used.min_insync,
+                    "Kafka topic created"
+                ),
+                // Another host created it meanwhile.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!(
+                    "creating topic `{topic}` (replication factor {}, min.insync.replicas {}): {code}",
+                    used.factor,
+                    used.min_insync
+                ),
             }
         }
         Ok(())
@@ -293,6 +350,22 @@ fn consumer_config(brokers: &str, settings: &BTreeMap<String, String>) -> Client
         config.set(k, v);
     }
     config
+}
+
+/// The cluster's broker count and its topics with their replication factor
+/// (replicas of their first partition), from one metadata request. Blocking.
+fn cluster(admin: &AdminClient<DefaultClientContext>) -> anyhow::Result<(usize, BTreeMap<String, usize>)> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("reading the Kafka cluster's metadata (brokers and topics)")?;
+    let topics = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().first().map_or(0, |p| p.replicas().len())))
+        .collect();
+    Ok((metadata.brokers().len(), topics))
 }
 
 /// Transport trouble (the breaker counts it) versus a refused message.

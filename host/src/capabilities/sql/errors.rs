@@ -40,6 +40,16 @@ pub fn map(e: sqlx::Error, dialect: fn(&(dyn DatabaseError + 'static)) -> Option
     }
 }
 
+/// Whether `e` is the shard's failure rather than the statement's: the
+/// shard is unreachable or out of time (`unavailable`: lost connections,
+/// pool timeouts, statement timeouts, a shutdown) or another transaction
+/// was in the way (`conflict`: lock wait timeouts, deadlocks,
+/// serialization failures). The same work may succeed later; the dialects'
+/// `classify` functions sort vendor codes into these two.
+pub fn is_transient(e: &SqlError) -> bool {
+    matches!(e, SqlError::Unavailable(_) | SqlError::Conflict(_))
+}
+
 /// A value the host cannot hand to a component.
 pub fn unsupported(column: &str, type_name: &str) -> SqlError {
     SqlError::InvalidStatement(format!(

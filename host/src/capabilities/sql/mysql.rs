@@ -159,11 +159,21 @@ impl Driver for Mysql {
         let message = error.message().to_string();
         match number {
             // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT: another transaction holds
-            // the rows; the caller may retry.
-            1213 | 1205 => Some(SqlError::Conflict(message)),
+            // the rows; the caller may retry. ER_LOCK_NOWAIT (MySQL's NOWAIT;
+            // MariaDB answers 1205), ER_XA_RBDEADLOCK.
+            1213 | 1205 | 3572 | 1614 => Some(SqlError::Conflict(message)),
             // MariaDB's and MySQL's statement-time limits; server shutdown;
-            // too many connections.
-            1969 | 3024 | 1053 | 1040 => Some(SqlError::Unavailable(message)),
+            // too many connections (server-wide, per user, per hour);
+            // connection killed, query interrupted, idle session closed;
+            // network read/write errors reported by the server; out of
+            // memory, disk full, an error during COMMIT; a read-only server
+            // (a replica after a failover); too many concurrent transactions;
+            // a Galera node not ready (ER_UNKNOWN_COM_ERROR, "WSREP has not
+            // yet prepared node"). All pass; none is the statement's fault.
+            1969 | 3024 | 1053 | 1040 | 1203 | 1226 | 1927 | 1317 | 4031 | 1152 | 1158 | 1159 | 1160
+            | 1161 | 1037 | 1038 | 1041 | 1021 | 1180 | 1290 | 1836 | 1637 | 1047 => {
+                Some(SqlError::Unavailable(message))
+            }
             // MariaDB's CHECK failure (MySQL's 3819 sqlx sorts itself).
             4025 => Some(SqlError::ConstraintViolation(message)),
             _ => None,

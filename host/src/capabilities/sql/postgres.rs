@@ -128,12 +128,24 @@ impl Driver for Postgres {
         let code = error.try_downcast_ref::<PgDatabaseError>()?.code();
         let message = error.message().to_string();
         match code {
-            // serialization_failure, deadlock_detected, lock_not_available.
+            // serialization_failure, deadlock_detected, lock_not_available
+            // (lock_timeout, NOWAIT), and the rest of class 40 (transaction
+            // rollback) but its integrity-constraint code.
             "40001" | "40P01" | "55P03" => Some(SqlError::Conflict(message)),
+            // statement_completion_unknown: the connection went mid-COMMIT.
+            "40003" => Some(SqlError::Unavailable(message)),
+            "40002" => Some(SqlError::ConstraintViolation(message)),
+            _ if code.starts_with("40") => Some(SqlError::Conflict(message)),
             // query_canceled (statement_timeout), connection exceptions,
-            // insufficient resources, operator intervention (shutdown).
-            "57014" => Some(SqlError::Unavailable(message)),
-            _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") => {
+            // insufficient resources, operator intervention (shutdown),
+            // system errors (I/O), a read-only server (a standby after a
+            // failover), idle-in-transaction and transaction timeouts.
+            "57014" | "25006" | "25P03" | "25P04" => Some(SqlError::Unavailable(message)),
+            _ if code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code.starts_with("58") =>
+            {
                 Some(SqlError::Unavailable(message))
             }
             _ => None,

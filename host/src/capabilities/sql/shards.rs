@@ -38,11 +38,11 @@ impl Shard {
     /// Opens a transaction. `write` transactions take the shard's write lock
     /// up front, so concurrent steps on one payment run one after the other.
     pub async fn begin(&self, write: bool) -> Result<ShardTx, SqlError> {
-        match &self.backend {
-            Backend::Sqlite(s) => Ok(ShardTx::Sqlite(s.begin(write).await?)),
-            Backend::Mysql(s) => Ok(ShardTx::Mysql(s.begin(write).await?)),
-            Backend::Postgres(s) => Ok(ShardTx::Postgres(s.begin(write).await?)),
-        }
+        Ok(ShardTx::new(match &self.backend {
+            Backend::Sqlite(s) => TxBackend::Sqlite(s.begin(write).await?),
+            Backend::Mysql(s) => TxBackend::Mysql(s.begin(write).await?),
+            Backend::Postgres(s) => TxBackend::Postgres(s.begin(write).await?),
+        }))
     }
 
     /// A write transaction that sees only durable data, for steps that
@@ -50,11 +50,11 @@ impl Shard {
     /// commits first (see group_commit.rs); on the servers every committed
     /// row is durable already.
     pub async fn begin_durable(&self) -> Result<ShardTx, SqlError> {
-        match &self.backend {
-            Backend::Sqlite(s) => Ok(ShardTx::Sqlite(s.begin_durable().await?)),
-            Backend::Mysql(s) => Ok(ShardTx::Mysql(s.begin(true).await?)),
-            Backend::Postgres(s) => Ok(ShardTx::Postgres(s.begin(true).await?)),
-        }
+        Ok(ShardTx::new(match &self.backend {
+            Backend::Sqlite(s) => TxBackend::Sqlite(s.begin_durable().await?),
+            Backend::Mysql(s) => TxBackend::Mysql(s.begin(true).await?),
+            Backend::Postgres(s) => TxBackend::Postgres(s.begin(true).await?),
+        }))
     }
 
     /// Whether the shard is migrated and answers a trivial query (readiness).
@@ -102,60 +102,131 @@ impl Shard {
 
 /// A transaction on one shard. Dropping it without [`ShardTx::commit`] rolls
 /// it back.
-pub enum ShardTx {
+///
+/// It remembers whether the shard failed it for a reason of the shard's own
+/// (see [`ShardTx::transient_failure`]): a trigger that gets the
+/// transaction back from a failed invocation can then tell a component that
+/// failed because its shard was away or busy (retry until the shard is
+/// back) from a component that failed on its own (counts toward the
+/// trigger's attempts, then the dead-letter topic).
+pub struct ShardTx {
+    backend: TxBackend,
+    /// The first `unavailable` or `conflict` error a statement got.
+    transient: Option<SqlError>,
+    /// A statement is waiting for the shard's answer. Still set afterwards
+    /// if the wait was cut short (the invocation's deadline dropped it).
+    in_flight: bool,
+    /// Statements that failed, for whatever reason.
+    failed: u32,
+}
+
+enum TxBackend {
     Sqlite(SqliteTx),
     Mysql(ServerTx<Mysql>),
     Postgres(ServerTx<Postgres>),
 }
 
 impl ShardTx {
-    pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
-        match self {
-            ShardTx::Sqlite(tx) => tx.query(statement, params).await,
-            ShardTx::Mysql(tx) => tx.query(statement, params).await,
-            ShardTx::Postgres(tx) => tx.query(statement, params).await,
+    fn new(backend: TxBackend) -> Self {
+        Self { backend, transient: None, in_flight: false, failed: 0 }
+    }
+
+    /// Whether `e` says the shard could not do the work now (unreachable,
+    /// timed out, a lock wait, a deadlock, a serialization failure; each
+    /// dialect's codes are sorted in mysql.rs, postgres.rs and sqlite.rs),
+    /// rather than that the statement was wrong.
+    pub fn is_transient(e: &SqlError) -> bool {
+        super::errors::is_transient(e)
+    }
+
+    /// Why the shard, not the statements, failed this transaction, if it
+    /// did: a statement of it got a transient error (whoever ran it, and
+    /// whatever the caller did with the error), or one was still waiting
+    /// for the shard when its caller gave up on it.
+    pub fn transient_failure(&self) -> Option<String> {
+        match &self.transient {
+            Some(e) => Some(format!("{e:?}")),
+            None if self.in_flight => Some("a statement was still waiting for the shard".to_string()),
+            None => None,
         }
     }
 
-    pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
-        match self {
-            ShardTx::Sqlite(tx) => tx.execute(statement, params).await,
-            ShardTx::Mysql(tx) => tx.execute(statement, params).await,
-            ShardTx::Postgres(tx) => tx.execute(statement, params).await,
+    /// How many statements of this transaction failed so far (a caller's
+    /// statement after one of its own failed may fail with that error: a
+    /// failure ends PostgreSQL's transaction, and a deadlock MariaDB's).
+    pub fn failed_statements(&self) -> u32 {
+        self.failed
+    }
+
+    /// Records how a statement ended.
+    fn ended<T>(&mut self, result: Result<T, SqlError>) -> Result<T, SqlError> {
+        self.in_flight = false;
+        if let Err(e) = &result {
+            self.failed += 1;
+            if self.transient.is_none() && Self::is_transient(e) {
+                self.transient = Some(e.clone());
+            }
         }
+        result
+    }
+
+    pub async fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+        self.in_flight = true;
+        let result = match &mut self.backend {
+            TxBackend::Sqlite(tx) => tx.query(statement, params).await,
+            TxBackend::Mysql(tx) => tx.query(statement, params).await,
+            TxBackend::Postgres(tx) => tx.query(statement, params).await,
+        };
+        self.ended(result)
+    }
+
+    pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
+        self.in_flight = true;
+        let result = match &mut self.backend {
+            TxBackend::Sqlite(tx) => tx.execute(statement, params).await,
+            TxBackend::Mysql(tx) => tx.execute(statement, params).await,
+            TxBackend::Postgres(tx) => tx.execute(statement, params).await,
+        };
+        self.ended(result)
     }
 
     /// Runs `statements` in order: on a database server in one round trip
     /// (batch.rs); on SQLite, where a statement is a function call, one by
     /// one. Stops at the first failure, named by position.
     pub async fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, SqlError> {
-        match self {
-            ShardTx::Sqlite(tx) => {
-                let of = statements.len();
-                let mut counts = Vec::with_capacity(of);
-                for (index, Statement { sql, params }) in statements.into_iter().enumerate() {
-                    counts.push(tx.execute(&sql, params).await.map_err(|e| batch::in_batch(e, index, of))?);
+        self.in_flight = true;
+        let result = match &mut self.backend {
+            TxBackend::Sqlite(tx) => {
+                async {
+                    let of = statements.len();
+                    let mut counts = Vec::with_capacity(of);
+                    for (index, Statement { sql, params }) in statements.into_iter().enumerate() {
+                        counts
+                            .push(tx.execute(&sql, params).await.map_err(|e| batch::in_batch(e, index, of))?);
+                    }
+                    Ok(counts)
                 }
-                Ok(counts)
+                .await
             }
-            ShardTx::Mysql(tx) => tx.execute_batch(statements).await,
-            ShardTx::Postgres(tx) => tx.execute_batch(statements).await,
-        }
+            TxBackend::Mysql(tx) => tx.execute_batch(statements).await,
+            TxBackend::Postgres(tx) => tx.execute_batch(statements).await,
+        };
+        self.ended(result)
     }
 
     pub async fn commit(self) -> Result<(), SqlError> {
-        match self {
-            ShardTx::Sqlite(tx) => tx.commit().await,
-            ShardTx::Mysql(tx) => tx.commit().await,
-            ShardTx::Postgres(tx) => tx.commit().await,
+        match self.backend {
+            TxBackend::Sqlite(tx) => tx.commit().await,
+            TxBackend::Mysql(tx) => tx.commit().await,
+            TxBackend::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub async fn rollback(self) {
-        match self {
-            ShardTx::Sqlite(tx) => tx.rollback().await,
-            ShardTx::Mysql(tx) => tx.rollback().await,
-            ShardTx::Postgres(tx) => tx.rollback().await,
+        match self.backend {
+            TxBackend::Sqlite(tx) => tx.rollback().await,
+            TxBackend::Mysql(tx) => tx.rollback().await,
+            TxBackend::Postgres(tx) => tx.rollback().await,
         }
     }
 }
@@ -271,7 +342,7 @@ mod tests {
     async fn sqlite_batches_count_each_statement_and_stop_at_a_failure() {
         let dir = tempfile::tempdir().unwrap();
         let shard = SqliteShard::open(&dir.path().join("shard.db"), 1).await.unwrap();
-        let mut tx = ShardTx::Sqlite(shard.begin(true).await.unwrap());
+        let mut tx = ShardTx::new(TxBackend::Sqlite(shard.begin(true).await.unwrap()));
         tx.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)", Vec::new()).await.unwrap();
         let update =
             Statement { sql: "UPDATE t SET id = id WHERE id >= ?".into(), params: vec![Value::Int64(1)] };
@@ -287,12 +358,41 @@ mod tests {
         assert!(matches!(refused, Err(SqlError::InvalidStatement(_))), "{refused:?}");
         tx.commit().await.unwrap();
 
-        let mut read = ShardTx::Sqlite(shard.begin(false).await.unwrap());
+        let mut read = ShardTx::new(TxBackend::Sqlite(shard.begin(false).await.unwrap()));
         let rows = read.query("SELECT id FROM t ORDER BY id", Vec::new()).await.unwrap();
         assert_eq!(
             format!("{:?}", rows.rows),
             format!("{:?}", [[Value::Int64(1)], [Value::Int64(2)], [Value::Int64(3)]])
         );
         read.rollback().await;
+    }
+
+    /// A transaction remembers the first transient failure of its
+    /// statements (the shard's trouble), not a statement's own failure; a
+    /// SQLite file whose write lock another process holds past the busy
+    /// timeout fails BEGIN as a conflict, which is transient too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_remembers_the_shards_transient_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.db");
+        let shard = SqliteShard::open(&path, 1).await.unwrap();
+        let mut tx = ShardTx::new(TxBackend::Sqlite(shard.begin(true).await.unwrap()));
+        let refused = tx.execute("INSERT INTO nowhere (id) VALUES (1)", Vec::new()).await;
+        assert!(matches!(refused, Err(SqlError::InvalidStatement(_))), "{refused:?}");
+        assert_eq!((tx.failed_statements(), tx.transient_failure()), (1, None));
+        let _ = tx.ended::<()>(Err(SqlError::Conflict("deadlock".into())));
+        let _ = tx.ended::<()>(Err(SqlError::Unavailable("gone".into())));
+        let why = tx.transient_failure().expect("a transient failure");
+        assert!(why.contains("deadlock"), "the first one: {why}");
+        assert_eq!(tx.failed_statements(), 3);
+        tx.rollback().await;
+
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let busy = shard.begin(true).await.map(drop);
+        let Err(e) = busy else { panic!("BEGIN despite another writer") };
+        assert!(matches!(e, SqlError::Conflict(_)) && ShardTx::is_transient(&e), "{e:?}");
+        other.execute_batch("ROLLBACK").unwrap();
+        shard.begin(true).await.unwrap().rollback().await;
     }
 }

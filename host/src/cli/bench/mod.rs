@@ -4,8 +4,13 @@
 //! iteration was due (the first) or sent (the next ones), so a slow server
 //! cannot hide its queue. An iteration due while every in-flight slot is
 //! busy is dropped and counted, as k6 does.
+//!
+//! Meanwhile a task of its own samples the asynchronous half from the
+//! host's `/metrics` (outbox lag, settlement consumer lag), and after the
+//! load it waits for the pipeline to drain (`pipeline.rs`).
 
 mod cpu;
+mod pipeline;
 mod report;
 mod scenario;
 mod schedule;
@@ -47,6 +52,21 @@ pub struct BenchArgs {
     /// Also write the summary as JSON to this file (`-`: stdout, no table).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// How often to scrape the host's `/metrics` for the pipeline's lag
+    /// (outbox and settlement consumer), on a task of its own.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pipeline_interval: Duration,
+    /// After the load, wait at most this long for the outbox and the
+    /// consumer to catch up (`0s`: do not wait).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// The consumer group whose lag is sampled.
+    #[arg(long, default_value = "settlement")]
+    consumer_group: String,
+    /// Do not sample the pipeline (a host that is not payfn, e.g. the peer
+    /// comparison's `wasmtime serve`).
+    #[arg(long)]
+    no_pipeline: bool,
     /// Where the merchant keys come from: the host's key secret.
     #[command(flatten)]
     app: AppArgs,
@@ -59,6 +79,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.merchants < 1 || args.max_in_flight == 0 {
         bail!("--merchants and --max-in-flight must be at least 1");
     }
+    if args.pipeline_interval.is_zero() {
+        bail!("--pipeline-interval must be above zero");
+    }
     let (config, _) = args.app.runtime_config()?;
     let ring = KeyRing::load(&config.keys, &args.app.state_dir())?;
     let keys: Arc<Vec<String>> = Arc::new((1..=args.merchants).map(|m| ring.issue(m)).collect());
@@ -69,10 +92,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(60))
         .build()?;
     let quiet = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let scenario = args.scenario.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
     if !quiet {
         eprintln!(
             "bench: {} at {} -> {} iterations/s for {:?} ({} iterations), {} merchants, {} in flight at most",
-            args.scenario.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+            scenario,
             schedule.from,
             schedule.to,
             args.duration,
@@ -85,6 +109,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cpu_at_start = cpu::process_time();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let sampler = if args.no_pipeline {
+        None
+    } else {
+        let url = format!("{}/metrics", args.url.trim_end_matches('/'));
+        Some(pipeline::Sampler::start(url, args.consumer_group.clone(), args.pipeline_interval)?)
+    };
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = tokio::task::JoinSet::new();
     let mut dropped = 0;
@@ -118,12 +148,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
+    let load_end = Instant::now();
+    let cpu_at_end = cpu::process_time();
     let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     tally.dropped += dropped;
     let mut summary = tally.summary(elapsed);
-    summary.load_generator_cores = cpu::process_time()
+    summary.scenario = scenario;
+    summary.rate = args.rate;
+    summary.ramp_to = args.ramp_to;
+    summary.load_generator_cores = cpu_at_end
         .zip(cpu_at_start)
         .map(|(end, start)| end.saturating_sub(start).as_secs_f64() / elapsed.as_secs_f64().max(1e-9));
+    if let Some(sampler) = sampler {
+        if !quiet && !args.drain_timeout.is_zero() {
+            eprintln!(
+                "bench: load done; waiting for the pipeline to drain (at most {:?})",
+                args.drain_timeout
+            );
+        }
+        let drain = match args.drain_timeout.is_zero() {
+            true => None,
+            false => sampler.drain(load_end, args.drain_timeout).await,
+        };
+        let samples = sampler.stop();
+        summary.pipeline =
+            Some(pipeline::PipelineSummary::of(&sampler, &samples, start.into_std(), load_end, drain));
+    }
     match args.json.as_deref() {
         Some(path) if path == std::path::Path::new("-") => {
             println!("{}", serde_json::to_string_pretty(&summary)?)

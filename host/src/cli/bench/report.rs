@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::pipeline::PipelineSummary;
+
 /// Counts and latencies, merged from every worker.
 #[derive(Default)]
 pub struct Tally {
@@ -58,6 +60,9 @@ impl Tally {
             self.histograms.iter().map(|(step, h)| (step.to_string(), Latency::of(h, seconds))).collect();
         let errors: u64 = self.errors.values().sum();
         Summary {
+            scenario: String::new(),
+            rate: 0.0,
+            ramp_to: None,
             seconds,
             iterations: self.iterations,
             dropped_iterations: self.dropped,
@@ -68,6 +73,7 @@ impl Tally {
             latency: Latency::of(&all, seconds),
             steps,
             load_generator_cores: None,
+            pipeline: None,
         }
     }
 }
@@ -75,6 +81,11 @@ impl Tally {
 /// The whole run.
 #[derive(Debug, serde::Serialize)]
 pub struct Summary {
+    /// Which scenario ran (`authorize`, `authorize-capture`, `full`, `noop`),
+    /// at which arrival rate (iterations/s; `ramp_to` at the end of a ramp).
+    pub scenario: String,
+    pub rate: f64,
+    pub ramp_to: Option<f64>,
     pub seconds: f64,
     pub iterations: u64,
     /// Iterations that were due while every in-flight slot was busy: not
@@ -89,6 +100,9 @@ pub struct Summary {
     /// CPU the load generator used over the run, in cores (1.0: one core
     /// busy the whole time); on a shared machine the host had that less.
     pub load_generator_cores: Option<f64>,
+    /// The outbox and the settlement consumer during and after the load,
+    /// from the host's `/metrics` (`None` with `--no-pipeline`).
+    pub pipeline: Option<PipelineSummary>,
 }
 
 /// Latency quantiles in milliseconds, and the throughput they came with.
@@ -122,6 +136,12 @@ impl Summary {
     /// The human-readable table.
     pub fn print(&self) {
         println!(
+            "scenario {} at {}{} iterations/s",
+            self.scenario,
+            self.rate,
+            self.ramp_to.map_or(String::new(), |to| format!(" -> {to}"))
+        );
+        println!(
             "{} requests in {:.1} s: {:.0} req/s; {} iterations, {} dropped; {} errors",
             self.requests,
             self.seconds,
@@ -149,6 +169,23 @@ impl Summary {
         }
         if let Some(cores) = self.load_generator_cores {
             println!("  load generator: {cores:.2} cores of CPU");
+        }
+        if let Some(pipeline) = &self.pipeline {
+            for line in pipeline.lines() {
+                println!("{line}");
+            }
+            // One line for scripts to grep: `grep '^pipeline-json: '`.
+            let line = serde_json::json!({
+                "scenario": self.scenario,
+                "rate": self.rate,
+                "requests_per_sec": (self.requests_per_sec * 10.0).round() / 10.0,
+                "outbox_lag_s": pipeline.outbox_lag_s,
+                "consumer_lag_s": pipeline.consumer_lag_s,
+                "drain": pipeline.drain,
+                "samples": pipeline.samples,
+                "note": pipeline.note,
+            });
+            println!("pipeline-json: {line}");
         }
     }
 }

@@ -54,18 +54,44 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     // Outbox state is read at scrape time: it lives in the shards, and
     // several hosts share them.
+    let now = std::time::SystemTime::now();
     for shard in app.shards.iter() {
         match outbox_counts(shard).await {
-            Ok(outbox) => app.metrics.outbox(&shard.name, outbox.pending, outbox.dead_lettered),
+            Ok(outbox) => {
+                app.metrics.outbox(&shard.name, outbox.pending, outbox.dead_lettered);
+                match oldest_pending_age(&outbox, now) {
+                    Ok(age) => app.metrics.outbox_oldest_age(&shard.name, age),
+                    Err(e) => {
+                        tracing::warn!(shard = %shard.name, error = %e, "cannot read the outbox's oldest row")
+                    }
+                }
+            }
             Err(e) => tracing::warn!(shard = %shard.name, error = ?e, "cannot read outbox counts"),
         }
     }
-    // So is consumer lag: the log's end and the group's commits live in the broker.
+    // So is consumer lag: the log's end and the group's commits live in the
+    // broker; and its age, the time the first record not committed past was
+    // written (Broker::first_unhandled_at says what that costs).
+    let now_ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     for trigger in &app.kafka_triggers {
         match app.broker.positions(&trigger.group, &trigger.topics).await {
             Ok(partitions) => {
-                for p in partitions {
+                for p in &partitions {
                     app.metrics.consumer_lag(&p.group, &p.topic, p.partition, p.lag);
+                }
+                let written = match app.broker.first_unhandled_at(&partitions).await {
+                    Ok(written) => written,
+                    Err(e) => {
+                        tracing::warn!(group = %trigger.group, error = %format!("{e:#}"), "cannot read consumer lag in time");
+                        vec![None; partitions.len()]
+                    }
+                };
+                for (p, written) in partitions.iter().zip(written) {
+                    // A lagging partition whose record time is unknown (not
+                    // fetched in time) keeps its last value.
+                    if let Some(age) = lag_seconds(p.lag, written, now_ms) {
+                        app.metrics.consumer_lag_seconds(&p.group, &p.topic, p.partition, age);
+                    }
                 }
             }
             Err(e) => {
@@ -119,9 +145,63 @@ pub async fn outbox_status(tx: &mut ShardTx) -> Result<OutboxStatus, SqlError> {
     }
 }
 
+/// Seconds since the oldest pending row was written (0: none pending), at `now`.
+fn oldest_pending_age(outbox: &OutboxStatus, now: std::time::SystemTime) -> Result<f64, String> {
+    match &outbox.oldest_pending {
+        None => Ok(0.0),
+        Some(created_at) => {
+            let at = humantime::parse_rfc3339_weak(created_at)
+                .map_err(|e| format!("created_at `{created_at}`: {e}"))?;
+            Ok(now.duration_since(at).unwrap_or_default().as_secs_f64())
+        }
+    }
+}
+
+/// The age in seconds of the first record a group has not committed past,
+/// written at `written_ms`: 0 without lag, `None` when lagging and unknown.
+fn lag_seconds(lag: i64, written_ms: Option<i64>, now_ms: i64) -> Option<f64> {
+    match (lag, written_ms) {
+        (lag, _) if lag <= 0 => Some(0.0),
+        (_, Some(at)) => Some((now_ms - at).max(0) as f64 / 1000.0),
+        (_, None) => None,
+    }
+}
+
 async fn outbox_counts(shard: &Shard) -> Result<OutboxStatus, SqlError> {
     let mut tx = shard.begin(false).await?;
     let status = outbox_status(&mut tx).await;
     tx.rollback().await;
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn the_oldest_pending_row_ages_from_its_created_at() {
+        let status = |oldest: Option<&str>| OutboxStatus {
+            pending: i64::from(oldest.is_some()),
+            dead_lettered: 0,
+            oldest_pending: oldest.map(str::to_string),
+        };
+        let now = UNIX_EPOCH + Duration::from_millis(1_764_000_002_500);
+        let created = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_764_000_000_250));
+        assert_eq!(oldest_pending_age(&status(Some(&created.to_string())), now), Ok(2.25));
+        assert_eq!(oldest_pending_age(&status(None), now), Ok(0.0));
+        // A row stamped after `now` (another host's clock) is not negative.
+        let later = humantime::format_rfc3339_millis(now + Duration::from_secs(1)).to_string();
+        assert_eq!(oldest_pending_age(&status(Some(&later)), now), Ok(0.0));
+        assert!(oldest_pending_age(&status(Some("yesterday")), now).is_err());
+    }
+
+    #[test]
+    fn consumer_lag_in_time_is_zero_when_caught_up_and_unknown_when_unread() {
+        assert_eq!(lag_seconds(0, None, 10_000), Some(0.0));
+        assert_eq!(lag_seconds(0, Some(1_000), 10_000), Some(0.0));
+        assert_eq!(lag_seconds(3, Some(7_500), 10_000), Some(2.5));
+        assert_eq!(lag_seconds(3, Some(12_000), 10_000), Some(0.0));
+        assert_eq!(lag_seconds(3, None, 10_000), None);
+    }
 }
