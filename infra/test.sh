@@ -60,5 +60,8 @@ fi
 /usr/bin/chromedriver --version || { echo "chromedriver is required for the console tests" >&2; exit 1; }
 
 step "test"
-if [ "$#" -eq 0 ]; then set -- --workspace; fi
-cargo test "$@"
+if [ "$#" -eq 0 ]; then
+  cargo test --workspace
+else
+  cargo test "$@"
+fi
