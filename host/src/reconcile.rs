@@ -134,18 +134,8 @@ impl TryFrom<RawReconcile> for ReconcileConfig {
 }
 
 /// `text` as a duration within `(min, max)`, or a message naming the key.
-fn duration(key: &str, text: &str, (min, max): (&str, &str)) -> Result<Duration, String> {
-    let parse = |t: &str| humantime::parse_duration(t);
-    let value = parse(text).map_err(|e| {
-        format!(
-            "invalid [reconcile] {key} = {text:?}: {e} (write a duration such as \"30s\", \"5m\" or \"1h\")"
-        )
-    })?;
-    let (low, high) = (parse(min).expect("a valid bound"), parse(max).expect("a valid bound"));
-    if value < low || value > high {
-        return Err(format!("invalid [reconcile] {key} = {text:?}: it must be between {min} and {max}"));
-    }
-    Ok(value)
+fn duration(key: &str, text: &str, bounds: (&str, &str)) -> Result<Duration, String> {
+    crate::runtime_config::bounded_duration("reconcile", key, text, bounds)
 }
 
 /// How a day is checked.

@@ -131,16 +131,8 @@ impl TryFrom<RawRetention> for RetentionConfig {
 }
 
 /// `text` as a duration within `(min, max)`, or a message naming the key.
-fn duration(key: &str, text: &str, (min, max): (&str, &str)) -> Result<Duration, String> {
-    let parse = |t: &str| humantime::parse_duration(t);
-    let value = parse(text).map_err(|e| {
-        format!("invalid [retention] {key} = {text:?}: {e} (write a duration such as \"500ms\", \"60s\", \"24h\" or \"7d\")")
-    })?;
-    let (low, high) = (parse(min).expect("a valid bound"), parse(max).expect("a valid bound"));
-    if value < low || value > high {
-        return Err(format!("invalid [retention] {key} = {text:?}: it must be between {min} and {max}"));
-    }
-    Ok(value)
+fn duration(key: &str, text: &str, bounds: (&str, &str)) -> Result<Duration, String> {
+    crate::runtime_config::bounded_duration("retention", key, text, bounds)
 }
 
 /// A table the purge keeps short.

@@ -66,6 +66,27 @@ impl RuntimeConfig {
     }
 }
 
+/// `text` (humantime's syntax) as a duration within `(min, max)`, or a
+/// message naming `[section] key`: how sections with durations validate.
+pub fn bounded_duration(
+    section: &str,
+    key: &str,
+    text: &str,
+    (min, max): (&str, &str),
+) -> Result<std::time::Duration, String> {
+    let parse = |t: &str| humantime::parse_duration(t);
+    let value = parse(text).map_err(|e| {
+        format!(
+            "invalid [{section}] {key} = {text:?}: {e} (write a duration such as \"500ms\", \"60s\", \"5m\", \"24h\" or \"7d\")"
+        )
+    })?;
+    let (low, high) = (parse(min).expect("a valid bound"), parse(max).expect("a valid bound"));
+    if value < low || value > high {
+        return Err(format!("invalid [{section}] {key} = {text:?}: it must be between {min} and {max}"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

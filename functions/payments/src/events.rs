@@ -14,9 +14,9 @@ pub fn new_event_id() -> String {
     clock::new_id("evt")
 }
 
-/// Adds one event about `payment` to the outbox writes and returns its id.
-/// `amount` is the amount of this change (the refund's amount for a refund);
-/// `data` carries the rest.
+/// Adds one event about `payment` to the outbox writes. `amount` is the
+/// amount of this change (the refund's amount for a refund); `data`
+/// carries the rest.
 pub fn emit(
     writes: &mut Batch,
     payment: &Payment,
@@ -24,10 +24,8 @@ pub fn emit(
     amount: i64,
     data: Value,
     traceparent: Option<&str>,
-) -> String {
-    let id = new_event_id();
-    emit_with_id(writes, id.clone(), payment, event_type, amount, data, traceparent);
-    id
+) {
+    emit_with_id(writes, new_event_id(), payment, event_type, amount, data, traceparent);
 }
 
 /// [`emit`] with an id from [`new_event_id`]. The event's `occurredAt` is

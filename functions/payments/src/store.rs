@@ -118,21 +118,19 @@ fn write_update(prev: &Payment, next: &mut Payment, capture_event_id: Option<&st
         next.updated_at.as_str().into(),
         next.version.into(),
     ];
-    let capture = match capture_event_id {
+    let statement = match capture_event_id {
         Some(event_id) => {
             params.extend([next.updated_at.as_str().into(), event_id.into()]);
-            ", captured_at = ?, capture_event_id = ?"
+            "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, \
+             version = ?, captured_at = ?, capture_event_id = ? WHERE id = ? AND merchant_id = ? AND version = ?"
         }
-        None => "",
+        None => {
+            "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, \
+             version = ? WHERE id = ? AND merchant_id = ? AND version = ?"
+        }
     };
     params.extend([prev.id.as_str().into(), prev.merchant_id.into(), prev.version.into()]);
-    let changed = sql::execute(
-        &format!(
-            "UPDATE payments SET status = ?, captured_amount = ?, refunded_amount = ?, updated_at = ?, \
-             version = ?{capture} WHERE id = ? AND merchant_id = ? AND version = ?"
-        ),
-        &params,
-    )?;
+    let changed = sql::execute(statement, &params)?;
     if changed == 1 {
         Ok(())
     } else {
