@@ -156,21 +156,8 @@ impl Consumer {
         for (shard, run) in runs.drain(..) {
             let mut rest: &[&Record] = &run;
             while !rest.is_empty() {
-                let failed = match self.handle_run(&shard, rest).await {
-                    Ok(()) => {
-                        self.transient_cleared();
-                        break;
-                    }
-                    // The shard's trouble, no record's: the same records
-                    // again, together, once it passes. No attempt is spent.
-                    Err(RunFailure { error: Failure::Transient(e), .. }) => {
-                        self.wait_transient(&format!("{} records on shard {}", rest.len(), shard.name), &e)
-                            .await;
-                        continue;
-                    }
-                    Err(failed) => failed,
-                };
-                self.transient_cleared();
+                // The shard's trouble, no record's, is waited out inside.
+                let Err(failed) = self.run_waiting(&shard, rest).await else { break };
                 tracing::warn!(
                     component = %self.slot.spec.name, shard = %shard.name, records = rest.len(),
                     "batch rolled back ({}); going on without it", failed.error.message()
@@ -197,23 +184,26 @@ impl Consumer {
     /// transaction, waiting out transient failures; one by one if it fails
     /// otherwise.
     async fn handle_together(&self, shard: &Shard, records: &[&Record]) {
+        if let Err(again) = self.run_waiting(shard, records).await {
+            tracing::warn!(shard = %shard.name, "batch failed again ({}); one by one", again.error.message());
+            for record in records {
+                self.deliver(record).await;
+            }
+        }
+    }
+
+    /// [`handle_run`](Self::handle_run), again after a backoff for as long as
+    /// it fails transiently (the same records together; no attempt spent).
+    async fn run_waiting(&self, shard: &Shard, records: &[&Record]) -> Result<(), RunFailure> {
         loop {
             match self.handle_run(shard, records).await {
-                Ok(()) => {
-                    self.transient_cleared();
-                    return;
-                }
                 Err(RunFailure { error: Failure::Transient(e), .. }) => {
                     self.wait_transient(&format!("{} records on shard {}", records.len(), shard.name), &e)
                         .await;
                 }
-                Err(again) => {
+                outcome => {
                     self.transient_cleared();
-                    tracing::warn!(shard = %shard.name, "batch failed again ({}); one by one", again.error.message());
-                    for record in records {
-                        self.deliver(record).await;
-                    }
-                    return;
+                    return outcome;
                 }
             }
         }

@@ -13,7 +13,7 @@ impl Host for KafkaState {
             ));
             let results: Vec<_> = messages.iter().map(|_| Err(refused.clone())).collect();
             if let Some(broker) = &self.broker {
-                broker.count(&messages, &results);
+                broker.count(messages.iter().map(|m| m.topic.as_str()), &results);
             }
             return results;
         }

@@ -114,16 +114,19 @@ impl Broker {
             Backend::Embedded(log) => log.produce(messages).await,
             Backend::Kafka(kafka) => kafka.produce(messages).await,
         };
-        for (topic, result) in topics.iter().zip(&results) {
-            self.1.produced(topic, produce_outcome(result));
-        }
+        self.count(topics.iter().map(String::as_str), &results);
         results
     }
 
-    /// Counts results that never reached the backend (a topic not granted).
-    pub(super) fn count(&self, messages: &[Message], results: &[Result<Delivery, Error>]) {
-        for (message, result) in messages.iter().zip(results) {
-            self.1.produced(&message.topic, produce_outcome(result));
+    /// Counts produce results by topic and outcome; also those that never
+    /// reached the backend (a topic not granted).
+    pub(super) fn count<'a>(
+        &self,
+        topics: impl Iterator<Item = &'a str>,
+        results: &[Result<Delivery, Error>],
+    ) {
+        for (topic, result) in topics.zip(results) {
+            self.1.produced(topic, produce_outcome(result));
         }
     }
 
