@@ -208,6 +208,13 @@ async fn operators_redrive_deploy_and_roll_back_from_the_console() {
         })
         .await;
     browser.wait_text("#traffic-body", "authorize traffic", |t| t.contains("authorize")).await;
+    // The dead-letter topics are on the broker: that section says it
+    // cannot list them, the rest of the page stays live.
+    browser
+        .wait_text("#failed-events-body", "failed events unavailable", |t| {
+            t.contains("cannot list failed events now")
+        })
+        .await;
     browser.screenshot("kafka-down").await;
 
     // The broker is back: the waiting event goes out by itself, the
@@ -260,6 +267,26 @@ async fn operators_redrive_deploy_and_roll_back_from_the_console() {
     browser.wait_text("#shards-body tr[data-shard='shard-2'] td.dead", "no dead letter", |t| t == "0").await;
     wait_for(SETTLE, "settlement after the re-drive", || settled(&host, SHARDS)).await;
     browser.screenshot("redriven").await;
+
+    // A consumed event settlement cannot apply (a capture without an
+    // amount) is dead-lettered by the Kafka trigger and shows under
+    // "Failed events"; re-driving it from the page sends it back to
+    // `payments`, where it fails again and comes back: nothing is lost.
+    browser.wait_text("#failed-events-body", "no failed events", |t| t.contains("none")).await;
+    produce_bad_capture(&host, "evt_console_bad").await;
+    let failed_row = "#failed-events-body tr[data-event='evt_console_bad']";
+    browser
+        .wait_text(failed_row, "the failed event", |t| {
+            t.contains("payment.captured") && t.contains("missing_field") && t.contains("payments.dlq/")
+        })
+        .await;
+    browser.screenshot("failed-event").await;
+    browser.click(&format!("{failed_row} button.redrive-event")).await;
+    browser.wait_text("#notice", "the event re-drive", |t| t.contains("1 event(s) sent back")).await;
+    wait_for(SETTLE, "the re-driven event to be dead-lettered again", || async {
+        support::metric(&host.metrics().await, "payfn_events_dead_lettered_total", &[]) == 2.0
+    })
+    .await;
 
     // Deploy build B of authorize from the page and activate it.
     let before = host.active_digest("authorize").await;
@@ -340,4 +367,22 @@ async fn operators_redrive_deploy_and_roll_back_from_the_console() {
         .await;
     assert_eq!(host.active_digest("authorize").await, before);
     browser.close().await;
+}
+
+/// Produces to `payments` a capture event of merchant 1 without an amount:
+/// well addressed, but settlement refuses it.
+async fn produce_bad_capture(host: &Host, event_id: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", host.kafka().port))
+        .create()
+        .expect("a producer");
+    let value =
+        r#"{"type":"payment.captured","merchantId":1,"currency":"KRW","occurredAt":"2026-12-01T00:00:00Z"}"#;
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "event-id", value: Some(event_id) })
+        .insert(rdkafka::message::Header { key: "event-type", value: Some("payment.captured") })
+        .insert(rdkafka::message::Header { key: "merchant-id", value: Some("1") });
+    let record = FutureRecord::to("payments").key("pay_console_bad").payload(value).headers(headers);
+    producer.send(record, Duration::from_secs(10)).await.expect("produce the bad capture");
 }

@@ -145,7 +145,8 @@ async fn rate_limits_hold_across_hosts_under_concurrency(backend: Backend) {
 async fn a_host_killed_under_load_loses_nothing_acknowledged(backend: Backend) {
     // Every host reads every partition: the mode docs/ARCHITECTURE.md
     // prescribes for several hosts on tansu 0.6, whose group coordinator
-    // mishandles a member killed mid-rebalance (see the issue 4 note).
+    // never hands a dead leader's partitions over (the group-mode SIGKILL
+    // loop is tests/group_kills.rs).
     let first = backend.start_with(&manifest(""), "[kafka]\nassignment = \"all-partitions\"\n").await;
     let second = first.another();
     let third = first.another();

@@ -13,6 +13,7 @@ mod bindings;
 pub mod capabilities;
 pub mod cli;
 pub mod engine;
+pub mod failed_events;
 mod keys;
 pub mod logging;
 pub mod manifest;

@@ -87,6 +87,7 @@ pub struct Metrics {
     failed_stored: Family<ComponentLabel, Counter>,
     transient_retries: Family<GroupLabel, Counter>,
     transient_waiting: Family<GroupLabel, Gauge>,
+    fetch_gaps: Family<GroupLabel, Counter>,
     duplicates: Family<ComponentLabel, Counter>,
     outbox_pending: Family<ShardLabel, Gauge>,
     outbox_dead: Family<ShardLabel, Gauge>,
@@ -175,6 +176,12 @@ impl Metrics {
             "1 while a Kafka trigger's consumer waits out a transient failure (its partitions do not advance), else 0",
             transient_waiting.clone(),
         );
+        let fetch_gaps = Family::<GroupLabel, Counter>::default();
+        registry.register(
+            "kafka_fetch_gaps",
+            "Times a Kafka group consumer was delivered an offset past the one it had to read next (its committed offset when it took the partition over, or the next one): it seeks back, so nothing is skipped",
+            fetch_gaps.clone(),
+        );
         let partition_owned = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "kafka_partition_owned",
@@ -251,6 +258,7 @@ impl Metrics {
             failed_stored,
             transient_retries,
             transient_waiting,
+            fetch_gaps,
             duplicates,
             outbox_pending,
             outbox_dead,
@@ -326,6 +334,11 @@ impl Metrics {
     /// Whether `group`'s consumer is waiting out a transient failure.
     pub fn transient_waiting(&self, group: &str, waiting: bool) {
         self.transient_waiting.get_or_create(&GroupLabel { group: group.to_string() }).set(waiting.into());
+    }
+
+    /// Counts one offset past the expected one delivered to `group`'s consumer.
+    pub fn fetch_gap(&self, group: &str) {
+        self.fetch_gaps.get_or_create(&GroupLabel { group: group.to_string() }).inc();
     }
 
     pub fn duplicate(&self, component: &str) {

@@ -24,6 +24,10 @@ state=""
 bench_cleanup() { kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$state" ] || rm -rf "$state"; }
 trap bench_cleanup EXIT
 
+# Stops what bench_start_host started and removes its state (a script that
+# wants a fresh host per run calls this between runs).
+bench_stop_host() { bench_cleanup; bench_pids=(); state=""; }
+
 bench_start_host() {
   local backend=${BACKEND:-embedded} port=${PORT:-3999}
   if [ -z "${PAYFN:-}" ]; then

@@ -17,15 +17,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::handlers::{actor, error};
+use super::handlers::{actor, error, Redrive};
 use super::Admin;
 use crate::bindings::sql::{Error as SqlError, Value};
 use crate::capabilities::sql::Shard;
 
 /// Rows listed at most per request.
 const LIST_MAX: i64 = 500;
-/// Rows named in one re-drive at most.
-const REDRIVE_MAX: usize = 500;
 
 /// One dead-lettered row.
 #[derive(Debug, Serialize)]
@@ -64,16 +62,6 @@ pub async fn list(
     }
 }
 
-/// The rows to re-drive: some by event id, or every one on the shard.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Redrive {
-    #[serde(default)]
-    event_ids: Vec<String>,
-    #[serde(default)]
-    all: bool,
-}
-
 /// `POST /admin/v1/shards/{shard}/dead-letters/redrive`.
 pub async fn redrive(
     State(admin): State<Arc<Admin>>,
@@ -84,12 +72,8 @@ pub async fn redrive(
     let Some(shard) = find(&admin, &name) else {
         return unknown_shard(&name);
     };
-    if body.all != body.event_ids.is_empty() || body.event_ids.len() > REDRIVE_MAX {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("give either `event_ids` (1 to {REDRIVE_MAX}) or `all: true`"),
-        );
+    if let Some(invalid) = body.invalid() {
+        return invalid;
     }
     let actor = actor(&headers);
     match requeue(shard, &body).await {

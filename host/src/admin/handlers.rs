@@ -46,6 +46,35 @@ pub fn actor(headers: &HeaderMap) -> String {
     given.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// Event ids named in one re-drive at most.
+const REDRIVE_MAX: usize = 500;
+
+/// A re-drive request (dead-lettered outbox rows, failed events): some by
+/// event id, or every one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redrive {
+    #[serde(default)]
+    pub event_ids: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Redrive {
+    /// The 400 answer for a request that names neither or both, more than
+    /// [`REDRIVE_MAX`] ids, or an id empty or over 255 characters.
+    pub fn invalid(&self) -> Option<Response> {
+        let valid_ids = self.event_ids.iter().all(|id| !id.is_empty() && id.len() <= 255);
+        (self.all != self.event_ids.is_empty() || self.event_ids.len() > REDRIVE_MAX || !valid_ids).then(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("give either `event_ids` (1 to {REDRIVE_MAX}, each 1 to 255 characters) or `all: true`"),
+            )
+        })
+    }
+}
+
 pub async fn list_all(State(admin): State<Arc<Admin>>) -> Response {
     answer(admin.app.versions.list(None).await)
 }

@@ -1,6 +1,7 @@
 //! The admin API and console: deploy, activate, roll back and canary
 //! component versions, and list them; the platform's status; dead-lettered
-//! outbox rows and their re-drive. JSON over HTTP under `/admin/v1`, on the
+//! outbox rows and their re-drive; events the Kafka triggers gave up on and
+//! their re-drive. JSON over HTTP under `/admin/v1`, on the
 //! main listener or on `[admin] listen` alone, behind an admin token that is
 //! never a merchant key. The console (`/admin/`, console.rs) is a static
 //! page that calls this API with the token the operator gives it.
@@ -16,10 +17,13 @@
 //! | GET | `/admin/v1/status` | shards, kv, events, consumer lag, settlement per day |
 //! | GET | `/admin/v1/shards/{shard}/dead-letters` | dead-lettered outbox rows, oldest first; `?limit=` |
 //! | POST | `/admin/v1/shards/{shard}/dead-letters/redrive` | `{"event_ids": [...]}` or `{"all": true}` |
+//! | GET | `/admin/v1/events/failed` | events the Kafka triggers gave up on (dead-letter topics, `failed_events`); `?limit=` |
+//! | POST | `/admin/v1/events/redrive` | back to their topics: `{"event_ids": [...]}` or `{"all": true}` |
 
 mod auth;
 mod console;
 mod dead_letters;
+mod failed_events;
 mod handlers;
 pub mod status;
 
@@ -64,6 +68,8 @@ pub struct Admin {
     access: String,
     /// What the HTTP trigger serves with: versions, shards, kv, broker.
     pub app: Arc<App>,
+    /// Held while failed events are re-driven: one re-drive at a time.
+    redriving: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -79,7 +85,7 @@ impl Admin {
             }
             Err(_) => (None, format!("disabled (set ${TOKEN_ENV} to enable)")),
         };
-        Ok(Self { token, access, app })
+        Ok(Self { token, access, app, redriving: tokio::sync::Mutex::new(()) })
     }
 
     /// How the startup summary describes access.
@@ -100,6 +106,8 @@ pub fn router(admin: Arc<Admin>, config: &AdminConfig) -> Router {
         .route("/status", get(status::handler))
         .route("/shards/{shard}/dead-letters", get(dead_letters::list))
         .route("/shards/{shard}/dead-letters/redrive", post(dead_letters::redrive))
+        .route("/events/failed", get(failed_events::list))
+        .route("/events/redrive", post(failed_events::redrive))
         .layer(DefaultBodyLimit::max(config.max_upload_mb.saturating_mul(1 << 20)))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), auth::layer))
         .with_state(admin);

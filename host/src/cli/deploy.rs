@@ -8,24 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::Value;
 
-use super::AppArgs;
-
-/// How to reach the admin API.
-#[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
-    #[command(flatten)]
-    app: AppArgs,
-    /// The admin API's base URL; default: `[admin] listen`, else `[http]
-    /// listen`, from the runtime config.
-    #[arg(long, env = "PAYFN_ADMIN_URL")]
-    admin_url: Option<String>,
-    /// The admin token; default: the state directory's development token.
-    #[arg(long, env = "PAYFN_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Print the API's JSON answer instead of a summary.
-    #[arg(long)]
-    json: bool,
-}
+use super::admin_client::{json_body, truncate, urlencode, AdminArgs, Client};
 
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
@@ -70,108 +53,28 @@ pub struct VersionsArgs {
     admin: AdminArgs,
 }
 
-/// An authenticated client of one admin API.
-struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-    json: bool,
-}
-
-impl Client {
-    fn new(args: &AdminArgs) -> anyhow::Result<Self> {
-        let (config, _) = args.app.runtime_config()?;
-        let base = match &args.admin_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => {
-                let mut addr = config.admin.listen.unwrap_or(config.http.listen);
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{addr}")
-            }
-        };
-        let token = match &args.token {
-            Some(token) => token.clone(),
-            None => {
-                let path = args.app.state_dir().join(crate::admin::DEV_TOKEN_FILE);
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "no admin token: set ${} or pass --token (no development token at {})",
-                            crate::admin::TOKEN_ENV,
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_string()
-            }
-        };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
-        Ok(Self { base, token, http, json: args.json })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<(reqwest::Body, &str)>,
-    ) -> anyhow::Result<Value> {
-        let url = format!("{}/admin/v1{path}", self.base);
-        let mut request =
-            self.http.request(method, &url).bearer_auth(&self.token).header("x-payfn-actor", actor());
-        if let Some((body, content_type)) = body {
-            request = request.header("content-type", content_type).body(body);
+/// Waits until every host that checked in recently serves `generation`.
+async fn await_hosts(client: &Client, generation: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let listing = client.call(reqwest::Method::GET, "/components", None).await?;
+        let hosts = live_hosts(&listing);
+        let behind: Vec<&Value> =
+            hosts.iter().copied().filter(|h| h["generation"].as_i64().unwrap_or(0) < generation).collect();
+        if behind.is_empty() {
+            eprintln!("reached {}/{} hosts in {:.1?}", hosts.len(), hosts.len(), started.elapsed());
+            return Ok(());
         }
-        let response =
-            request.send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
-        let status = response.status();
-        let text = response.text().await.with_context(|| format!("reading the answer of {url}"))?;
-        let value: Value = match serde_json::from_str(&text) {
-            Ok(value) => value,
-            Err(_) if !status.is_success() => bail!("{status}: {}", text.trim()),
-            Err(e) => bail!("{url} answered {status} without JSON ({e}): {}", text.trim()),
-        };
-        if !status.is_success() {
-            let message = value["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{status}: {message}");
+        if started.elapsed() > Duration::from_secs(30) {
+            let names: Vec<&str> = behind.iter().filter_map(|h| h["host_id"].as_str()).collect();
+            bail!(
+                "{}/{} hosts serve the change after 30 s; behind: {} (their logs say why)",
+                hosts.len() - behind.len(),
+                hosts.len(),
+                names.join(", ")
+            );
         }
-        Ok(value)
-    }
-
-    fn print_json(&self, value: &Value) -> bool {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
-        }
-        self.json
-    }
-
-    /// Waits until every host that checked in recently serves `generation`.
-    async fn await_hosts(&self, generation: i64) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            let listing = self.call(reqwest::Method::GET, "/components", None).await?;
-            let hosts = live_hosts(&listing);
-            let behind: Vec<&Value> = hosts
-                .iter()
-                .copied()
-                .filter(|h| h["generation"].as_i64().unwrap_or(0) < generation)
-                .collect();
-            if behind.is_empty() {
-                eprintln!("reached {}/{} hosts in {:.1?}", hosts.len(), hosts.len(), started.elapsed());
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                let names: Vec<&str> = behind.iter().filter_map(|h| h["host_id"].as_str()).collect();
-                bail!(
-                    "{}/{} hosts serve the change after 30 s; behind: {} (their logs say why)",
-                    hosts.len() - behind.len(),
-                    hosts.len(),
-                    names.join(", ")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -179,14 +82,6 @@ impl Client {
 fn live_hosts(listing: &Value) -> Vec<&Value> {
     let hosts = listing["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
     hosts.iter().filter(|h| h["live"].as_bool() == Some(true)).collect()
-}
-
-/// `user@host`, for the audit trail.
-fn actor() -> String {
-    let user =
-        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{user}@{}", host.trim())
 }
 
 fn short(digest: &Value) -> &str {
@@ -243,7 +138,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     );
     if answer["change"].is_object() {
         report_change(&answer["change"]);
-        client.await_hosts(answer["change"]["active"]["generation"].as_i64().unwrap_or(0)).await?;
+        await_hosts(&client, answer["change"]["active"]["generation"].as_i64().unwrap_or(0)).await?;
     }
     Ok(())
 }
@@ -263,7 +158,7 @@ async fn change(admin: &AdminArgs, path: &str, body: Option<(reqwest::Body, &str
     let answer = client.call(reqwest::Method::POST, path, body).await?;
     if !client.print_json(&answer) {
         report_change(&answer);
-        client.await_hosts(answer["active"]["generation"].as_i64().unwrap_or(0)).await?;
+        await_hosts(&client, answer["active"]["generation"].as_i64().unwrap_or(0)).await?;
     }
     Ok(())
 }
@@ -357,26 +252,4 @@ fn time(ms: &Value) -> String {
                 .replace('T', " ")
         })
         .unwrap_or_default()
-}
-
-fn json_body(text: String) -> (reqwest::Body, &'static str) {
-    (text.into(), "application/json")
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_string()
-    } else {
-        text.chars().take(width - 1).chain(['…']).collect()
-    }
-}
-
-/// Percent-encodes a query value.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -1,10 +1,12 @@
 //! The command line: `payfn up`, `build`, `migrate`, `keys issue`,
 //! `reconcile`, and the admin API's `deploy`, `activate`, `rollback`,
-//! `versions`.
+//! `versions`, `events`.
 
+mod admin_client;
 mod bench;
 mod build;
 mod deploy;
+mod events;
 mod keys;
 mod migrate;
 mod reconcile;
@@ -53,6 +55,9 @@ enum Command {
     Rollback(deploy::RollbackArgs),
     /// List components, their versions and figures, and the hosts.
     Versions(deploy::VersionsArgs),
+    /// Events the Kafka triggers gave up on: list them, re-drive them.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Load a running host with the seed's scenarios (open model).
     Bench(bench::BenchArgs),
 }
@@ -106,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Activate(args) => deploy::activate(args).await,
         Command::Rollback(args) => deploy::rollback(args).await,
         Command::Versions(args) => deploy::versions(args).await,
+        Command::Events(command) => events::run(command).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -21,6 +21,7 @@
 //! topic cannot take it either, the record is kept in the `failed_events`
 //! table of a shard, and consumption goes on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How long producing to the dead-letter topic is tried while the broker is
 /// unavailable, before the record goes to `failed_events` instead.
 const DEAD_LETTER_PATIENCE: Duration = Duration::from_secs(10);
+/// Event ids per processed-events statement (well under every dialect's
+/// limit on placeholders).
+const ID_CHUNK: usize = 500;
 /// Where a record the dead-letter topic could not take is kept.
 const STORE_FAILED: &str = "INSERT INTO failed_events (consumer, source_topic, source_partition, \
      source_offset, event_id, merchant_id, record_key, record_value, headers, error, dead_letter_topic, \
@@ -93,6 +97,12 @@ struct Waiting {
 enum Handled {
     Processed,
     Duplicate,
+}
+
+/// A component that ran to its end: whether one of its statements failed
+/// (then its event is recorded at once, see [`Consumer::record`]).
+struct Invoked {
+    failed_statements: bool,
 }
 
 impl Consumer {
@@ -209,24 +219,55 @@ impl Consumer {
         }
     }
 
-    /// The records of `run` (all on `shard`) in one transaction.
+    /// The records of `run` (all on `shard`) in one transaction. Which of
+    /// them the group processed already is asked once for the run, and the
+    /// processed ones are recorded with one statement after the last
+    /// (record by record, each a round trip on a server shard, the
+    /// bookkeeping cost as much as the work).
     async fn handle_run(&self, shard: &Shard, run: &[&Record]) -> Result<(), RunFailure> {
         let whole = |error| RunFailure { at: None, error };
-        let mut tx = shard.begin(true).await.map_err(|e| whole(Failure::begin(shard, e)))?;
-        let mut duplicates = 0;
+        let mut ids = Vec::with_capacity(run.len());
         for (at, record) in run.iter().enumerate() {
-            let failed = |error| RunFailure { at: Some(at), error };
-            let (event_id, merchant) = Self::route(record).map_err(failed)?;
-            let (outcome, back) = self.apply(tx, record, event_id, merchant).await;
-            tx = back.ok_or_else(|| failed(Failure::lost()))?;
-            match outcome {
-                Ok(Handled::Processed) => {}
-                Ok(Handled::Duplicate) => duplicates += 1,
-                Err(e) => {
-                    tx.rollback().await;
-                    return Err(failed(e));
-                }
+            ids.push(Self::route(record).map_err(|error| RunFailure { at: Some(at), error })?);
+        }
+        let mut tx = shard.begin(true).await.map_err(|e| whole(Failure::begin(shard, e)))?;
+        let event_ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        let mut seen = match self.processed(&mut tx, &event_ids).await {
+            Ok(seen) => seen,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(whole(e));
             }
+        };
+        let (mut duplicates, mut to_record) = (0, Vec::new());
+        for (at, (record, (event_id, merchant))) in run.iter().zip(ids).enumerate() {
+            let failed = |error| RunFailure { at: Some(at), error };
+            // Processed before, or earlier in this run (a re-driven copy
+            // can share a batch with the original).
+            if !seen.insert(event_id.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            let (outcome, back) = self.invoke(tx, record, &event_id, merchant).await;
+            tx = back.ok_or_else(|| failed(Failure::lost()))?;
+            let outcome = match outcome {
+                // Its failed statement may have ended the transaction
+                // (PostgreSQL): recorded now, so a failure is its own.
+                Ok(Invoked { failed_statements: true }) => self.record(&mut tx, &[event_id], true).await,
+                Ok(Invoked { failed_statements: false }) => {
+                    to_record.push(event_id);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                tx.rollback().await;
+                return Err(failed(e));
+            }
+        }
+        if let Err(e) = self.record(&mut tx, &to_record, false).await {
+            tx.rollback().await;
+            return Err(whole(e));
         }
         tx.commit().await.map_err(|e| whole(Failure::of_shard("commit", e)))?;
         for _ in 0..duplicates {
@@ -292,9 +333,23 @@ impl Consumer {
     async fn handle(&self, record: &Record) -> Result<Handled, Failure> {
         let (event_id, merchant) = Self::route(record)?;
         let shard = self.context.shards.for_merchant(merchant);
-        let tx = shard.begin(true).await.map_err(|e| Failure::begin(shard, e))?;
-        let (outcome, tx) = self.apply(tx, record, event_id, merchant).await;
-        let Some(tx) = tx else { return Err(Failure::lost()) };
+        let mut tx = shard.begin(true).await.map_err(|e| Failure::begin(shard, e))?;
+        let outcome = match self.processed(&mut tx, &[event_id.as_str()]).await {
+            Ok(seen) if !seen.is_empty() => Ok(Handled::Duplicate),
+            Ok(_) => {
+                let (invoked, back) = self.invoke(tx, record, &event_id, merchant).await;
+                let Some(back) = back else { return Err(Failure::lost()) };
+                tx = back;
+                match invoked {
+                    Ok(Invoked { failed_statements }) => self
+                        .record(&mut tx, &[event_id], failed_statements)
+                        .await
+                        .map(|()| Handled::Processed),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(handled) => {
                 tx.commit().await.map_err(|e| Failure::of_shard("commit", e))?;
@@ -350,30 +405,77 @@ impl Consumer {
         }
     }
 
-    /// Applies `record` inside `tx` (on the merchant's shard): skips it if
-    /// its event id is recorded, else runs the component and records the
-    /// event id. Gives the transaction back, uncommitted, unless the
-    /// invocation lost it.
-    async fn apply(
-        &self,
-        mut tx: ShardTx,
-        record: &Record,
-        event_id: String,
-        merchant: i64,
-    ) -> (Result<Handled, Failure>, Option<ShardTx>) {
-        let group = &self.trigger.group;
-        let seen = tx
-            .query(
-                "SELECT 1 FROM processed_events WHERE consumer = ? AND event_id = ?",
-                vec![Value::Text(group.clone()), Value::Text(event_id.clone())],
-            )
-            .await;
-        match seen {
-            Ok(seen) if !seen.rows.is_empty() => return (Ok(Handled::Duplicate), Some(tx)),
-            Ok(_) => {}
-            Err(e) => return (Err(Failure::of_shard("checking processed events", e)), Some(tx)),
+    /// The event ids of `ids` the group has processed, per `processed_events`.
+    async fn processed(&self, tx: &mut ShardTx, ids: &[&str]) -> Result<HashSet<String>, Failure> {
+        let mut seen = HashSet::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "SELECT event_id FROM processed_events WHERE consumer = ? AND event_id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut params = vec![Value::Text(self.trigger.group.clone())];
+            params.extend(chunk.iter().map(|id| Value::Text(id.to_string())));
+            let rows = tx
+                .query(&sql, params)
+                .await
+                .map_err(|e| Failure::of_shard("checking processed events", e))?;
+            seen.extend(rows.rows.into_iter().filter_map(|row| match row.into_iter().next() {
+                Some(Value::Text(id)) => Some(id),
+                _ => None,
+            }));
         }
+        Ok(seen)
+    }
 
+    /// Records `ids` as processed by the group, in `tx`. A key taken
+    /// meanwhile by another consumer of the group (a rebalance, or
+    /// `all-partitions`) is transient: the next try finds it processed.
+    /// Unless `component_failed_statements`: then the component went on
+    /// after its statement failed and the shard had ended the transaction
+    /// (PostgreSQL does on any failure), which is its own fault.
+    async fn record(
+        &self,
+        tx: &mut ShardTx,
+        ids: &[String],
+        component_failed_statements: bool,
+    ) -> Result<(), Failure> {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let sql = format!(
+                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let params = chunk
+                .iter()
+                .flat_map(|id| {
+                    [
+                        Value::Text(self.trigger.group.clone()),
+                        Value::Text(id.clone()),
+                        Value::Text(now.clone()),
+                    ]
+                })
+                .collect();
+            match tx.execute(&sql, params).await {
+                Ok(_) => {}
+                Err(e @ SqlError::ConstraintViolation(_)) if !component_failed_statements => {
+                    return Err(Failure::Transient(format!("recording processed events: {e:?}")))
+                }
+                Err(e) => return Err(Failure::of_shard("recording processed events", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the component on `record` inside `tx` (on the merchant's
+    /// shard). Gives the transaction back, uncommitted, unless the
+    /// invocation lost it; the caller records the event as processed.
+    async fn invoke(
+        &self,
+        tx: ShardTx,
+        record: &Record,
+        event_id: &str,
+        merchant: i64,
+    ) -> (Result<Invoked, Failure>, Option<ShardTx>) {
         let shard = self.context.shards.for_merchant(merchant);
         let failed_before = tx.failed_statements();
         let trace = header(record, "traceparent").map(String::from_utf8_lossy).unwrap_or_default();
@@ -395,7 +497,7 @@ impl Consumer {
         // Each record picks the version serving now (canary split by merchant).
         let component = self.slot.pick(merchant.to_string().as_bytes());
         let started = Instant::now();
-        let span = invocation_span(&event_id, Some(merchant), &shard.name, name, component.short_digest());
+        let span = invocation_span(event_id, Some(merchant), &shard.name, name, component.short_digest());
         // The producer's trace: one trace from the payment request to here.
         crate::telemetry::continue_trace(&span, header(record, "traceparent"));
         let (result, tx) =
@@ -408,7 +510,7 @@ impl Consumer {
             started.elapsed(),
             failure,
         );
-        let Some(mut tx) = tx else {
+        let Some(tx) = tx else {
             return (Err(Failure::lost()), None);
         };
         if let Err(e) = result {
@@ -422,27 +524,8 @@ impl Consumer {
             };
             return (Err(failure), Some(tx));
         }
-        let component_failed_statements = tx.failed_statements() > failed_before;
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let recorded = tx
-            .execute(
-                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)",
-                vec![Value::Text(group.clone()), Value::Text(event_id), Value::Text(now)],
-            )
-            .await;
-        match recorded {
-            Ok(_) => (Ok(Handled::Processed), Some(tx)),
-            // Without a failed statement of the component, the key was taken
-            // by another consumer of the group that handled the record
-            // meanwhile (a rebalance, or `all-partitions`): the next try
-            // finds it a duplicate. With one, the component went on after
-            // its statement failed and the shard had ended the transaction
-            // (PostgreSQL does on any failure): its own fault.
-            Err(e @ SqlError::ConstraintViolation(_)) if !component_failed_statements => {
-                (Err(Failure::Transient(format!("recording the event: {e:?}"))), Some(tx))
-            }
-            Err(e) => (Err(Failure::of_shard("recording the event", e)), Some(tx)),
-        }
+        let failed_statements = tx.failed_statements() > failed_before;
+        (Ok(Invoked { failed_statements }), Some(tx))
     }
 
     /// Produces `record` to the dead-letter topic with `error` in its
@@ -512,7 +595,7 @@ impl Consumer {
             merchant.map_or(Value::Null, Value::Int64),
             record.key.clone().map_or(Value::Null, Value::Blob),
             Value::Blob(record.value.clone()),
-            Value::Text(headers_json(&record.headers)),
+            Value::Text(crate::failed_events::headers_to_json(&record.headers)),
             Value::Text(sanitize(error)),
             Value::Text(sanitize(dead_letter_topic)),
             Value::Text(sanitize(why)),
@@ -629,22 +712,4 @@ fn position(record: &Record) -> String {
 /// them, and a failed event must be storable whatever it carries).
 fn sanitize(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
-}
-
-/// Headers as `failed_events.headers` keeps them: a JSON array, in order,
-/// of `{"name": …, "value": …}`, or `{"name": …, "base64": …}` for a value
-/// that is not UTF-8, so every byte survives a re-drive.
-fn headers_json(headers: &[(String, Vec<u8>)]) -> String {
-    use base64::Engine as _;
-    let list: Vec<serde_json::Value> = headers
-        .iter()
-        .map(|(name, value)| match std::str::from_utf8(value) {
-            Ok(text) => serde_json::json!({ "name": name, "value": text }),
-            Err(_) => serde_json::json!({
-                "name": name,
-                "base64": base64::engine::general_purpose::STANDARD.encode(value),
-            }),
-        })
-        .collect();
-    serde_json::Value::Array(list).to_string()
 }

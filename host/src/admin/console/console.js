@@ -151,6 +151,7 @@ async function refresh() {
     renderBackends(status);
     renderConsumers(status);
     renderSettlement(status);
+    await renderFailedEvents();
     $("updated").textContent = `live · updated ${new Date().toLocaleTimeString("en-GB")}`;
     $("live-dot").className = "dot ok";
   } catch (e) {
@@ -374,6 +375,56 @@ async function renderDeadLetters(status) {
             onclick: () => redrive(`re-drive ${d.event_id}`, { event_ids: [d.event_id] }),
           }, "Re-drive")))))));
   }));
+}
+
+// Events a Kafka trigger gave up on; a re-drive sends them back to their
+// topic, where each consumer applies each event at most once.
+async function renderFailedEvents() {
+  const body = $("failed-events-body");
+  let list;
+  try {
+    list = await api("GET", "/events/failed?limit=100");
+  } catch (e) {
+    // The dead-letter topics are read from the broker: while it is away
+    // this section says so, and the rest of the page stays live.
+    state.drawn.failedEvents = null;
+    body.replaceChildren(el("p", { class: "error" }, `cannot list failed events now: ${e.message}`));
+    return;
+  }
+  const key = JSON.stringify(list);
+  if (key === state.drawn.failedEvents) return;
+  state.drawn.failedEvents = key;
+  const events = list.failed_events;
+  if (!events.length) {
+    body.replaceChildren(el("p", { class: "empty" }, "none: every consumed event was handled"));
+    return;
+  }
+  const redrive = (what, request) => act(what, async () => {
+    const answer = await postJson("/events/redrive", request);
+    const sent = answer.from_dead_letter_topics + answer.from_failed_events;
+    if (answer.stopped) throw new Error(`${sent} re-driven, then stopped: ${answer.stopped}`);
+    return `${sent} event(s) sent back to their topics`;
+  });
+  const kept = (k) => (k.kind === "dead_letter_topic" ? `${k.topic}/${k.partition}/${k.offset}` : `${k.shard}: failed_events #${k.id}`);
+  body.replaceChildren(el("article", { class: "failed-events" },
+    el("header", {}, el("h3", {}, `${num(events.length)}${list.more ? "+" : ""} failed`),
+      el("button", {
+        type: "button", class: "redrive-all-events",
+        onclick: () => {
+          if (confirm("Re-drive every failed event back to its topic?")) redrive("re-drive all failed events", { all: true });
+        },
+      }, "Re-drive all")),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ["event", "type", "merchant", "consumer", "from", "kept in", "error", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, events.map((e) => el("tr", { "data-event": e.event_id || "" },
+        el("td", { class: "mono" }, e.event_id || "–"), el("td", {}, e.event_type || "–"),
+        el("td", { class: "num" }, e.merchant_id ?? "–"), el("td", {}, e.consumer || "–"),
+        el("td", { class: "mono" }, e.source || "–"), el("td", { class: "mono" }, kept(e.kept_in)),
+        el("td", { class: "error-text" }, e.error || ""),
+        el("td", {}, e.event_id ? el("button", {
+          type: "button", class: "redrive-event",
+          onclick: () => redrive(`re-drive ${e.event_id}`, { event_ids: [e.event_id] }),
+        }, "Re-drive") : null)))))));
 }
 
 // ---- backends, consumers, settlement ---------------------------------------------

@@ -191,14 +191,29 @@ impl EventLog {
                ORDER BY "offset" LIMIT ?4"#,
         )?;
         let rows = stmt.query_map(params![topic, partition, group, i64::from(max)], |row| {
-            Ok(Record {
-                topic: topic.to_string(),
-                partition,
-                offset: row.get(0)?,
-                key: row.get(1)?,
-                value: row.get(2)?,
-                headers: decode_headers(&row.get::<_, Vec<u8>>(3)?),
-            })
+            record_of(topic, partition, row)
+        })?;
+        rows.collect()
+    }
+
+    /// Up to `max` records of one partition at offsets `from..end`, in
+    /// order (a re-drive reads a dead-letter topic this way).
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        end: i64,
+        max: u32,
+    ) -> rusqlite::Result<Vec<Record>> {
+        let conn = self.reader.lock().await;
+        let mut stmt = conn.prepare_cached(
+            r#"SELECT "offset", key, value, headers FROM records
+               WHERE topic = ?1 AND partition = ?2 AND "offset" >= ?3 AND "offset" < ?4
+               ORDER BY "offset" LIMIT ?5"#,
+        )?;
+        let rows = stmt.query_map(params![topic, partition, from, end, i64::from(max)], |row| {
+            record_of(topic, partition, row)
         })?;
         rows.collect()
     }
@@ -264,6 +279,18 @@ impl EventLog {
         let conn = self.reader.lock().await;
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok()
     }
+}
+
+/// A record of `topic`/`partition` from a row of `"offset", key, value, headers`.
+fn record_of(topic: &str, partition: i32, row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        topic: topic.to_string(),
+        partition,
+        offset: row.get(0)?,
+        key: row.get(1)?,
+        value: row.get(2)?,
+        headers: decode_headers(&row.get::<_, Vec<u8>>(3)?),
+    })
 }
 
 /// Headers as `[u32 name length][name][u32 value length][value]...`.

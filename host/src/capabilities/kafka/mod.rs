@@ -8,8 +8,10 @@
 
 mod breaker;
 mod embedded;
+mod group;
 mod host;
 mod positions;
+mod range;
 mod rdkafka;
 pub mod runtime_config;
 
@@ -21,8 +23,9 @@ use super::Capability;
 use crate::bindings::kafka::{Delivery, Error, Message};
 use crate::metrics::Metrics;
 pub use embedded::{EventLog, Record};
+use group::KafkaSubscription;
 pub use positions::PartitionLag;
-use rdkafka::{KafkaBroker, KafkaSubscription};
+use rdkafka::KafkaBroker;
 use runtime_config::KafkaConfig;
 
 /// The registry entry.
@@ -36,7 +39,7 @@ pub const CAPABILITY: Capability = Capability {
 
 /// How long an idle embedded subscription waits before polling again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Records an embedded subscription fetches from one partition at a time.
+/// Records an embedded subscription fetches from each partition per batch.
 const FETCH_MAX: u32 = 100;
 /// Records a Kafka subscription hands out at once: the first one it waits
 /// for and whatever has already arrived behind it.
@@ -149,8 +152,51 @@ impl Broker {
                 }
                 Subscription::Embedded { log: log.clone(), group: group.to_string(), partitions, next: 0 }
             }
-            Backend::Kafka(kafka) => Subscription::Kafka(kafka.subscribe(group, topics, metrics)?),
+            Backend::Kafka(kafka) => Subscription::Kafka(Box::new(kafka.subscribe(group, topics, metrics)?)),
         })
+    }
+
+    /// Up to `max` records of `topic`/`partition` at offsets `from..end`, in
+    /// order, and the offset to read next (`end` once all are read). Reads
+    /// without joining a group: a re-drive walks a dead-letter topic so.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        end: i64,
+        max: usize,
+    ) -> anyhow::Result<(Vec<Record>, i64)> {
+        match &*self.0 {
+            Backend::Embedded(log) => {
+                let limit = u32::try_from(max).unwrap_or(u32::MAX);
+                let records = log.read(topic, partition, from, end, limit).await?;
+                let next = match records.last() {
+                    Some(last) if records.len() >= max => last.offset + 1,
+                    _ => end.max(from),
+                };
+                Ok((records, next))
+            }
+            Backend::Kafka(kafka) => kafka.read(topic, partition, from, end, max).await,
+        }
+    }
+
+    /// Sets `group`'s committed positions, `(topic, partition, next
+    /// offset)`, without joining the group.
+    pub async fn commit_positions(
+        &self,
+        group: &str,
+        positions: Vec<(String, i32, i64)>,
+    ) -> anyhow::Result<()> {
+        match &*self.0 {
+            Backend::Embedded(log) => {
+                for (topic, partition, next) in &positions {
+                    log.commit(group, topic, *partition, *next).await?;
+                }
+                Ok(())
+            }
+            Backend::Kafka(kafka) => kafka.commit_positions(group, positions).await,
+        }
     }
 
     /// Whether the broker answers now, with a line on its state (the admin
@@ -223,7 +269,8 @@ fn produce_outcome(result: &Result<Delivery, Error>) -> &'static str {
 /// by [`Subscription::commit`].
 pub enum Subscription {
     Embedded { log: Arc<EventLog>, group: String, partitions: Vec<(String, i32)>, next: usize },
-    Kafka(KafkaSubscription),
+    // Boxed: the consumer's state is large and the embedded variant small.
+    Kafka(Box<KafkaSubscription>),
 }
 
 impl Subscription {
@@ -231,59 +278,52 @@ impl Subscription {
     pub async fn next_batch(&mut self) -> Result<Vec<Record>, String> {
         match self {
             Subscription::Embedded { log, group, partitions, next } => {
-                // Round-robin over partitions so none starves.
-                for _ in 0..partitions.len() {
-                    let (topic, partition) = &partitions[*next % partitions.len()];
-                    *next = (*next + 1) % partitions.len();
-                    let records =
-                        log.fetch(group, topic, *partition, FETCH_MAX).await.map_err(|e| e.to_string())?;
-                    if !records.is_empty() {
-                        return Ok(records);
-                    }
+                // Every partition with records, up to FETCH_MAX of each, so
+                // one batch (one transaction per shard, one position commit)
+                // carries all that waits; the first partition asked turns
+                // round so none is always last.
+                let mut records = Vec::new();
+                for i in 0..partitions.len() {
+                    let (topic, partition) = &partitions[(*next + i) % partitions.len()];
+                    records.extend(
+                        log.fetch(group, topic, *partition, FETCH_MAX).await.map_err(|e| e.to_string())?,
+                    );
                 }
-                tokio::time::sleep(IDLE_POLL).await;
-                Ok(Vec::new())
-            }
-            Subscription::Kafka(kafka) => {
-                let mut records = vec![kafka.next().await?];
-                while records.len() < KAFKA_BATCH_MAX {
-                    // Polled once: only what is already here, never a wait.
-                    match tokio::time::timeout(Duration::ZERO, kafka.next()).await {
-                        Ok(record) => records.push(record?),
-                        Err(_) => break,
-                    }
+                *next = (*next + 1) % partitions.len();
+                if records.is_empty() {
+                    tokio::time::sleep(IDLE_POLL).await;
                 }
                 Ok(records)
             }
+            Subscription::Kafka(kafka) => kafka.next_batch(KAFKA_BATCH_MAX).await,
         }
     }
 
     /// Moves the group's position past every record of `records` (a batch
-    /// from [`next_batch`](Self::next_batch), all handled): one commit per
-    /// partition, of its last record.
+    /// from [`next_batch`](Self::next_batch), all handled): per partition,
+    /// to the offset after its last record. On Kafka, only where this member
+    /// still owns the partition in the epoch the records arrived in
+    /// (group.rs).
     pub async fn commit_batch(&self, records: &[Record]) -> Result<(), String> {
-        let mut last: Vec<&Record> = Vec::new();
-        for record in records {
-            match last.iter_mut().find(|r| r.topic == record.topic && r.partition == record.partition) {
-                Some(seen) if seen.offset < record.offset => *seen = record,
-                Some(_) => {}
-                None => last.push(record),
-            }
-        }
-        for record in last {
-            self.commit(record).await?;
-        }
-        Ok(())
-    }
-
-    /// Moves the group's position past `record`.
-    pub async fn commit(&self, record: &Record) -> Result<(), String> {
         match self {
-            Subscription::Embedded { log, group, .. } => log
-                .commit(group, &record.topic, record.partition, record.offset + 1)
-                .await
-                .map_err(|e| e.to_string()),
-            Subscription::Kafka(kafka) => kafka.commit(record),
+            Subscription::Embedded { log, group, .. } => {
+                let mut last: Vec<&Record> = Vec::new();
+                for record in records {
+                    match last.iter_mut().find(|r| r.topic == record.topic && r.partition == record.partition)
+                    {
+                        Some(seen) if seen.offset < record.offset => *seen = record,
+                        Some(_) => {}
+                        None => last.push(record),
+                    }
+                }
+                for record in last {
+                    log.commit(group, &record.topic, record.partition, record.offset + 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Subscription::Kafka(kafka) => kafka.commit_batch(records),
         }
     }
 }

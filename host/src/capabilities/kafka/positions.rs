@@ -270,16 +270,10 @@ impl Peek {
 
 /// The consumer [`Peek`] reads with.
 fn peek_consumer(config: &ClientConfig) -> anyhow::Result<BaseConsumer> {
-    let mut config = config.clone();
-    // librdkafka wants a group id for assign(); with absolute offsets, no
-    // commits and no subscribe it is never sent to the broker.
+    // A position below the log's start (retention) reads the earliest
+    // record, as the group's own consumer would.
+    let mut config = super::range::assign_only(config, "payfn-lag-peek");
     config
-        .set("group.id", "payfn-lag-peek")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // A position below the log's start (retention) reads the earliest
-        // record, as the group's own consumer would.
-        .set("auto.offset.reset", "earliest")
         // Only the first record of a position is needed: ask for as little
         // as librdkafka allows (fetch.max.bytes >= message.max.bytes >=
         // 1000; this client never produces) and prefetch nothing more. A

@@ -1,20 +1,21 @@
 //! Kafka through rdkafka (librdkafka): an idempotent producer (acks=all)
 //! behind a circuit breaker, and group consumers with manual commits.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::breaker::Breaker;
+use super::group::{GroupContext, KafkaSubscription};
 use super::positions::{LagReader, PartitionLag};
 use super::runtime_config::{Assignment, Replication};
 use super::Record;
@@ -47,6 +48,7 @@ pub struct KafkaBroker {
     replication: Replication,
     assignment: Assignment,
     positions: LagReader,
+    range_reader: Arc<super::range::Reader>,
 }
 
 impl KafkaBroker {
@@ -86,6 +88,7 @@ impl KafkaBroker {
             replication,
             assignment,
             positions: LagReader::new(consumer_config(brokers, settings)),
+            range_reader: Arc::default(),
         })
     }
 
@@ -251,8 +254,38 @@ impl KafkaBroker {
         results
     }
 
+    /// Up to `max` records of `topic`/`partition` at offsets `from..end`
+    /// and the offset to read next (`range::Reader`).
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        end: i64,
+        max: usize,
+    ) -> anyhow::Result<(Vec<Record>, i64)> {
+        let (config, reader) = (consumer_config(&self.brokers, &self.settings), self.range_reader.clone());
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || reader.read(&config, &topic, partition, from, end, max))
+            .await
+            .context("reading a partition")?
+    }
+
+    /// Sets `group`'s positions without joining it (`range::commit`).
+    pub async fn commit_positions(
+        &self,
+        group: &str,
+        positions: Vec<(String, i32, i64)>,
+    ) -> anyhow::Result<()> {
+        let config = consumer_config(&self.brokers, &self.settings);
+        let group = group.to_string();
+        tokio::task::spawn_blocking(move || super::range::commit(&config, &group, &positions))
+            .await
+            .context("committing positions")?
+    }
+
     /// A consumer of `topics` as `group`, reading from the group's committed
-    /// offsets; offsets move only by [`KafkaSubscription::commit`]. Which
+    /// offsets; offsets move only by [`KafkaSubscription::commit_batch`]. Which
     /// partitions it reads depends on the configured [`Assignment`]:
     ///
     /// - `group`: it joins the consumer group (`subscribe`); the coordinator
@@ -275,12 +308,7 @@ impl KafkaBroker {
     ) -> anyhow::Result<KafkaSubscription> {
         let mut config = consumer_config(&self.brokers, &self.settings);
         config.set("group.id", group).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
-        let context = GroupContext {
-            group: group.to_string(),
-            owned: Arc::new(Mutex::new(BTreeSet::new())),
-            metrics: metrics.clone(),
-        };
-        let owned = context.owned.clone();
+        let context = GroupContext::new(group, metrics);
         match self.assignment {
             Assignment::Group => {
                 if !self.settings.contains_key("partition.assignment.strategy") {
@@ -290,7 +318,7 @@ impl KafkaBroker {
                     config.create_with_context(context).context("creating the Kafka consumer")?;
                 let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
                 consumer.subscribe(&topics).context("subscribing")?;
-                Ok(KafkaSubscription { consumer, owned })
+                Ok(KafkaSubscription::new(consumer))
             }
             Assignment::AllPartitions => {
                 let consumer: StreamConsumer<GroupContext> =
@@ -313,7 +341,7 @@ impl KafkaBroker {
                     list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 let all = context.set_owned(owned_now);
                 tracing::info!(group, assigned = %all, "kafka partitions assigned (all-partitions)");
-                Ok(KafkaSubscription { consumer, owned })
+                Ok(KafkaSubscription::new(consumer))
             }
         }
     }
@@ -382,135 +410,18 @@ fn classify(e: &KafkaError) -> Error {
     }
 }
 
-/// What one group consumer owns, kept up to date by the rebalance callbacks
-/// (librdkafka runs them inside `recv`, so never while a record is being
-/// handled), and where commit results land.
-pub struct GroupContext {
-    group: String,
-    /// (topic, partition) pairs this member currently owns.
-    owned: Arc<Mutex<BTreeSet<(String, i32)>>>,
-    metrics: Metrics,
-}
-
-impl GroupContext {
-    /// Replaces what this member owns with `now`, gauges included.
-    fn set_owned(&self, now: BTreeSet<(String, i32)>) -> String {
-        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-        for (topic, partition) in owned.difference(&now) {
-            self.metrics.partition_owned(&self.group, topic, *partition, false);
-        }
-        for (topic, partition) in now.difference(&owned) {
-            self.metrics.partition_owned(&self.group, topic, *partition, true);
-        }
-        *owned = now;
-        describe_set(&owned)
-    }
-
-    fn owned(&self) -> BTreeSet<(String, i32)> {
-        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl ClientContext for GroupContext {}
-
-impl ConsumerContext for GroupContext {
-    /// Forgets revoked partitions before librdkafka unassigns them: from here
-    /// on their offsets are the new owner's to commit.
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(list) => {
-                let mut now = self.owned();
-                for e in list.elements() {
-                    now.remove(&(e.topic().to_string(), e.partition()));
-                }
-                let owned = self.set_owned(now);
-                tracing::info!(group = %self.group, revoked = %describe(list), %owned, "kafka partitions revoked");
-            }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::warn!(group = %self.group, "kafka rebalance failed: {e}"),
-        }
-    }
-
-    /// Takes librdkafka's assignment, once applied, as what this member owns
-    /// (eager and cooperative strategies alike).
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let now = match consumer.assignment() {
-            Ok(list) => list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect(),
-            Err(e) => {
-                tracing::warn!(group = %self.group, "reading the kafka assignment: {e}");
-                return;
-            }
-        };
-        let owned = self.set_owned(now);
-        if let Rebalance::Assign(list) = rebalance {
-            tracing::info!(group = %self.group, assigned = %describe(list), %owned, "kafka partitions assigned");
-        }
-    }
-
-    /// An asynchronous commit that failed (e.g. the partition moved to another
-    /// member meanwhile) only means the record may be replayed, and the
-    /// processed-events row absorbs the replay: logged, never fatal.
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(group = %self.group, offsets = %describe(offsets), "kafka offset commit failed: {e}");
-        }
-    }
-}
-
-/// `topic/partition` pairs, comma separated.
-fn describe(list: &TopicPartitionList) -> String {
-    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
-}
-
-fn describe_set(set: &BTreeSet<(String, i32)>) -> String {
-    set.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
-}
-
-/// One group consumer.
-pub struct KafkaSubscription {
-    consumer: StreamConsumer<GroupContext>,
-    owned: Arc<Mutex<BTreeSet<(String, i32)>>>,
-}
-
-impl KafkaSubscription {
-    pub async fn next(&self) -> Result<Record, String> {
-        let message = self.consumer.recv().await.map_err(|e| e.to_string())?;
-        let headers = message
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-            .unwrap_or_default();
-        Ok(Record {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().unwrap_or_default().to_vec(),
-            headers,
-        })
-    }
-
-    /// Commits the group's position past `record`. Asynchronous: a lost
-    /// commit replays the record, and processed-events absorbs the replay.
-    ///
-    /// Nothing is committed for a partition this member no longer owns: its
-    /// new owner has started from the last committed offset and commits its
-    /// own progress, which a late commit from here could move backwards.
-    pub fn commit(&self, record: &Record) -> Result<(), String> {
-        let owned = self
-            .owned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(record.topic.clone(), record.partition));
-        if !owned {
-            tracing::info!(
-                topic = %record.topic, partition = record.partition, offset = record.offset,
-                "partition revoked before its offset commit; left to the new owner"
-            );
-            return Ok(());
-        }
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&record.topic, record.partition, Offset::Offset(record.offset + 1))
-            .map_err(|e| e.to_string())?;
-        self.consumer.commit(&list, CommitMode::Async).map_err(|e| e.to_string())
+/// A consumed message as a [`Record`] (headers without a value get an empty one).
+pub(super) fn record_of(message: &impl rdkafka::message::Message) -> Record {
+    let headers = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    Record {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().unwrap_or_default().to_vec(),
+        headers,
     }
 }
