@@ -16,6 +16,9 @@
 # LD_PRELOAD shim, infra/bench/slow_fsync.c, built with the machine's cc):
 # what a slower disk than this machine's would do to the embedded shards.
 #
+# EXTRA_CONFIG='...' appends to the run's runtime config (say a [retention]
+# section that purges as it goes).
+#
 # Rate limits are lifted: the benchmark measures the steps. Sets `state`
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
 # everything started is stopped on exit.
@@ -70,6 +73,8 @@ TOML
       ;;
     *) echo "BACKEND must be embedded, mariadb or postgres" >&2; exit 1 ;;
   esac
+  # EXTRA_CONFIG: more runtime config for this run (e.g. a [retention] section).
+  if [ -n "${EXTRA_CONFIG:-}" ]; then printf '%s\n' "$EXTRA_CONFIG" >> "$state/runtime-config.toml"; fi
   app_args=(--manifest "$state/spin.toml" --state-dir "$state/payfn" --runtime-config "$state/runtime-config.toml")
   local preload=""
   if [ -n "${FSYNC_DELAY_US:-}" ]; then

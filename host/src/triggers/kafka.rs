@@ -21,7 +21,7 @@
 //! topic cannot take it either, the record is kept in the `failed_events`
 //! table of a shard, and consumption goes on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,16 +79,15 @@ struct Consumer {
     context: KafkaContext,
     trigger: KafkaTrigger,
     slot: Arc<ComponentSlot>,
-    /// The wait on a transient failure in progress, if any. The consumer is
-    /// one task, which waits with its partitions: one wait at a time.
-    waiting: std::sync::Mutex<Waiting>,
+    /// The waits on transient failures in progress, by shard (the shards'
+    /// shares of a batch run at once, so two shards can wait together).
+    waiting: std::sync::Mutex<HashMap<String, Waiting>>,
 }
 
 /// A wait on a transient failure: when it began, the tries so far and the
 /// pause before the next one (doubling up to [`TRANSIENT_MAX_DELAY`]).
-#[derive(Default)]
 struct Waiting {
-    since: Option<Instant>,
+    since: Instant,
     tries: u64,
     delay: Duration,
 }
@@ -162,31 +161,41 @@ impl Consumer {
         self.flush_runs(&mut runs).await;
     }
 
+    /// Runs the shards' shares of a batch at once: they are different
+    /// merchants' records in different transactions, and on a server shard
+    /// each share is a string of round trips that would otherwise wait for
+    /// the other shard's.
     async fn flush_runs(&self, runs: &mut Vec<(Arc<Shard>, Vec<&Record>)>) {
-        for (shard, run) in runs.drain(..) {
-            let mut rest: &[&Record] = &run;
-            while !rest.is_empty() {
-                // The shard's trouble, no record's, is waited out inside.
-                let Err(failed) = self.run_waiting(&shard, rest).await else { break };
-                tracing::warn!(
-                    component = %self.slot.spec.name, shard = %shard.name, records = rest.len(),
-                    "batch rolled back ({}); going on without it", failed.error.message()
-                );
-                let Some(at) = failed.at else {
-                    // Not one record's fault (a COMMIT refused): each alone.
-                    for record in rest {
-                        self.deliver(record).await;
-                    }
-                    break;
-                };
-                // The records before the failing one were fine: again, together.
-                if at > 0 {
-                    self.handle_together(&shard, &rest[..at]).await;
+        let runs = std::mem::take(runs);
+        futures_util::future::join_all(runs.iter().map(|(shard, run)| self.flush_run(shard, run))).await;
+    }
+
+    /// One shard's share of a batch, in one transaction; on a failure,
+    /// the records before the failing one again together, the failing one
+    /// alone, and the rest again.
+    async fn flush_run(&self, shard: &Shard, run: &[&Record]) {
+        let mut rest: &[&Record] = run;
+        while !rest.is_empty() {
+            // The shard's trouble, no record's, is waited out inside.
+            let Err(failed) = self.run_waiting(shard, rest).await else { break };
+            tracing::warn!(
+                component = %self.slot.spec.name, shard = %shard.name, records = rest.len(),
+                "batch rolled back ({}); going on without it", failed.error.message()
+            );
+            let Some(at) = failed.at else {
+                // Not one record's fault (a COMMIT refused): each alone.
+                for record in rest {
+                    self.deliver(record).await;
                 }
-                // The failing record: the batch's try was its first attempt.
-                self.deliver_after(rest[at], Some(failed.error)).await;
-                rest = &rest[at + 1..];
+                break;
+            };
+            // The records before the failing one were fine: again, together.
+            if at > 0 {
+                self.handle_together(shard, &rest[..at]).await;
             }
+            // The failing record: the batch's try was its first attempt.
+            self.deliver_after(rest[at], Some(failed.error)).await;
+            rest = &rest[at + 1..];
         }
     }
 
@@ -208,11 +217,11 @@ impl Consumer {
         loop {
             match self.handle_run(shard, records).await {
                 Err(RunFailure { error: Failure::Transient(e), .. }) => {
-                    self.wait_transient(&format!("{} records on shard {}", records.len(), shard.name), &e)
-                        .await;
+                    let what = format!("{} records on shard {}", records.len(), shard.name);
+                    self.wait_transient(&shard.name, &what, &e).await;
                 }
                 outcome => {
-                    self.transient_cleared();
+                    self.transient_cleared(&shard.name);
                     return outcome;
                 }
             }
@@ -276,6 +285,10 @@ impl Consumer {
         Ok(())
     }
 
+    fn shard_of(&self, merchant: i64) -> &Arc<Shard> {
+        self.context.shards.for_merchant(merchant)
+    }
+
     /// The record's event id and merchant, from its headers.
     fn route(record: &Record) -> Result<(String, i64), Failure> {
         let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
@@ -302,10 +315,13 @@ impl Consumer {
             Some(failure) => Err(failure),
             None => self.handle(record).await,
         };
+        // The wait on a transient failure is kept per shard.
+        let shard =
+            Self::route(record).map_or_else(|_| String::new(), |(_, m)| self.shard_of(m).name.clone());
         let mut failures = 0;
         let last_error = loop {
             if !matches!(outcome, Err(Failure::Transient(_))) {
-                self.transient_cleared();
+                self.transient_cleared(&shard);
             }
             match outcome {
                 Ok(Handled::Processed | Handled::Duplicate) => return,
@@ -322,7 +338,7 @@ impl Consumer {
                     let delay = RETRY_BASE.saturating_mul(1 << (failures - 1).min(16));
                     tokio::time::sleep(delay.min(TRANSIENT_MAX_DELAY)).await;
                 }
-                Err(Failure::Transient(e)) => self.wait_transient(&position(record), &e).await,
+                Err(Failure::Transient(e)) => self.wait_transient(&shard, &position(record), &e).await,
             }
             outcome = self.handle(record).await;
         };
@@ -370,22 +386,22 @@ impl Consumer {
     /// end of the wait ([`transient_cleared`](Self::transient_cleared)) a
     /// line saying how long it took; the tries between are counted in
     /// `payfn_kafka_transient_retries_total{group}`, not logged one by one.
-    async fn wait_transient(&self, what: &str, why: &str) {
+    async fn wait_transient(&self, shard: &str, what: &str, why: &str) {
         let group = &self.trigger.group;
         let delay = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            if waiting.since.is_none() {
-                *waiting = Waiting { since: Some(Instant::now()), tries: 0, delay: RETRY_BASE };
-                self.context.metrics.transient_waiting(group, true);
+            let mut waits = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let waiting = waits.entry(shard.to_string()).or_insert_with(|| {
                 tracing::warn!(
-                    group = %group, component = %self.slot.spec.name,
+                    group = %group, component = %self.slot.spec.name, shard,
                     "{what}: transient failure, retried with backoff until it clears; the partition waits \
                      (offsets are not committed past it): {why}"
                 );
-            }
+                Waiting { since: Instant::now(), tries: 0, delay: RETRY_BASE }
+            });
             waiting.tries += 1;
             let delay = waiting.delay;
             waiting.delay = (delay * 2).min(TRANSIENT_MAX_DELAY);
+            self.context.metrics.transient_waiting(group, true);
             delay
         };
         self.context.metrics.transient_retry(group);
@@ -393,14 +409,16 @@ impl Consumer {
         tokio::time::sleep(delay).await;
     }
 
-    /// Ends the wait on a transient failure, if one is on.
-    fn transient_cleared(&self) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = waiting.since.take() {
-            self.context.metrics.transient_waiting(&self.trigger.group, false);
+    /// Ends the wait on a transient failure of `shard`, if one is on.
+    fn transient_cleared(&self, shard: &str) {
+        let mut waits = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = waits.remove(shard) {
+            if waits.is_empty() {
+                self.context.metrics.transient_waiting(&self.trigger.group, false);
+            }
             tracing::info!(
-                group = %self.trigger.group, component = %self.slot.spec.name, tries = waiting.tries,
-                waited = ?since.elapsed(), "transient failure cleared; consumption goes on"
+                group = %self.trigger.group, component = %self.slot.spec.name, shard, tries = waiting.tries,
+                waited = ?waiting.since.elapsed(), "transient failure cleared; consumption goes on"
             );
         }
     }
@@ -603,9 +621,9 @@ impl Consumer {
         ];
         while let Err(e) = self.insert_failed(shard, record, row.clone()).await {
             let what = format!("storing the failed event {} on shard {}", position(record), shard.name);
-            self.wait_transient(&what, &format!("{e:?}")).await;
+            self.wait_transient(&shard.name, &what, &format!("{e:?}")).await;
         }
-        self.transient_cleared();
+        self.transient_cleared(&shard.name);
         self.context.metrics.failed_stored(&self.slot.spec.name);
         tracing::error!(
             component = %self.slot.spec.name, source_topic = %record.topic, partition = record.partition,

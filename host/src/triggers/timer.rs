@@ -45,8 +45,14 @@ pub fn start(
         tokio::spawn(async move {
             let mut firing: u64 = 0;
             let mut shard_down = false;
+            // Fixed rate, not a pause after each firing: the relay's
+            // throughput per shard is `batch_size` per interval, however
+            // long a firing takes. One that overruns its interval is
+            // followed at once by the next (never by a burst of missed ones).
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(interval).await;
+                ticks.tick().await;
                 firing += 1;
                 // Each firing picks the version serving now (canary split by shard).
                 let component = slot.pick(shard.name.as_bytes());
