@@ -2,6 +2,10 @@
 -- authorize, capture in full, refund 5,000. PAYFN_KEYS: comma-separated API
 -- keys (one merchant's key for a single busy merchant). Counts steps that
 -- did not answer 2xx in `failed` (printed at the end, per thread).
+-- wrk keeps one Lua state per *thread*, shared by its connections, so the
+-- flow's step and payment id are per thread: run it with as many
+-- connections as threads (`wrk -t8 -c8 ...`), or connections of one
+-- thread capture each other's payments and most steps fail.
 local keys = {}
 for key in string.gmatch(os.getenv("PAYFN_KEYS") or "", "[^,]+") do
   table.insert(keys, key)
