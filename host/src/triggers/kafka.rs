@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
 use crate::bindings::kafka::{Error as ProduceError, Message};
-use crate::bindings::sql::{Error as SqlError, Value};
+use crate::bindings::sql::{Dialect, Error as SqlError, Value};
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
@@ -48,6 +48,9 @@ const TRANSIENT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// How long producing to the dead-letter topic is tried while the broker is
 /// unavailable, before the record goes to `failed_events` instead.
 const DEAD_LETTER_PATIENCE: Duration = Duration::from_secs(10);
+/// Transactions a batch's records of one MariaDB or PostgreSQL shard are
+/// spread over, by merchant (SQLite shards: one).
+const SERVER_LANES: usize = 8;
 /// Event ids per processed-events statement (well under every dialect's
 /// limit on placeholders).
 const ID_CHUNK: usize = 500;
@@ -161,13 +164,30 @@ impl Consumer {
         self.flush_runs(&mut runs).await;
     }
 
-    /// Runs the shards' shares of a batch at once: they are different
-    /// merchants' records in different transactions, and on a server shard
-    /// each share is a string of round trips that would otherwise wait for
-    /// the other shard's.
+    /// Runs the shares of a batch at once, each in its own transaction:
+    /// one per SQLite shard (it has one writer), and on a MariaDB or
+    /// PostgreSQL shard one per lane of merchants ([`SERVER_LANES`], by
+    /// merchant id), since there each record is a string of round trips
+    /// and the shard's pool serves many transactions at once. A payment's
+    /// records are its merchant's, so they stay in one share, in order;
+    /// two lanes never write the same settlement row (it is a merchant's).
     async fn flush_runs(&self, runs: &mut Vec<(Arc<Shard>, Vec<&Record>)>) {
         let runs = std::mem::take(runs);
-        futures_util::future::join_all(runs.iter().map(|(shard, run)| self.flush_run(shard, run))).await;
+        let mut shares: Vec<(&Shard, Vec<&Record>)> = Vec::new();
+        for (shard, run) in &runs {
+            let lanes = match shard.dialect() {
+                Dialect::Sqlite => 1,
+                Dialect::Mysql | Dialect::Postgres => SERVER_LANES,
+            };
+            let mut lanes: Vec<Vec<&Record>> = vec![Vec::new(); lanes];
+            let count = lanes.len() as i64;
+            for record in run {
+                let merchant = Self::route(record).map_or(0, |(_, merchant)| merchant);
+                lanes[merchant.rem_euclid(count) as usize].push(record);
+            }
+            shares.extend(lanes.into_iter().filter(|lane| !lane.is_empty()).map(|lane| (&**shard, lane)));
+        }
+        futures_util::future::join_all(shares.iter().map(|(shard, run)| self.flush_run(shard, run))).await;
     }
 
     /// One shard's share of a batch, in one transaction; on a failure,
