@@ -95,12 +95,6 @@ struct Waiting {
     delay: Duration,
 }
 
-/// What became of one record.
-enum Handled {
-    Processed,
-    Duplicate,
-}
-
 /// A component that ran to its end: whether one of its statements failed
 /// (then its event is recorded at once, see [`Consumer::record`]).
 struct Invoked {
@@ -305,10 +299,6 @@ impl Consumer {
         Ok(())
     }
 
-    fn shard_of(&self, merchant: i64) -> &Arc<Shard> {
-        self.context.shards.for_merchant(merchant)
-    }
-
     /// The record's event id and merchant, from its headers.
     fn route(record: &Record) -> Result<(String, i64), Failure> {
         let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
@@ -336,15 +326,15 @@ impl Consumer {
             None => self.handle(record).await,
         };
         // The wait on a transient failure is kept per shard.
-        let shard =
-            Self::route(record).map_or_else(|_| String::new(), |(_, m)| self.shard_of(m).name.clone());
+        let shard = Self::route(record)
+            .map_or_else(|_| String::new(), |(_, m)| self.context.shards.for_merchant(m).name.clone());
         let mut failures = 0;
         let last_error = loop {
             if !matches!(outcome, Err(Failure::Transient(_))) {
                 self.transient_cleared(&shard);
             }
             match outcome {
-                Ok(Handled::Processed | Handled::Duplicate) => return,
+                Ok(()) => return,
                 Err(Failure::Poison(e)) => break e,
                 Err(Failure::Component(e)) => {
                     failures += 1;
@@ -365,40 +355,11 @@ impl Consumer {
         self.dead_letter(record, &last_error).await;
     }
 
-    /// One record in a transaction of its own.
-    async fn handle(&self, record: &Record) -> Result<Handled, Failure> {
-        let (event_id, merchant) = Self::route(record)?;
+    /// One record in a transaction of its own: a share of one.
+    async fn handle(&self, record: &Record) -> Result<(), Failure> {
+        let (_, merchant) = Self::route(record)?;
         let shard = self.context.shards.for_merchant(merchant);
-        let mut tx = shard.begin(true).await.map_err(|e| Failure::begin(shard, e))?;
-        let outcome = match self.processed(&mut tx, &[event_id.as_str()]).await {
-            Ok(seen) if !seen.is_empty() => Ok(Handled::Duplicate),
-            Ok(_) => {
-                let (invoked, back) = self.invoke(tx, record, &event_id, merchant).await;
-                let Some(back) = back else { return Err(Failure::lost()) };
-                tx = back;
-                match invoked {
-                    Ok(Invoked { failed_statements }) => self
-                        .record(&mut tx, &[event_id], failed_statements)
-                        .await
-                        .map(|()| Handled::Processed),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(handled) => {
-                tx.commit().await.map_err(|e| Failure::of_shard("commit", e))?;
-                if let Handled::Duplicate = handled {
-                    self.context.metrics.duplicate(&self.slot.spec.name);
-                }
-                Ok(handled)
-            }
-            Err(e) => {
-                tx.rollback().await;
-                Err(e)
-            }
-        }
+        self.handle_run(shard, &[record]).await.map_err(|failed| failed.error)
     }
 
     /// Pauses before the next try after a transient failure (`why`) of
