@@ -2,8 +2,8 @@
 //!
 //! A payment step is a plain function from [`http::Request`] to
 //! [`http::Response`]; [`http_step!`] exports it as
-//! `wasi:http/incoming-handler`; [`timer_step!`] and [`event_step!`] do the
-//! same for timer- and Kafka-triggered steps. The modules wrap the host capabilities the
+//! `wasi:http/incoming-handler`; [`timer_step!`], [`event_step!`] and
+//! [`event_batch_step!`] do the same for timer- and Kafka-triggered steps. The modules wrap the host capabilities the
 //! step's manifest entry grants: [`sql`] (the shard transaction), [`kv`] and
 //! [`log`]. [`outbox`] writes events in the same transaction as the rows.
 
@@ -26,7 +26,10 @@ macro_rules! http_step {
         $crate::__step!(
             http: |request, response_out| $crate::http::serve(request, response_out, $handler);
             timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
-            event: |_event| Err($crate::NOT_THIS_TRIGGER.to_string());
+            events: |_events| Err($crate::bindings::exports::payfn::host::event_handler::Refusal {
+                event: None,
+                message: $crate::NOT_THIS_TRIGGER.to_string(),
+            });
         );
     };
 }
@@ -39,22 +42,57 @@ macro_rules! timer_step {
         $crate::__step!(
             http: |_request, response_out| $crate::http::refuse(response_out);
             timer: |tick| $handler(tick);
-            event: |_event| Err($crate::NOT_THIS_TRIGGER.to_string());
+            events: |_events| Err($crate::bindings::exports::payfn::host::event_handler::Refusal {
+                event: None,
+                message: $crate::NOT_THIS_TRIGGER.to_string(),
+            });
         );
     };
 }
 
 /// Exports `handler: fn(Event) -> Result<(), String>` as this component's
-/// `event-handler`.
+/// `event-handler`: the host's runs of events are handled one event at a
+/// time, and a refusal names the event that failed.
 #[macro_export]
 macro_rules! event_step {
     ($handler:path) => {
         $crate::__step!(
             http: |_request, response_out| $crate::http::refuse(response_out);
             timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
-            event: |event| $handler(event);
+            events: |events| $crate::each_event(events, $handler);
         );
     };
+}
+
+/// Exports `handler: fn(Vec<Event>) -> Result<(), Refusal>` as this
+/// component's `event-handler`: the handler sees the host's whole run of
+/// events at once (to fold them into fewer writes) and names the event at
+/// fault in its [`Refusal`](bindings::exports::payfn::host::event_handler::Refusal).
+#[macro_export]
+macro_rules! event_batch_step {
+    ($handler:path) => {
+        $crate::__step!(
+            http: |_request, response_out| $crate::http::refuse(response_out);
+            timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
+            events: |events| $handler(events);
+        );
+    };
+}
+
+/// Runs `handler` on each of `events` in turn; the first refusal stops the
+/// run and names its event.
+#[doc(hidden)]
+pub fn each_event(
+    events: Vec<bindings::exports::payfn::host::event_handler::Event>,
+    handler: impl Fn(bindings::exports::payfn::host::event_handler::Event) -> Result<(), String>,
+) -> Result<(), bindings::exports::payfn::host::event_handler::Refusal> {
+    for (at, event) in events.into_iter().enumerate() {
+        handler(event).map_err(|message| bindings::exports::payfn::host::event_handler::Refusal {
+            event: Some(at as u32),
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 /// What a component answers on an export its trigger does not call.
@@ -66,7 +104,7 @@ macro_rules! __step {
     (
         http: |$req:pat_param, $out:pat_param| $http:expr;
         timer: |$tick:pat_param| $timer:expr;
-        event: |$event:pat_param| $on_event:expr;
+        events: |$events:pat_param| $on_events:expr;
     ) => {
         struct PayfnStep;
 
@@ -88,10 +126,10 @@ macro_rules! __step {
         }
 
         impl $crate::bindings::exports::payfn::host::event_handler::Guest for PayfnStep {
-            fn handle_event(
-                $event: $crate::bindings::exports::payfn::host::event_handler::Event,
-            ) -> Result<(), String> {
-                $on_event
+            fn handle_events(
+                $events: Vec<$crate::bindings::exports::payfn::host::event_handler::Event>,
+            ) -> Result<(), $crate::bindings::exports::payfn::host::event_handler::Refusal> {
+                $on_events
             }
         }
 

@@ -67,6 +67,9 @@ pub enum InvokeError {
     /// The guest returned an error value (timer and event handlers).
     #[error("the function refused: {0}")]
     Refused(String),
+    /// An event handler refused the event at this index of its run.
+    #[error("the function refused event {0} of its run: {1}")]
+    RefusedEvent(usize, String),
     /// No instance could be had (pool exhausted): 503.
     #[error("no instance available: {0}")]
     Unavailable(String),
@@ -81,7 +84,7 @@ impl InvokeError {
         match self {
             InvokeError::Timeout(_) => "timeout",
             InvokeError::Failed(_) => "trap",
-            InvokeError::Refused(_) => "refused",
+            InvokeError::Refused(_) | InvokeError::RefusedEvent(..) => "refused",
             InvokeError::Unavailable(_) => "unavailable",
             InvokeError::WrongTrigger => "wrong_trigger",
         }
@@ -161,12 +164,13 @@ impl Engine {
         .await
     }
 
-    /// Runs `component`'s `event-handler` on one consumed record.
-    pub async fn invoke_event(
+    /// Runs `component`'s `event-handler` on a run of consumed records (all
+    /// on the shard `bindings` holds a transaction of).
+    pub async fn invoke_events(
         &self,
         component: &LoadedComponent,
         bindings: Bindings,
-        event: Event,
+        events: Vec<Event>,
     ) -> Outcome<()> {
         let Entry::Event(pre) = &component.entry else {
             return (Err(InvokeError::WrongTrigger), bindings.sql.tx);
@@ -176,8 +180,12 @@ impl Engine {
             Box::pin(async move {
                 let instance = pre.instantiate_async(&mut *store).await.map_err(instantiating)?;
                 let result =
-                    instance.payfn_host_event_handler().call_handle_event(&mut *store, &event).await?;
-                Ok(result.map_err(InvokeError::Refused))
+                    instance.payfn_host_event_handler().call_handle_events(&mut *store, &events).await?;
+                // An index outside the run names no event.
+                Ok(result.map_err(|refusal| match refusal.event.map(|at| at as usize) {
+                    Some(at) if at < events.len() => InvokeError::RefusedEvent(at, refusal.message),
+                    _ => InvokeError::Refused(refusal.message),
+                }))
             })
         })
         .await

@@ -5,7 +5,9 @@
 //! write transaction on that shard the host checks `processed_events` for the
 //! record's `event-id` (a duplicate is skipped), runs the component and
 //! records the event id. The records of one fetched batch that go to one
-//! shard share that transaction (one commit for them all). Only once every
+//! shard (on a server shard: one lane of its merchants) share that
+//! transaction (one commit for them all), and the component gets them as
+//! one run (`handle-events`), so it can fold them into fewer writes. Only once every
 //! record of the batch is committed is the consumer offset committed, so a
 //! crash anywhere replays records and the processed-events rows absorb them.
 //!
@@ -33,7 +35,7 @@ use crate::bindings::sql::{Dialect, Error as SqlError, Value};
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
-use crate::engine::{Bindings, Engine, InvokeError};
+use crate::engine::{Bindings, Engine, InvokeError, LoadedComponent};
 use crate::logging::invocation_span;
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
@@ -51,6 +53,10 @@ const DEAD_LETTER_PATIENCE: Duration = Duration::from_secs(10);
 /// Transactions a batch's records of one MariaDB or PostgreSQL shard are
 /// spread over, by merchant (SQLite shards: one).
 const SERVER_LANES: usize = 8;
+/// The most records one invocation of the component handles: a component
+/// that takes them one at a time (the SDK's `event_step!`) spends their
+/// round trips within one invocation's deadline.
+const EVENTS_PER_INVOCATION: usize = 256;
 /// Event ids per processed-events statement (well under every dialect's
 /// limit on placeholders).
 const ID_CHUNK: usize = 500;
@@ -246,7 +252,10 @@ impl Consumer {
     /// them the group processed already is asked once for the run, and the
     /// processed ones are recorded with one statement after the last
     /// (record by record, each a round trip on a server shard, the
-    /// bookkeeping cost as much as the work).
+    /// bookkeeping cost as much as the work). The new records go to the
+    /// component in runs of up to [`EVENTS_PER_INVOCATION`] that one
+    /// version serves (a canary serves some merchants), so a component can
+    /// fold them into fewer writes.
     async fn handle_run(&self, shard: &Shard, run: &[&Record]) -> Result<(), RunFailure> {
         let whole = |error| RunFailure { at: None, error };
         let mut ids = Vec::with_capacity(run.len());
@@ -262,30 +271,49 @@ impl Consumer {
                 return Err(whole(e));
             }
         };
-        let (mut duplicates, mut to_record) = (0, Vec::new());
-        for (at, (record, (event_id, merchant))) in run.iter().zip(ids).enumerate() {
-            let failed = |error| RunFailure { at: Some(at), error };
-            // Processed before, or earlier in this run (a re-driven copy
-            // can share a batch with the original).
-            if !seen.insert(event_id.clone()) {
-                duplicates += 1;
-                continue;
-            }
-            let (outcome, back) = self.invoke(tx, record, &event_id, merchant).await;
-            tx = back.ok_or_else(|| failed(Failure::lost()))?;
+        // Processed before, or earlier in this run (a re-driven copy can
+        // share a batch with the original): skipped.
+        let fresh: Vec<usize> = (0..run.len()).filter(|&at| seen.insert(ids[at].0.clone())).collect();
+        let duplicates = run.len() - fresh.len();
+        let mut to_record = Vec::with_capacity(fresh.len());
+        let mut rest = &fresh[..];
+        while let Some(&first) = rest.first() {
+            let component = self.slot.pick(ids[first].1.to_string().as_bytes());
+            let len = rest
+                .iter()
+                .take(EVENTS_PER_INVOCATION)
+                .take_while(|&&at| {
+                    at == first || self.slot.pick(ids[at].1.to_string().as_bytes()).digest == component.digest
+                })
+                .count();
+            let (part, after) = rest.split_at(len);
+            rest = after;
+            let records: Vec<(&Record, &str, i64)> =
+                part.iter().map(|&at| (run[at], ids[at].0.as_str(), ids[at].1)).collect();
+            let (outcome, back) = self.invoke(tx, shard, &component, &records).await;
+            // The record at fault, as an index of `run`: the one the
+            // component named, or the part's only record.
+            let at = |named: Option<usize>| named.or((part.len() == 1).then_some(0)).map(|k| part[k]);
+            let Some(back) = back else {
+                return Err(RunFailure { at: at(None), error: Failure::lost() });
+            };
+            tx = back;
             let outcome = match outcome {
                 // Its failed statement may have ended the transaction
                 // (PostgreSQL): recorded now, so a failure is its own.
-                Ok(Invoked { failed_statements: true }) => self.record(&mut tx, &[event_id], true).await,
+                Ok(Invoked { failed_statements: true }) => {
+                    let part_ids: Vec<String> = part.iter().map(|&at| ids[at].0.clone()).collect();
+                    self.record(&mut tx, &part_ids, true).await.map_err(|e| (None, e))
+                }
                 Ok(Invoked { failed_statements: false }) => {
-                    to_record.push(event_id);
+                    to_record.extend(part.iter().map(|&at| ids[at].0.clone()));
                     Ok(())
                 }
                 Err(e) => Err(e),
             };
-            if let Err(e) = outcome {
+            if let Err((named, error)) = outcome {
                 tx.rollback().await;
-                return Err(failed(e));
+                return Err(RunFailure { at: at(named), error });
             }
         }
         if let Err(e) = self.record(&mut tx, &to_record, false).await {
@@ -465,42 +493,54 @@ impl Consumer {
         Ok(())
     }
 
-    /// Runs the component on `record` inside `tx` (on the merchant's
-    /// shard). Gives the transaction back, uncommitted, unless the
-    /// invocation lost it; the caller records the event as processed.
+    /// Runs `component` on `records` (with their event ids and merchants)
+    /// inside `tx`, a transaction of `shard`. Gives the transaction back,
+    /// uncommitted, unless the invocation lost it; the caller records the
+    /// events as processed. A failure comes with the index in `records` of
+    /// the event the component refused, if it named one.
     async fn invoke(
         &self,
         tx: ShardTx,
-        record: &Record,
-        event_id: &str,
-        merchant: i64,
-    ) -> (Result<Invoked, Failure>, Option<ShardTx>) {
-        let shard = self.context.shards.for_merchant(merchant);
+        shard: &Shard,
+        component: &LoadedComponent,
+        records: &[(&Record, &str, i64)],
+    ) -> (Result<Invoked, (Option<usize>, Failure)>, Option<ShardTx>) {
         let failed_before = tx.failed_statements();
-        let trace = header(record, "traceparent").map(String::from_utf8_lossy).unwrap_or_default();
+        let (first, first_id, merchant) = records[0];
+        // The span names a merchant when the run is one merchant's.
+        let merchant = records.iter().all(|(_, _, m)| *m == merchant).then_some(merchant);
+        let trace = header(first, "traceparent").map(String::from_utf8_lossy).unwrap_or_default();
+        // One event: its id and trace tag the logs. A run: its first id and
+        // size (a component names each event's own where it logs it).
+        let request_id = match records.len() {
+            1 => format!("{first_id} traceparent={trace}"),
+            n => format!("{first_id}+{}", n - 1),
+        };
         let bindings = Bindings {
-            request_id: format!("{event_id} traceparent={trace}"),
+            request_id: request_id.clone(),
             sql: shard.bind(Some(tx)),
             kv: self.context.kv.clone(),
             broker: Some(self.context.broker.clone()),
         };
-        let event = Event {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record.headers.clone(),
-        };
+        let events = records
+            .iter()
+            .map(|(record, _, _)| Event {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                key: record.key.clone(),
+                value: record.value.clone(),
+                headers: record.headers.clone(),
+            })
+            .collect();
         let name = &self.slot.spec.name;
-        // Each record picks the version serving now (canary split by merchant).
-        let component = self.slot.pick(merchant.to_string().as_bytes());
         let started = Instant::now();
-        let span = invocation_span(event_id, Some(merchant), &shard.name, name, component.short_digest());
-        // The producer's trace: one trace from the payment request to here.
-        crate::telemetry::continue_trace(&span, header(record, "traceparent"));
+        let span = invocation_span(&request_id, merchant, &shard.name, name, component.short_digest());
+        // The first producer's trace: one trace from the payment request to
+        // here (for a run, the trace of its first event).
+        crate::telemetry::continue_trace(&span, header(first, "traceparent"));
         let (result, tx) =
-            self.context.engine.invoke_event(&component, bindings, event).instrument(span).await;
+            self.context.engine.invoke_events(component, bindings, events).instrument(span).await;
         let failure = result.as_ref().err().map(|e| e.kind());
         self.context.metrics.invoked(
             name,
@@ -510,9 +550,13 @@ impl Consumer {
             failure,
         );
         let Some(tx) = tx else {
-            return (Err(Failure::lost()), None);
+            return (Err((None, Failure::lost())), None);
         };
         if let Err(e) = result {
+            let named = match &e {
+                InvokeError::RefusedEvent(at, _) => Some(*at),
+                _ => None,
+            };
             let failure = match (tx.transient_failure(), &e) {
                 // It could not do its work because of the shard (and may have
                 // turned the shard's error into its own, or trapped on it).
@@ -521,7 +565,7 @@ impl Consumer {
                 (None, InvokeError::Unavailable(_)) => Failure::Transient(e.to_string()),
                 (None, _) => Failure::Component(e.to_string()),
             };
-            return (Err(failure), Some(tx));
+            return (Err((named, failure)), Some(tx));
         }
         let failed_statements = tx.failed_statements() > failed_before;
         (Ok(Invoked { failed_statements }), Some(tx))

@@ -310,7 +310,7 @@ fn invoke_error(e: InvokeError, id: &RequestId, component: &str) -> HostError {
                 "no function instance is free; retry shortly",
             )
         }
-        InvokeError::Refused(_) | InvokeError::WrongTrigger => {
+        InvokeError::Refused(_) | InvokeError::RefusedEvent(..) | InvokeError::WrongTrigger => {
             tracing::error!(request_id = %id.0, component, "{e}");
             HostError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
