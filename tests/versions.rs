@@ -714,6 +714,9 @@ async fn a_host_cut_off_from_the_control_store_keeps_serving(backend: Backend) {
     };
     let (behind, age) = gauges().await;
     assert!(behind == 0.0 && age < 3.0, "behind {behind}, last sync {age} s ago");
+    // Merchant 1 is placed in the merchant directory (control store) now;
+    // merchant 3 is new to the deployment.
+    host.merchant(1).authorize(100).await;
 
     env.set_control_outage(true);
     support::wait_for(Duration::from_secs(20), "the last sync to age past 3 s", || async {
@@ -726,6 +729,10 @@ async fn a_host_cut_off_from_the_control_store_keeps_serving(backend: Backend) {
         served_by(&reply, &authorize)
     };
     assert_eq!(authorize_one().await, Ok('a'), "the loaded version keeps serving");
+    // A merchant the host has no directory entry for cannot be placed
+    // without the store: 503, never a guess that could split it.
+    let new = host.merchant(3).post("/payments/authorize", r#"{"amount":1000,"currency":"KRW"}"#).await;
+    assert_eq!((new.status, new.code().as_str()), (503, "shard_unavailable"));
     let out = host.admin(&["deploy", "authorize", &authorize.b_file]).await;
     assert!(!out.ok && out.stderr.contains("503"), "a change needs the store: {}", out.stderr);
     assert!(host.log().contains("control store sync failed"), "{}", host.log());
@@ -738,6 +745,7 @@ async fn a_host_cut_off_from_the_control_store_keeps_serving(backend: Backend) {
     let out = host.admin(&["deploy", "authorize", &authorize.b_file]).await;
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(authorize_one().await, Ok('b'));
+    host.merchant(3).authorize(100).await;
     assert_eq!(gauges().await.0, 0.0, "the host serves the latest change");
 }
 

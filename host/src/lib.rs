@@ -12,6 +12,7 @@ pub mod admin;
 mod bindings;
 pub mod capabilities;
 pub mod cli;
+pub mod directory;
 pub mod engine;
 pub mod failed_events;
 mod keys;

@@ -482,6 +482,8 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let config = ShardConfig {
+            accept_new: true,
+            weight: 1,
             name: "s".into(),
             backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
         };

@@ -12,6 +12,8 @@ use crate::admin::{self, Admin};
 use crate::capabilities::kafka::Broker;
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::ShardSet;
+use crate::directory::store::DirectoryStore;
+use crate::directory::Directory;
 use crate::engine::Engine;
 use crate::keys::KeyRing;
 use crate::manifest::Manifest;
@@ -84,6 +86,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         control.describe(),
         config.control.sync_interval().as_millis()
     );
+    let directory = Arc::new(Directory::open(shards.clone(), DirectoryStore::new(&control)).await?);
+    banner!("  directory       {} merchants placed (control store)", directory.len());
     let identity = HostIdentity {
         id: host_id(),
         address: address.to_string(),
@@ -128,6 +132,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         kv: kv.clone(),
         broker: broker.clone(),
         shards: shards.clone(),
+        directory: directory.clone(),
         metrics: metrics.clone(),
     };
     for trigger in &manifest.kafka_triggers {
@@ -152,6 +157,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         versions,
         routes,
         shards,
+        directory,
         kv,
         broker,
         keys,

@@ -35,6 +35,7 @@ use crate::bindings::sql::{Dialect, Error as SqlError, Value};
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
+use crate::directory::{Directory, RouteError};
 use crate::engine::{Bindings, Engine, InvokeError, LoadedComponent};
 use crate::logging::invocation_span;
 use crate::manifest::KafkaTrigger;
@@ -72,6 +73,8 @@ pub struct KafkaContext {
     pub kv: Kv,
     pub broker: Broker,
     pub shards: Arc<ShardSet>,
+    /// Which shard each merchant is on.
+    pub directory: Arc<Directory>,
     pub metrics: Metrics,
 }
 
@@ -155,10 +158,16 @@ impl Consumer {
                 self.deliver(record).await;
                 continue;
             };
-            let shard = self.context.shards.for_merchant(merchant);
-            match runs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, shard)) {
+            let Ok(shard) = self.shard_of(merchant).await else {
+                // Not in the directory (or it is unreachable): on its own,
+                // where that is dead-lettered (or waited out).
+                self.flush_runs(&mut runs).await;
+                self.deliver(record).await;
+                continue;
+            };
+            match runs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &shard)) {
                 Some((_, run)) => run.push(record),
-                None => runs.push((shard.clone(), vec![record])),
+                None => runs.push((shard, vec![record])),
             }
         }
         self.flush_runs(&mut runs).await;
@@ -354,8 +363,10 @@ impl Consumer {
             None => self.handle(record).await,
         };
         // The wait on a transient failure is kept per shard.
-        let shard = Self::route(record)
-            .map_or_else(|_| String::new(), |(_, m)| self.context.shards.for_merchant(m).name.clone());
+        let shard = match Self::route(record) {
+            Ok((_, merchant)) => self.shard_of(merchant).await.map(|s| s.name.clone()).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let mut failures = 0;
         let last_error = loop {
             if !matches!(outcome, Err(Failure::Transient(_))) {
@@ -386,8 +397,18 @@ impl Consumer {
     /// One record in a transaction of its own: a share of one.
     async fn handle(&self, record: &Record) -> Result<(), Failure> {
         let (_, merchant) = Self::route(record)?;
-        let shard = self.context.shards.for_merchant(merchant);
-        self.handle_run(shard, &[record]).await.map_err(|failed| failed.error)
+        let shard = self.shard_of(merchant).await?;
+        self.handle_run(&shard, &[record]).await.map_err(|failed| failed.error)
+    }
+
+    /// The shard the merchant directory has `merchant` on. A directory that
+    /// cannot be read is waited out; a merchant it lacks can never be
+    /// handled (its events were not written by a payment step).
+    async fn shard_of(&self, merchant: i64) -> Result<Arc<Shard>, Failure> {
+        self.context.directory.resolve(merchant).await.map_err(|e| match e {
+            RouteError::Unavailable(_) => Failure::Transient(e.to_string()),
+            _ => Failure::Poison(e.to_string()),
+        })
     }
 
     /// Pauses before the next try after a transient failure (`why`) of
@@ -623,8 +644,12 @@ impl Consumer {
     async fn store_failed(&self, record: &Record, error: &str, dead_letter_topic: &str, why: &str) {
         let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
         let merchant: Option<i64> = text("merchant-id").and_then(|m| m.parse().ok());
-        let shard = match merchant {
-            Some(merchant) => self.context.shards.for_merchant(merchant),
+        let placed = match merchant {
+            Some(merchant) => self.context.directory.resolve(merchant).await.ok(),
+            None => None,
+        };
+        let shard = match &placed {
+            Some(shard) => shard,
             None => self.context.shards.iter().next().expect("a shard set has a shard"),
         };
         let event_id = text("event-id").filter(|id| id.len() <= 255).map(sanitize);

@@ -138,6 +138,14 @@ pub enum ChangeError {
     Store(#[from] anyhow::Error),
 }
 
+/// Which server the control store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlDialect {
+    Sqlite,
+    Mysql,
+    Postgres,
+}
+
 /// The shared control database.
 pub struct ControlStore {
     pool: AnyPool,
@@ -182,6 +190,19 @@ impl ControlStore {
         }
         migrator.run(&pool).await.with_context(|| format!("migrating the control store {describe}"))?;
         Ok(Self { pool, postgres: url.starts_with("postgres"), describe })
+    }
+
+    /// The pool and its dialect, for the other users of the control store
+    /// (the merchant directory).
+    pub fn pool(&self) -> (AnyPool, ControlDialect) {
+        let dialect = if self.postgres {
+            ControlDialect::Postgres
+        } else if self.describe.starts_with("sqlite") {
+            ControlDialect::Sqlite
+        } else {
+            ControlDialect::Mysql
+        };
+        (self.pool.clone(), dialect)
     }
 
     /// A one-line description for the startup summary.

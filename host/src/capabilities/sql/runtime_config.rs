@@ -11,9 +11,21 @@ use serde::Deserialize;
 pub struct ShardConfig {
     /// The shard's name, as the routing table and the logs use it.
     pub name: String,
+    /// Whether merchants the directory does not know yet may be placed
+    /// here (existing merchants stay wherever the directory has them).
+    #[serde(default = "default_true")]
+    pub accept_new: bool,
+    /// This shard's share of new merchants, against the other shards that
+    /// accept them (0: none).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// The backend; `sqlite` is the embedded one.
     #[serde(flatten)]
     pub backend: BackendConfig,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// How a shard is stored.
@@ -116,11 +128,13 @@ fn default_readers() -> u32 {
     4
 }
 
-/// merchant id -> shard.
+/// merchant id -> shard pins: recorded in the merchant directory at start.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// Explicit merchant -> shard pins, overriding the default rule.
+    /// Explicit merchant -> shard pins: a merchant without a directory entry
+    /// is placed there; one the directory has elsewhere refuses the start
+    /// (a move is `payfn shards move`).
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
 }
@@ -132,6 +146,8 @@ pub fn default_shards() -> Vec<ShardConfig> {
         .into_iter()
         .map(|name| ShardConfig {
             name: name.to_string(),
+            accept_new: true,
+            weight: default_weight(),
             backend: BackendConfig::Sqlite { path: None, readers: default_readers() },
         })
         .collect()

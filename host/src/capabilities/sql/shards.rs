@@ -1,6 +1,7 @@
-//! The shard set, the routing table, and a transaction on one shard.
+//! The shard set, where new merchants go, and a transaction on one shard.
+//! (Where an existing merchant lives is the merchant directory's:
+//! `crate::directory`.)
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -231,10 +232,15 @@ impl ShardTx {
     }
 }
 
-/// All shards plus the merchant -> shard routing table.
+/// All shards, with the runtime config's pins and placement weights.
 pub struct ShardSet {
     shards: Vec<Arc<Shard>>,
-    pins: HashMap<i64, usize>,
+    /// `[routing] pins`: merchant -> index in `shards` (the directory
+    /// records them at start).
+    pins: Vec<(i64, usize)>,
+    /// Shards open to new merchants (`accept_new`), with their weights, in
+    /// config order.
+    open_to_new: Vec<(usize, u64)>,
 }
 
 impl ShardSet {
@@ -267,7 +273,7 @@ impl ShardSet {
             };
             shards.push(Arc::new(Shard { name: config.name.clone(), backend }));
         }
-        let mut pins = HashMap::new();
+        let mut pins = Vec::new();
         for (merchant, shard) in &routing.pins {
             let merchant: i64 = merchant.parse().with_context(|| {
                 format!("runtime config: routing.pins: `{merchant}` is not a merchant id")
@@ -275,19 +281,73 @@ impl ShardSet {
             let index = shards.iter().position(|s| &s.name == shard).with_context(|| {
                 format!("runtime config: routing.pins: merchant {merchant} -> unknown shard `{shard}`")
             })?;
-            pins.insert(merchant, index);
+            pins.push((merchant, index));
         }
-        Ok(Self { shards, pins })
+        let open_to_new: Vec<(usize, u64)> = configs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.accept_new && c.weight > 0)
+            .map(|(index, c)| (index, u64::from(c.weight)))
+            .collect();
+        if open_to_new.is_empty() {
+            tracing::warn!(
+                "runtime config: no shard takes new merchants (every one has `accept_new = false` or \
+                 `weight = 0`): only merchants the directory already places can be served"
+            );
+        }
+        Ok(Self { shards, pins, open_to_new })
     }
 
-    /// The shard of `merchant_id`: its pin if any, else `id mod n` over the
-    /// shards in config order (even on the first, odd on the second of two).
-    pub fn for_merchant(&self, merchant_id: i64) -> &Arc<Shard> {
-        let index = self.pins.get(&merchant_id).copied().unwrap_or_else(|| {
-            // rem_euclid: ids are positive by construction, but never index out of range.
-            merchant_id.rem_euclid(self.shards.len() as i64) as usize
-        });
+    /// Where a merchant the directory does not know yet goes: `id mod`
+    /// the total weight of the shards open to new merchants, each shard
+    /// taking a stretch of residues as long as its weight, in config order
+    /// (equal weights: `id mod n`, even ids on the first and odd on the
+    /// second of two). `None` if no shard takes new merchants.
+    pub fn place_new(&self, merchant_id: i64) -> Option<usize> {
+        let total: u64 = self.open_to_new.iter().map(|(_, w)| w).sum();
+        if total == 0 {
+            return None;
+        }
+        // rem_euclid: ids are positive by construction, but never out of range.
+        let mut residue = merchant_id.rem_euclid(total as i64) as u64;
+        for (index, weight) in &self.open_to_new {
+            if residue < *weight {
+                return Some(*index);
+            }
+            residue -= weight;
+        }
+        unreachable!("a residue below the total weight falls in one shard's stretch")
+    }
+
+    /// The shard the directory had a merchant on before it existed: `id mod
+    /// n` over every shard in config order, the routing of earlier releases.
+    /// Only consulted while that shard's rows are not yet adopted.
+    pub fn legacy(&self, merchant_id: i64) -> usize {
+        merchant_id.rem_euclid(self.shards.len() as i64) as usize
+    }
+
+    /// `[routing] pins`, as (merchant, shard index).
+    pub fn pins(&self) -> &[(i64, usize)] {
+        &self.pins
+    }
+
+    /// The shard at `index` (as [`index_of`](Self::index_of) and the
+    /// placement functions give it).
+    pub fn get(&self, index: usize) -> &Arc<Shard> {
         &self.shards[index]
+    }
+
+    /// The index of the shard named `name`, if it is configured.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.shards.iter().position(|s| s.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> + '_ {

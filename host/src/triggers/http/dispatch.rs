@@ -84,7 +84,15 @@ async fn run(
     // The version is picked once; this request runs on it to the end, even
     // if a deploy swaps another one in meanwhile.
     let component = slot.pick(merchant.to_string().as_bytes());
-    let shard = app.shards.for_merchant(merchant).clone();
+    // A merchant's first request places it in the directory.
+    let shard = app.directory.place(merchant).await.map_err(|e| {
+        tracing::warn!(request_id = %id.0, merchant, "no shard for the merchant: {e}");
+        HostError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shard_unavailable",
+            "the merchant's shard cannot be determined right now; retry shortly",
+        )
+    })?;
     let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
     let span =
         invocation_span(&id.0, Some(merchant), &shard.name, &matched.component, component.short_digest());

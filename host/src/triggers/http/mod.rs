@@ -63,6 +63,8 @@ pub struct App {
     pub versions: Arc<Versions>,
     pub routes: RouteTable,
     pub shards: Arc<ShardSet>,
+    /// Which shard each merchant is on.
+    pub directory: Arc<crate::directory::Directory>,
     pub kv: Kv,
     pub broker: Broker,
     pub keys: KeyRing,
