@@ -38,6 +38,24 @@ async fn rows_of(host: &Host, shard: &str, payment: &str) -> Vec<(String, i64, S
         .collect()
 }
 
+/// The settlement states (`data.version`, `amount`) the log holds, in
+/// offset order.
+async fn logged_states(host: &Host) -> Vec<(i64, i64)> {
+    let log = host.events().await;
+    let values: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM records WHERE key LIKE 'stl_%' ORDER BY partition, \"offset\"")
+            .fetch_all(&log)
+            .await
+            .unwrap();
+    values
+        .iter()
+        .map(|v| {
+            let event: Value = serde_json::from_slice(v).unwrap();
+            (event["data"]["version"].as_i64().unwrap(), event["amount"].as_i64().unwrap())
+        })
+        .collect()
+}
+
 /// The event types the log holds for `key`, in offset order.
 async fn logged_types(host: &Host, key: &str) -> Vec<String> {
     let log = host.events().await;
@@ -217,16 +235,7 @@ async fn snapshots_waiting_together_coalesce_to_the_newest_and_payment_events_ne
     assert_eq!(wrong, 0, "a row superseded by anything but the newest, sent state of its aggregate");
 
     // The log holds the newest state alone and both payment events.
-    let log = host.events().await;
-    let values: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT value FROM records WHERE key LIKE 'stl_%' ORDER BY partition, \"offset\"")
-            .fetch_all(&log)
-            .await
-            .unwrap();
-    let states: Vec<i64> = values
-        .iter()
-        .map(|v| serde_json::from_slice::<Value>(v).unwrap()["data"]["version"].as_i64().unwrap())
-        .collect();
+    let states: Vec<i64> = logged_states(&host).await.iter().map(|(version, _)| *version).collect();
     assert_eq!(states, [9], "only the newest state went out");
     assert_eq!(logged_types(&host, "pay_coalesce").await, ["payment.authorized", "payment.voided"]);
 }
@@ -257,19 +266,7 @@ async fn settlement_states_reach_the_log_in_increasing_versions_ending_with_the_
 
     // The log holds increasing versions of the settlement, ending with the
     // state the table holds.
-    let log = host.events().await;
-    let values: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT value FROM records WHERE key LIKE 'stl_%' ORDER BY partition, \"offset\"")
-            .fetch_all(&log)
-            .await
-            .unwrap();
-    let states: Vec<(i64, i64)> = values
-        .iter()
-        .map(|v| {
-            let event: Value = serde_json::from_slice(v).unwrap();
-            (event["data"]["version"].as_i64().unwrap(), event["amount"].as_i64().unwrap())
-        })
-        .collect();
+    let states = logged_states(&host).await;
     assert_eq!(states.len() as i64, snapshots - superseded, "{states:?}");
     assert!(states.windows(2).all(|w| w[0].0 < w[1].0), "versions out of order: {states:?}");
     assert_eq!(states.last(), Some(&(version, net)), "the newest state went out last");
