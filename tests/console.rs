@@ -366,6 +366,40 @@ async fn operators_redrive_deploy_and_roll_back_from_the_console() {
         })
         .await;
     assert_eq!(host.active_digest("authorize").await, before);
+
+    // Merchants per shard, and merchant 1 moved from the page.
+    browser
+        .wait_text("#placement-body tr[data-shard='shard-2'] td.merchants", "merchant 1 on shard-2", |t| {
+            t == "1"
+        })
+        .await;
+    browser.find("#move-merchant").await.send_keys("1").await.unwrap();
+    browser.click("#move-to option[value='shard-1']").await;
+    browser.click_and_confirm("#move-form button[type='submit']").await;
+    browser.wait_text("#notice", "the move", |t| t.contains("move merchant 1 to shard-1: done")).await;
+    browser.wait_text("#moves-body tr[data-move='1'] td.step", "the move's step", |t| !t.is_empty()).await;
+    browser.screenshot("moving").await;
+    browser.wait_text("#moves-body tr[data-move='1'] td.step", "the move done", |t| t == "done").await;
+    browser
+        .wait_text(
+            "#placement-body tr[data-shard='shard-1'] td.merchants",
+            "merchants 1 and 2 on shard-1",
+            |t| t == "2",
+        )
+        .await;
+    browser
+        .wait_text("#placement-body tr[data-shard='shard-2'] td.merchants", "none left on shard-2", |t| {
+            t == "0"
+        })
+        .await;
+    browser.screenshot("moved").await;
+    host.merchant(1).authorize(900).await;
+    let mut shard1 = host.shard("shard-1").await;
+    assert!(
+        shard1.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 1").await > 1,
+        "its payments moved"
+    );
+    shard1.close().await;
     browser.close().await;
 }
 

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{ConnectOptions, Row};
-use support::{assert_money_invariants, manifest, Host, PAYFN};
+use std::sync::Arc;
+
+use support::{assert_money_invariants, manifest, on_backends, Backend, Host, PAYFN};
 
 /// Three SQLite shards: the two defaults plus `shard-3`.
 const THREE_SHARDS: &str = r#"
@@ -41,6 +43,14 @@ async fn directory(host: &Host) -> BTreeMap<i64, (String, String)> {
         .iter()
         .map(|row| (row.get::<i64, _>(0), (row.get(1), row.get(2))))
         .collect()
+}
+
+/// The directory's entries on any backend.
+async fn directory_entries(host: &Host) -> BTreeMap<i64, (String, String)> {
+    match &host.env {
+        Some(env) if env.backend != Backend::Embedded => env.directory().await,
+        _ => directory(host).await,
+    }
 }
 
 /// Replaces the host's runtime config (it takes effect at the next start).
@@ -74,14 +84,21 @@ fn refused_start(host: &Host) -> String {
     stderr
 }
 
-#[tokio::test]
-async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it() {
-    let mut host = Host::start_with(&manifest(""), "");
+/// The issue's scenario, on every backend: merchants 1-6 take payments on
+/// two shards, the operator adds `shard-3` and restarts, and every earlier
+/// payment is found and capturable; new merchants may land on shard-3.
+async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it(backend: Backend) {
+    let env = Arc::new(backend.env_with_shards(&["shard-1", "shard-2", "shard-3"]).await);
+    let (two, three) = match backend {
+        Backend::Embedded => (String::new(), THREE_SHARDS.to_string()),
+        _ => (env.runtime_config_of(&["shard-1", "shard-2"]), env.runtime_config()),
+    };
+    let mut host = Host::start_in(&manifest(""), &two, Some(env));
     let mut earlier = Vec::new();
     for merchant in 1..=6 {
         earlier.push((merchant, host.merchant(merchant).authorize(10_000 + merchant).await));
     }
-    let placed = directory(&host).await;
+    let placed = directory_entries(&host).await;
     for merchant in 1..=6 {
         let expected = if merchant % 2 == 0 { "shard-1" } else { "shard-2" };
         assert_eq!(placed[&merchant], (expected.to_string(), "placed".to_string()), "merchant {merchant}");
@@ -89,7 +106,7 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it() {
 
     // The operator adds shard-3 and restarts.
     host.kill();
-    set_runtime_config(&host, THREE_SHARDS);
+    set_runtime_config(&host, &three);
     let host = host.restart();
     for (merchant, payment) in &earlier {
         let reply = host.merchant(*merchant).post(&format!("/payments/{payment}/capture"), "{}").await;
@@ -99,7 +116,7 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it() {
     for merchant in 7..=12 {
         host.merchant(merchant).authorize(500).await;
     }
-    let placed = directory(&host).await;
+    let placed = directory_entries(&host).await;
     for merchant in 1..=6 {
         let expected = if merchant % 2 == 0 { "shard-1" } else { "shard-2" };
         assert_eq!(placed[&merchant].0, expected, "merchant {merchant} kept its shard");
@@ -111,8 +128,11 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it() {
     let mut shard3 = host.shard("shard-3").await;
     let on_shard3 = shard3.column("SELECT DISTINCT merchant_id FROM payments ORDER BY merchant_id").await;
     assert_eq!(on_shard3.iter().map(|c| c.i64()).collect::<Vec<_>>(), [8, 11]);
+    shard3.close().await;
     assert_money_invariants(&host, &["shard-1", "shard-2", "shard-3"]).await;
 }
+
+on_backends!(adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it);
 
 #[tokio::test]
 async fn merchants_of_a_deployment_older_than_the_directory_are_adopted_where_their_rows_are() {

@@ -19,6 +19,7 @@ mod keys;
 pub mod logging;
 pub mod manifest;
 mod metrics;
+pub mod moves;
 mod reconcile;
 mod retention;
 pub mod runtime_config;

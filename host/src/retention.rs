@@ -214,7 +214,13 @@ impl Table {
 /// oldest first, in `dialect`. Every form reads the time index from its
 /// start and stops after `limit` rows.
 fn statement(dialect: Dialect, table: Table, limit: u32) -> String {
-    let (name, filter, order, key) = (table.name(), table.filter(), table.order(), table.key());
+    let (name, order, key) = (table.name(), table.order(), table.key());
+    // A merchant being moved keeps its rows until the move is over: the
+    // move copies and verifies them (moves/copy.rs).
+    let filter = format!(
+        "{} AND NOT EXISTS (SELECT 1 FROM moving_merchants m WHERE m.merchant_id = {name}.merchant_id)",
+        table.filter()
+    );
     match dialect {
         Dialect::Sqlite => format!(
             "DELETE FROM {name} WHERE rowid IN \

@@ -43,6 +43,12 @@ pub struct Env {
 impl Backend {
     /// A fresh environment: databases created, broker started.
     pub async fn env(self) -> Env {
+        self.env_with_shards(super::SHARDS).await
+    }
+
+    /// A fresh environment with these shards (server backends: a database
+    /// each).
+    pub async fn env_with_shards(self, names: &[&str]) -> Env {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let tag = format!("payfn_t{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let server = match self {
@@ -61,7 +67,7 @@ impl Backend {
         drop_stale_databases(self).await;
         let port = if self == Backend::Mariadb { 3306 } else { 5432 };
         let mut shards = Vec::new();
-        for name in super::SHARDS {
+        for name in names {
             let db = format!("{tag}_{}", name.replace('-', "_"));
             admin(self, &format!("CREATE DATABASE {db}")).await;
             shards.push((name.to_string(), format!("{server}/{db}"), Proxy::start(port).await));
@@ -110,13 +116,20 @@ impl Backend {
 impl Env {
     /// The runtime config that points a host at this environment.
     pub fn runtime_config(&self) -> String {
+        let names: Vec<&str> = self.shards.iter().map(|(name, _, _)| name.as_str()).collect();
+        self.runtime_config_of(&names)
+    }
+
+    /// The runtime config that points a host at this environment with only
+    /// the shards `names` (server backends).
+    pub fn runtime_config_of(&self, names: &[&str]) -> String {
         let mut text = String::new();
         let backend = match self.backend {
             Backend::Embedded => return self.kafka.as_ref().map(Kafka::runtime_config).unwrap_or_default(),
             Backend::Mariadb => "mysql",
             Backend::Postgres => "postgres",
         };
-        for (name, url, proxy) in &self.shards {
+        for (name, url, proxy) in self.shards.iter().filter(|(name, _, _)| names.contains(&name.as_str())) {
             let url = through(url, proxy);
             text.push_str(&format!(
                 "[[shards]]\nname = \"{name}\"\nbackend = \"{backend}\"\nurl = \"{url}\"\nacquire_timeout_ms = 1000\n\n"
@@ -135,6 +148,25 @@ impl Env {
             text.push_str(&kafka.runtime_config());
         }
         text
+    }
+
+    /// The merchant directory's entries, merchant -> (shard, how), read
+    /// straight from the control store (server backends).
+    pub async fn directory(&self) -> std::collections::BTreeMap<i64, (String, String)> {
+        let (url, _) = self.control.as_ref().expect("a server control store");
+        let sql = "SELECT merchant_id, shard, how FROM merchant_directory";
+        let rows: Vec<(i64, String, String)> = match self.backend {
+            Backend::Mariadb => {
+                let mut c = sqlx::MySqlConnection::connect(url).await.expect("connect mariadb");
+                sqlx::query_as(sql).fetch_all(&mut c).await.expect("read the directory")
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url).await.expect("connect postgres");
+                sqlx::query_as(sql).fetch_all(&mut c).await.expect("read the directory")
+            }
+            Backend::Embedded => unreachable!("the embedded control store is a file"),
+        };
+        rows.into_iter().map(|(m, shard, how)| (m, (shard, how))).collect()
     }
 
     /// Cuts (true) or restores (false) the hosts' connections to the

@@ -35,6 +35,7 @@ fn expire(tick: &Tick) -> Result<String, ApiError> {
     let due = sql::query(
         &format!(
             "SELECT id, merchant_id FROM payments WHERE status = 'AUTHORIZED' AND created_at < ? \
+               AND NOT EXISTS (SELECT 1 FROM moving_merchants m WHERE m.merchant_id = payments.merchant_id) \
              ORDER BY created_at LIMIT ?{skip_locked}"
         ),
         &[cutoff.as_str().into(), i64::from(tick.batch_size).into()],

@@ -211,12 +211,17 @@ fn take_lease() -> Result<bool, ApiError> {
 }
 
 /// The oldest `limit` pending rows, in id order: a range of the
-/// `outbox_pending (published, dead_lettered, id)` index.
+/// `outbox_pending (published, dead_lettered, id)` index. Rows of a
+/// merchant whose events this shard holds back (`moving_merchants`: the
+/// other side of a move publishes them) are left alone.
 fn read_window(limit: u32) -> Result<Vec<Row>, ApiError> {
     let rows = sql::query(
         "SELECT id, event_id, aggregate_id, merchant_id, event_type, payload, traceparent, retry_count, \
                 next_attempt_at_ms \
-         FROM outbox WHERE published = 0 AND dead_lettered = 0 ORDER BY id LIMIT ?",
+         FROM outbox WHERE published = 0 AND dead_lettered = 0 \
+           AND NOT EXISTS (SELECT 1 FROM moving_merchants m \
+                           WHERE m.merchant_id = outbox.merchant_id AND m.hold_events = 1) \
+         ORDER BY id LIMIT ?",
         &[i64::from(limit).into()],
     )?;
     rows.iter()

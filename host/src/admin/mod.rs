@@ -25,6 +25,7 @@ mod console;
 mod dead_letters;
 mod failed_events;
 mod handlers;
+mod shards;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -108,6 +109,10 @@ pub fn router(admin: Arc<Admin>, config: &AdminConfig) -> Router {
         .route("/shards/{shard}/dead-letters/redrive", post(dead_letters::redrive))
         .route("/events/failed", get(failed_events::list))
         .route("/events/redrive", post(failed_events::redrive))
+        .route("/shards", get(shards::status))
+        .route("/shards/rebalance", get(shards::rebalance))
+        .route("/moves", post(shards::start))
+        .route("/moves/{id}", get(shards::one))
         .layer(DefaultBodyLimit::max(config.max_upload_mb.saturating_mul(1 << 20)))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), auth::layer))
         .with_state(admin);

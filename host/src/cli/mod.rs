@@ -1,6 +1,6 @@
 //! The command line: `payfn up`, `build`, `migrate`, `keys issue`,
 //! `reconcile`, and the admin API's `deploy`, `activate`, `rollback`,
-//! `versions`, `events`.
+//! `versions`, `events`, `shards`.
 
 mod admin_client;
 mod bench;
@@ -10,6 +10,7 @@ mod events;
 mod keys;
 mod migrate;
 mod reconcile;
+mod shards;
 mod up;
 
 pub use build::build_one;
@@ -60,6 +61,9 @@ enum Command {
     Events(events::EventsCommand),
     /// Load a running host with the seed's scenarios (open model).
     Bench(bench::BenchArgs),
+    /// The shard set: status, merchant moves, rebalancing.
+    #[command(subcommand)]
+    Shards(shards::ShardsCommand),
 }
 
 /// Where the application and its state live.
@@ -113,5 +117,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Versions(args) => deploy::versions(args).await,
         Command::Events(command) => events::run(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Shards(command) => shards::run(command).await,
     }
 }

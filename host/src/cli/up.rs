@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::keys::KeyRing;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
+use crate::moves::Mover;
 use crate::triggers::http::{self, App, RouteTable};
 use crate::triggers::kafka::{self, KafkaContext};
 use crate::triggers::timer::{self, TimerContext};
@@ -93,11 +94,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         address: address.to_string(),
         started_at: crate::versions::store::now_ms(),
     };
+    let mover = Mover::new(directory.clone(), identity.id.clone(), config.engine.timeout());
     let (versions, lines) = Versions::start(engine.clone(), control, kv.clone(), &manifest, identity).await?;
     for line in lines {
         banner!("  component       {} {}", line.component, line.text);
     }
-    versions.start_sync(config.control.sync_interval());
+    versions.start_sync(config.control.sync_interval(), directory.clone());
+    // Moves a stopped host left unfinished are taken over here.
+    mover.start_resuming();
     let _watcher = if args.watch { watch::start(manifest.clone(), versions.clone())? } else { None };
     let registry = versions.registry();
     let timers = TimerContext {
@@ -158,6 +162,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         routes,
         shards,
         directory,
+        mover,
         kv,
         broker,
         keys,

@@ -15,18 +15,35 @@
 //! placed. Invariant: once a merchant has an entry, every host routes it
 //! there; a host never routes a merchant by the rule without recording it
 //! first.
+//!
+//! A move (`crate::moves`) changes an entry: `moving` while its rows are
+//! copied, `frozen` for the cut-over, then `serving` on the new shard. Each
+//! host learns of it at its control-store sync ([`Directory::sync`]) and
+//! syncs fast while an entry is not `serving`. Every invocation holds its
+//! merchant's gate ([`Routed`]); freezing takes the gate exclusively, so a
+//! host acknowledges a freeze (checks in with its generation) only once no
+//! invocation of the merchant is running there. Invariant: after every
+//! live host acknowledged the freeze, nothing writes the merchant's rows
+//! through a host until the entry names its new shard.
 
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock as Gate};
 
 use crate::bindings::sql::Value;
 use crate::capabilities::sql::{Shard, ShardSet};
-use store::{DirectoryStore, How};
+pub use store::State;
+use store::{DirectoryStore, EntryRow, How};
+
+/// How long an invocation of a frozen merchant waits for its cut-over to
+/// end before it is refused (HTTP: 503 with `Retry-After`).
+pub const FROZEN_WAIT: Duration = Duration::from_millis(2_000);
 
 /// How often a shard whose merchants are not adopted yet (it was
 /// unreachable) is tried again, at most.
@@ -51,14 +68,45 @@ pub enum RouteError {
     /// Asked without placing (a consumed event), and the merchant has none.
     #[error("merchant {0} has no shard in the merchant directory")]
     Unplaced(i64),
+    /// The merchant is being moved and its cut-over outlasted [`FROZEN_WAIT`].
+    #[error("merchant {0} is being moved to another shard; retry shortly")]
+    Moving(i64),
+}
+
+/// One merchant's entry as this host knows it.
+struct Entry {
+    /// Its shard (index in the shard set) and state; requests waiting out
+    /// a cut-over watch it.
+    route: watch::Sender<(usize, State)>,
+    /// Held shared by every invocation of the merchant, exclusively by a
+    /// freeze (to wait for those in flight).
+    gate: Arc<Gate<()>>,
+}
+
+impl Entry {
+    fn new(index: usize, state: State) -> Arc<Self> {
+        Arc::new(Self { route: watch::Sender::new((index, state)), gate: Arc::new(Gate::new(())) })
+    }
+}
+
+/// Where an invocation of a merchant runs. Holding it keeps the merchant's
+/// cut-over from starting on this host: drop it when the invocation ends.
+pub struct Routed {
+    pub shard: Arc<Shard>,
+    _gate: OwnedRwLockReadGuard<()>,
 }
 
 /// The directory, as this host knows it, and the way to add to it.
 pub struct Directory {
     shards: Arc<ShardSet>,
     store: DirectoryStore,
-    /// merchant -> index in `shards`.
-    entries: RwLock<HashMap<i64, usize>>,
+    entries: RwLock<HashMap<i64, Arc<Entry>>>,
+    /// Merchants whose entry is not `serving` (while there are any, hosts
+    /// sync fast).
+    unsettled: Mutex<HashSet<i64>>,
+    /// The control generation of the last sync: every move's change up to
+    /// it is applied here (what this host acknowledges at check-in).
+    synced: AtomicI64,
     /// Shards not adopted yet, and when adopting them was last tried.
     unadopted: Mutex<(HashSet<usize>, Option<Instant>)>,
 }
@@ -99,6 +147,8 @@ impl Directory {
             shards,
             store,
             entries: RwLock::new(HashMap::new()),
+            unsettled: Mutex::new(HashSet::new()),
+            synced: AtomicI64::new(0),
             unadopted: Mutex::new((unadopted, None)),
         };
         directory.adopt_pending(true).await?;
@@ -115,34 +165,122 @@ impl Directory {
         self.len() == 0
     }
 
+    /// The shard set this host routes over.
+    pub fn shards(&self) -> &Arc<ShardSet> {
+        &self.shards
+    }
+
+    /// The directory's rows in the control store.
+    pub fn store(&self) -> &DirectoryStore {
+        &self.store
+    }
+
     /// Replaces the in-memory copy with the control store's entries.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        let generation = self.store.generation().await?;
         let mut entries = HashMap::new();
-        for (merchant, shard) in self.store.entries().await? {
+        let mut unsettled = HashSet::new();
+        for row in self.store.entries().await? {
             // Checked at start; a shard removed since is routed nowhere.
-            if let Some(index) = self.shards.index_of(&shard) {
-                entries.insert(merchant, index);
+            if let Some(index) = self.shards.index_of(&row.shard) {
+                entries.insert(row.merchant, Entry::new(index, row.state));
+                if row.state != State::Serving {
+                    unsettled.insert(row.merchant);
+                }
             }
         }
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = entries;
+        *self.unsettled.lock().unwrap_or_else(|p| p.into_inner()) = unsettled;
+        self.synced.fetch_max(generation, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Applies the entries moves changed since the last sync, and returns
+    /// the control generation this host now acknowledges. A merchant that
+    /// froze is acknowledged only once its invocations in flight here end.
+    pub async fn sync(&self) -> anyhow::Result<i64> {
+        let generation = self.store.generation().await?;
+        let since = self.synced.load(Ordering::SeqCst);
+        if generation > since {
+            for row in self.store.changed_since(since).await? {
+                self.apply(row).await;
+            }
+            self.synced.fetch_max(generation, Ordering::SeqCst);
+        }
+        Ok(self.synced.load(Ordering::SeqCst))
+    }
+
+    /// The control generation of the last sync.
+    pub fn synced_generation(&self) -> i64 {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Whether a merchant this host knows of is being moved (then the host
+    /// syncs fast: the cut-over waits for every host).
+    pub fn moving(&self) -> bool {
+        !self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    async fn apply(&self, row: EntryRow) {
+        let Some(index) = self.shards.index_of(&row.shard) else {
+            tracing::error!(merchant = row.merchant, shard = %row.shard, "the merchant directory moved a merchant to a shard this host's runtime config lacks; its requests fail until the config has it");
+            self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(&row.merchant);
+            return;
+        };
+        {
+            let mut unsettled = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+            if row.state == State::Serving {
+                unsettled.remove(&row.merchant);
+            } else {
+                unsettled.insert(row.merchant);
+            }
+        }
+        let entry = {
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            match entries.get(&row.merchant) {
+                Some(entry) => entry.clone(),
+                None => {
+                    entries.insert(row.merchant, Entry::new(index, row.state));
+                    return;
+                }
+            }
+        };
+        let before = *entry.route.borrow();
+        entry.route.send_replace((index, row.state));
+        if row.state == State::Frozen && before.1 != State::Frozen {
+            // Waits for the invocations that routed before the freeze.
+            let started = Instant::now();
+            drop(entry.gate.write().await);
+            tracing::info!(
+                merchant = row.merchant,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "merchant frozen for its move's cut-over"
+            );
+        } else if before != (index, row.state) {
+            tracing::info!(merchant = row.merchant, shard = %row.shard, state = row.state.as_str(), "merchant directory entry changed");
+        }
     }
 
     /// The shard of `merchant`, placing it first if it is new (a request:
     /// the only way a merchant comes into being).
-    pub async fn place(&self, merchant: i64) -> Result<Arc<Shard>, RouteError> {
-        if let Some(shard) = self.cached(merchant) {
-            return Ok(shard);
-        }
-        if let Some(shard) = self.read(merchant).await? {
-            return Ok(shard);
+    pub async fn place(&self, merchant: i64) -> Result<Routed, RouteError> {
+        let entry = match self.cached(merchant) {
+            Some(entry) => entry,
+            None => self.place_entry(merchant).await?,
+        };
+        self.enter(merchant, entry).await
+    }
+
+    async fn place_entry(&self, merchant: i64) -> Result<Arc<Entry>, RouteError> {
+        if let Some(entry) = self.read(merchant).await? {
+            return Ok(entry);
         }
         // Its rows may predate the directory on a shard not adopted yet.
         let legacy = self.shards.legacy(merchant);
         if self.is_unadopted(legacy) {
             self.adopt_pending(false).await.map_err(RouteError::Unavailable)?;
-            if let Some(shard) = self.read(merchant).await? {
-                return Ok(shard);
+            if let Some(entry) = self.read(merchant).await? {
+                return Ok(entry);
             }
             if self.is_unadopted(legacy) {
                 return Err(RouteError::NotAdopted(self.shards.get(legacy).name.clone()));
@@ -154,38 +292,62 @@ impl Directory {
         if &entry == name {
             tracing::info!(merchant, shard = %name, "merchant placed");
         }
-        self.remember(merchant, &entry)
+        // A new entry is `serving`; one another host placed may have been
+        // moved already: read back.
+        self.read(merchant).await?.ok_or(RouteError::Unplaced(merchant))
     }
 
     /// The shard of `merchant`, if the directory has it (a consumed event:
     /// its merchant was placed when its payment was written).
-    pub async fn resolve(&self, merchant: i64) -> Result<Arc<Shard>, RouteError> {
-        if let Some(shard) = self.cached(merchant) {
-            return Ok(shard);
-        }
-        self.read(merchant).await?.ok_or(RouteError::Unplaced(merchant))
+    pub async fn resolve(&self, merchant: i64) -> Result<Routed, RouteError> {
+        let entry = match self.cached(merchant) {
+            Some(entry) => entry,
+            None => self.read(merchant).await?.ok_or(RouteError::Unplaced(merchant))?,
+        };
+        self.enter(merchant, entry).await
     }
 
-    fn cached(&self, merchant: i64) -> Option<Arc<Shard>> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries.get(&merchant).map(|&index| self.shards.get(index).clone())
+    /// Takes `entry`'s gate, waiting out a cut-over for up to [`FROZEN_WAIT`].
+    async fn enter(&self, merchant: i64, entry: Arc<Entry>) -> Result<Routed, RouteError> {
+        let deadline = tokio::time::Instant::now() + FROZEN_WAIT;
+        let mut changes = entry.route.subscribe();
+        loop {
+            // The state is read under the gate: a freeze sets it, then
+            // waits for every holder, so a holder that read `serving` is
+            // waited for and a later one reads `frozen`.
+            let gate = entry.gate.clone().read_owned().await;
+            let (index, state) = *changes.borrow_and_update();
+            if state != State::Frozen {
+                return Ok(Routed { shard: self.shards.get(index).clone(), _gate: gate });
+            }
+            drop(gate);
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(RouteError::Moving(merchant)),
+            }
+        }
+    }
+
+    fn cached(&self, merchant: i64) -> Option<Arc<Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&merchant).cloned()
     }
 
     /// The control store's entry for `merchant`, remembered.
-    async fn read(&self, merchant: i64) -> Result<Option<Arc<Shard>>, RouteError> {
-        match self.store.entry(merchant).await.map_err(RouteError::Unavailable)? {
-            Some(shard) => self.remember(merchant, &shard).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn remember(&self, merchant: i64, shard: &str) -> Result<Arc<Shard>, RouteError> {
+    async fn read(&self, merchant: i64) -> Result<Option<Arc<Entry>>, RouteError> {
+        let Some(row) = self.store.entry(merchant).await.map_err(RouteError::Unavailable)? else {
+            return Ok(None);
+        };
         let index = self
             .shards
-            .index_of(shard)
-            .ok_or_else(|| RouteError::UnknownShard(merchant, shard.to_string()))?;
-        self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(merchant, index);
-        Ok(self.shards.get(index).clone())
+            .index_of(&row.shard)
+            .ok_or_else(|| RouteError::UnknownShard(merchant, row.shard.clone()))?;
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        // A sync may have put it there meanwhile; that one is newer.
+        let entry = entries.entry(merchant).or_insert_with(|| Entry::new(index, row.state)).clone();
+        if row.state != State::Serving {
+            self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).insert(merchant);
+        }
+        Ok(Some(entry))
     }
 
     fn is_unadopted(&self, index: usize) -> bool {

@@ -1,7 +1,7 @@
 //! The merchant directory's rows in the control store (the database every
 //! host of a deployment shares; `crate::versions::store`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use sqlx::{AnyPool, Row};
@@ -11,6 +11,52 @@ use crate::versions::store::{now_ms, ControlDialect, ControlStore};
 
 /// How often placing a merchant is tried before its request gets 503.
 const PLACE_TRIES: u64 = 3;
+
+/// Whether a merchant is being moved (docs/ARCHITECTURE.md "Merchant moves").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Served on its shard.
+    Serving,
+    /// Its rows are being copied to another shard; still served here, and
+    /// hosts sync fast so the cut-over is short.
+    Moving,
+    /// The cut-over: its invocations wait (or get 503) until it is served
+    /// on its new shard.
+    Frozen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Serving => "serving",
+            State::Moving => "moving",
+            State::Frozen => "frozen",
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "serving" => State::Serving,
+            "moving" => State::Moving,
+            "frozen" => State::Frozen,
+            other => anyhow::bail!("unknown merchant directory state `{other}`"),
+        })
+    }
+}
+
+/// One merchant's entry.
+#[derive(Debug, Clone)]
+pub struct EntryRow {
+    pub merchant: i64,
+    pub shard: String,
+    pub state: State,
+}
+
+fn entry_row(row: &sqlx::any::AnyRow) -> anyhow::Result<EntryRow> {
+    let state: String = row.try_get(2)?;
+    Ok(EntryRow { merchant: row.try_get(0)?, shard: row.try_get(1)?, state: State::parse(&state)? })
+}
 
 /// How a merchant got its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,23 +100,54 @@ impl DirectoryStore {
         }
     }
 
-    /// Every entry: merchant -> shard name.
-    pub async fn entries(&self) -> anyhow::Result<HashMap<i64, String>> {
-        let rows = sqlx::query("SELECT merchant_id, shard FROM merchant_directory")
+    /// The pool and its dialect (the moves' table shares it).
+    pub fn pool(&self) -> (&AnyPool, ControlDialect) {
+        (&self.pool, self.dialect)
+    }
+
+    /// The control generation now: read before [`changed_since`](Self::changed_since),
+    /// every entry change up to it is then seen (a move changes an entry
+    /// and bumps the generation in one transaction).
+    pub async fn generation(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT generation FROM control_generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the control generation")?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Every entry.
+    pub async fn entries(&self) -> anyhow::Result<Vec<EntryRow>> {
+        let rows = sqlx::query("SELECT merchant_id, shard, state FROM merchant_directory")
             .fetch_all(&self.pool)
             .await
             .context("reading the merchant directory")?;
-        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+        rows.iter().map(entry_row).collect()
     }
 
-    /// The shard `merchant` is on, if it has an entry.
-    pub async fn entry(&self, merchant: i64) -> anyhow::Result<Option<String>> {
-        let row = sqlx::query(&self.sql("SELECT shard FROM merchant_directory WHERE merchant_id = ?"))
-            .bind(merchant)
-            .fetch_optional(&self.pool)
-            .await
-            .with_context(|| format!("reading merchant {merchant}'s directory entry"))?;
-        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    /// The entries a move changed after `generation`.
+    pub async fn changed_since(&self, generation: i64) -> anyhow::Result<Vec<EntryRow>> {
+        let rows = sqlx::query(
+            &self
+                .sql("SELECT merchant_id, shard, state FROM merchant_directory WHERE changed_generation > ?"),
+        )
+        .bind(generation)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the merchant directory's changes")?;
+        rows.iter().map(entry_row).collect()
+    }
+
+    /// `merchant`'s entry, if it has one.
+    pub async fn entry(&self, merchant: i64) -> anyhow::Result<Option<EntryRow>> {
+        let row = sqlx::query(
+            &self.sql("SELECT merchant_id, shard, state FROM merchant_directory WHERE merchant_id = ?"),
+        )
+        .bind(merchant)
+        .fetch_optional(&self.pool)
+        .await
+        .with_context(|| format!("reading merchant {merchant}'s directory entry"))?;
+        row.as_ref().map(entry_row).transpose()
     }
 
     /// Records `merchant` on `shard` unless it has an entry already (another
@@ -99,7 +176,7 @@ impl DirectoryStore {
                 .execute(&self.pool)
                 .await;
             match (inserted, self.entry(merchant).await?) {
-                (_, Some(shard)) => return Ok(shard),
+                (_, Some(entry)) => return Ok(entry.shard),
                 // A deadlock or a lost connection: again, a few times.
                 (Err(e), None) if tries >= PLACE_TRIES => {
                     return Err(e).with_context(|| format!("placing merchant {merchant} on shard {shard}"))

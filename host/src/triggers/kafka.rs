@@ -35,7 +35,7 @@ use crate::bindings::sql::{Dialect, Error as SqlError, Value};
 use crate::capabilities::kafka::{Broker, Record, Subscription};
 use crate::capabilities::kv::Kv;
 use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
-use crate::directory::{Directory, RouteError};
+use crate::directory::{Directory, RouteError, Routed};
 use crate::engine::{Bindings, Engine, InvokeError, LoadedComponent};
 use crate::logging::invocation_span;
 use crate::manifest::KafkaTrigger;
@@ -148,6 +148,10 @@ impl Consumer {
     /// [`flush_runs`](Self::flush_runs).
     async fn deliver_batch(&self, records: &[Record]) {
         let mut runs: Vec<(Arc<Shard>, Vec<&Record>)> = Vec::new();
+        // The runs' merchants, routed: held until the runs are flushed (a
+        // move's cut-over waits for them), one hold per merchant (a second
+        // behind a queued freeze would wait for the first).
+        let mut held: HashMap<i64, Routed> = HashMap::new();
         for record in records {
             if !self.trigger.wants(header(record, "event-type")) {
                 continue;
@@ -155,15 +159,27 @@ impl Consumer {
             let Ok((_, merchant)) = Self::route(record) else {
                 // Poison: dead-lettered on its own, at its place in the order.
                 self.flush_runs(&mut runs).await;
+                held.clear();
                 self.deliver(record).await;
                 continue;
             };
-            let Ok(shard) = self.shard_of(merchant).await else {
-                // Not in the directory (or it is unreachable): on its own,
-                // where that is dead-lettered (or waited out).
-                self.flush_runs(&mut runs).await;
-                self.deliver(record).await;
-                continue;
+            let shard = match held.get(&merchant) {
+                Some(routed) => routed.shard.clone(),
+                None => match self.shard_of(merchant).await {
+                    Ok(routed) => {
+                        let shard = routed.shard.clone();
+                        held.insert(merchant, routed);
+                        shard
+                    }
+                    Err(_) => {
+                        // Not in the directory, unreachable, or moving: on
+                        // its own, where that is dead-lettered (or waited out).
+                        self.flush_runs(&mut runs).await;
+                        held.clear();
+                        self.deliver(record).await;
+                        continue;
+                    }
+                },
             };
             match runs.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &shard)) {
                 Some((_, run)) => run.push(record),
@@ -311,11 +327,11 @@ impl Consumer {
                 // Its failed statement may have ended the transaction
                 // (PostgreSQL): recorded now, so a failure is its own.
                 Ok(Invoked { failed_statements: true }) => {
-                    let part_ids: Vec<String> = part.iter().map(|&at| ids[at].0.clone()).collect();
+                    let part_ids: Vec<(String, i64)> = part.iter().map(|&at| ids[at].clone()).collect();
                     self.record(&mut tx, &part_ids, true).await.map_err(|e| (None, e))
                 }
                 Ok(Invoked { failed_statements: false }) => {
-                    to_record.extend(part.iter().map(|&at| ids[at].0.clone()));
+                    to_record.extend(part.iter().map(|&at| ids[at].clone()));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -364,7 +380,9 @@ impl Consumer {
         };
         // The wait on a transient failure is kept per shard.
         let shard = match Self::route(record) {
-            Ok((_, merchant)) => self.shard_of(merchant).await.map(|s| s.name.clone()).unwrap_or_default(),
+            Ok((_, merchant)) => {
+                self.shard_of(merchant).await.map(|r| r.shard.name.clone()).unwrap_or_default()
+            }
             Err(_) => String::new(),
         };
         let mut failures = 0;
@@ -397,16 +415,16 @@ impl Consumer {
     /// One record in a transaction of its own: a share of one.
     async fn handle(&self, record: &Record) -> Result<(), Failure> {
         let (_, merchant) = Self::route(record)?;
-        let shard = self.shard_of(merchant).await?;
-        self.handle_run(&shard, &[record]).await.map_err(|failed| failed.error)
+        let routed = self.shard_of(merchant).await?;
+        self.handle_run(&routed.shard, &[record]).await.map_err(|failed| failed.error)
     }
 
     /// The shard the merchant directory has `merchant` on. A directory that
     /// cannot be read is waited out; a merchant it lacks can never be
     /// handled (its events were not written by a payment step).
-    async fn shard_of(&self, merchant: i64) -> Result<Arc<Shard>, Failure> {
+    async fn shard_of(&self, merchant: i64) -> Result<Routed, Failure> {
         self.context.directory.resolve(merchant).await.map_err(|e| match e {
-            RouteError::Unavailable(_) => Failure::Transient(e.to_string()),
+            RouteError::Unavailable(_) | RouteError::Moving(_) => Failure::Transient(e.to_string()),
             _ => Failure::Poison(e.to_string()),
         })
     }
@@ -484,22 +502,23 @@ impl Consumer {
     async fn record(
         &self,
         tx: &mut ShardTx,
-        ids: &[String],
+        ids: &[(String, i64)],
         component_failed_statements: bool,
     ) -> Result<(), Failure> {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         for chunk in ids.chunks(ID_CHUNK) {
             let sql = format!(
-                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {}",
-                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+                "INSERT INTO processed_events (consumer, event_id, processed_at, merchant_id) VALUES {}",
+                vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
             );
             let params = chunk
                 .iter()
-                .flat_map(|id| {
+                .flat_map(|(id, merchant)| {
                     [
                         Value::Text(self.trigger.group.clone()),
                         Value::Text(id.clone()),
                         Value::Text(now.clone()),
+                        Value::Int64(*merchant),
                     ]
                 })
                 .collect();
@@ -645,11 +664,17 @@ impl Consumer {
         let text = |name| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
         let merchant: Option<i64> = text("merchant-id").and_then(|m| m.parse().ok());
         let placed = match merchant {
-            Some(merchant) => self.context.directory.resolve(merchant).await.ok(),
+            // A moving merchant's row waits for its new shard.
+            Some(merchant) => loop {
+                match self.context.directory.resolve(merchant).await {
+                    Err(RouteError::Moving(_)) => continue,
+                    routed => break routed.ok(),
+                }
+            },
             None => None,
         };
         let shard = match &placed {
-            Some(shard) => shard,
+            Some(routed) => &routed.shard,
             None => self.context.shards.iter().next().expect("a shard set has a shard"),
         };
         let event_id = text("event-id").filter(|id| id.len() <= 255).map(sanitize);

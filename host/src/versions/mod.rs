@@ -66,6 +66,10 @@ pub struct Versions {
     applied: tokio::sync::Mutex<i64>,
     /// What the sync rounds saw, for the metrics.
     seen: SyncSeen,
+    /// The merchant directory, synced in the same rounds (set by
+    /// [`start_sync`](Self::start_sync)); a check-in acknowledges its
+    /// generation too.
+    directory: std::sync::OnceLock<Arc<crate::directory::Directory>>,
 }
 
 /// The latest generation read from the control store, the one this host
@@ -114,6 +118,7 @@ impl Versions {
             standby: Mutex::default(),
             applied: tokio::sync::Mutex::new(0),
             seen: SyncSeen::default(),
+            directory: std::sync::OnceLock::new(),
         };
         let generation = versions.store.generation().await?;
         let active: HashMap<String, ActiveRecord> =

@@ -2,16 +2,25 @@
 //! the control generation every `[control] sync_interval_ms` and, when it
 //! moved, applies every active record newer than what it serves. It also
 //! checks in, so `payfn versions` can say which hosts serve which change.
+//! The merchant directory syncs in the same round; while a merchant is
+//! being moved the rounds come every [`MOVING_INTERVAL`], so a cut-over
+//! is acknowledged and ended within a few of them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{now_ms, HostRecord, HostStats};
 use super::Versions;
+use crate::directory::Directory;
+
+/// The sync interval while a merchant this host knows of is being moved.
+pub const MOVING_INTERVAL: Duration = Duration::from_millis(25);
 
 impl Versions {
-    /// Starts the sync task; it runs until the process ends.
-    pub fn start_sync(self: &Arc<Self>, interval: Duration) {
+    /// Starts the sync task (versions and the merchant `directory`); it
+    /// runs until the process ends.
+    pub fn start_sync(self: &Arc<Self>, interval: Duration, directory: Arc<Directory>) {
+        let _ = self.directory.set(directory);
         let versions = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
@@ -29,7 +38,8 @@ impl Versions {
                     }
                     Err(e) => tracing::debug!("control store sync still failing: {e:#}"),
                 }
-                tokio::time::sleep(interval).await;
+                let moving = versions.directory.get().is_some_and(|d| d.moving());
+                tokio::time::sleep(if moving { interval.min(MOVING_INTERVAL) } else { interval }).await;
             }
         });
     }
@@ -52,13 +62,22 @@ impl Versions {
             }
             *applied
         };
+        if let Some(directory) = self.directory.get() {
+            directory.sync().await?;
+        }
         self.synced(served);
         self.check_in(served).await
     }
 
     /// Records in the control store that this host serves `generation`,
-    /// with its per-version figures.
+    /// with its per-version figures. The generation acknowledged is no
+    /// newer than the directory's last sync: a move's cut-over waits for
+    /// every host to acknowledge its freeze.
     pub(super) async fn check_in(&self, generation: i64) -> anyhow::Result<()> {
+        let generation = match self.directory.get() {
+            Some(directory) => generation.min(directory.synced_generation()),
+            None => generation,
+        };
         self.store
             .check_in(&HostRecord {
                 host_id: self.host.id.clone(),

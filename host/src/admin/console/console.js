@@ -147,6 +147,7 @@ async function refresh() {
     renderComponents(listing);
     renderTraffic(listing);
     renderShards(status);
+    renderPlacement(await api("GET", "/shards"));
     await renderDeadLetters(status);
     renderBackends(status);
     renderConsumers(status);
@@ -339,6 +340,45 @@ function renderShards(status) {
   }), "no shards");
 }
 
+/// Merchants, payments and size per shard, the move form's targets, and
+/// the moves (in progress first).
+function renderPlacement(answer) {
+  const size = (bytes) => (bytes < 0 ? "–" : bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`);
+  replaceRows($("placement-body"), answer.shards.map((s) => el("tr", { "data-shard": s.name },
+    el("td", {}, el("strong", {}, s.name), el("div", { class: "muted" }, s.dialect)),
+    el("td", { class: "num merchants" }, num(s.merchants)),
+    el("td", { class: "num" }, s.payments < 0 ? "unreachable" : num(s.payments)),
+    el("td", { class: "num" }, size(s.bytes)),
+    el("td", {}, s.acceptNew ? `yes (weight ${s.weight})` : "no"))), "no shards");
+  const select = $("move-to");
+  const names = answer.shards.map((s) => s.name);
+  if (JSON.stringify(names) !== state.drawn.moveTargets) {
+    state.drawn.moveTargets = JSON.stringify(names);
+    select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  }
+  const inProgress = new Set(answer.moving.map((m) => m.id));
+  const moves = [...answer.moving, ...answer.moves.filter((m) => !inProgress.has(m.id))];
+  replaceRows($("moves-body"), moves.map((m) => el("tr", { "data-move": m.id, class: inProgress.has(m.id) ? "moving" : "" },
+    el("td", {}, `#${m.id}`), el("td", { class: "num" }, m.merchant), el("td", {}, m.from), el("td", {}, m.to),
+    el("td", { class: `step ${m.step}` }, m.step), el("td", { class: "num" }, num(m.rowsCopied)),
+    el("td", { class: "num" }, m.pauseMs ?? "–"), el("td", {}, new Date(m.startedAt).toLocaleString("en-GB")),
+    el("td", { class: "muted" }, m.detail || ""))), "no moves yet");
+}
+
+function wireMoveForm() {
+  $("move-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const merchant = Number($("move-merchant").value);
+    const to = $("move-to").value;
+    if (!merchant || !to) return;
+    if (!confirm(`Move merchant ${merchant} to ${to}? Its writes pause for the cut-over (under a second).`)) return;
+    act(`move merchant ${merchant} to ${to}`, async () => {
+      const record = await postJson("/moves", { merchant, to });
+      return `move #${record.id} started`;
+    });
+  });
+}
+
 async function renderDeadLetters(status) {
   const shards = status.shards.filter((s) => s.outbox && s.outbox.dead_lettered > 0);
   const lists = await Promise.all(shards.map((s) => api("GET", `/shards/${encodeURIComponent(s.name)}/dead-letters?limit=100`)));
@@ -463,6 +503,7 @@ document.addEventListener("DOMContentLoaded", () => {
     signIn($("token").value.trim());
   });
   $("sign-out").addEventListener("click", () => showSignIn(""));
+  wireMoveForm();
   document.addEventListener("visibilitychange", () => { if (!document.hidden && state.token) refresh(); });
   if (state.token) signIn(state.token); else showSignIn("");
 });

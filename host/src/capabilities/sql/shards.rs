@@ -326,6 +326,12 @@ impl ShardSet {
         merchant_id.rem_euclid(self.shards.len() as i64) as usize
     }
 
+    /// The placement weight of the shard at `index`: 0 unless it takes new
+    /// merchants (what a rebalance aims the shards' loads at).
+    pub fn weight_for_new(&self, index: usize) -> u64 {
+        self.open_to_new.iter().find(|(i, _)| *i == index).map_or(0, |(_, w)| *w)
+    }
+
     /// `[routing] pins`, as (merchant, shard index).
     pub fn pins(&self) -> &[(i64, usize)] {
         &self.pins

@@ -24,6 +24,7 @@ use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
 use crate::capabilities::sql::{Shard, ShardTx};
+use crate::directory::RouteError;
 use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
 use crate::logging::invocation_span;
 
@@ -85,15 +86,28 @@ async fn run(
     // if a deploy swaps another one in meanwhile.
     let component = slot.pick(merchant.to_string().as_bytes());
     // A merchant's first request places it in the directory.
-    let shard = app.directory.place(merchant).await.map_err(|e| {
-        tracing::warn!(request_id = %id.0, merchant, "no shard for the merchant: {e}");
-        HostError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shard_unavailable",
-            "the merchant's shard cannot be determined right now; retry shortly",
-        )
+    // Held to the end of the request: a move's cut-over waits for it.
+    let routed = app.directory.place(merchant).await.map_err(|e| match e {
+        RouteError::Moving(_) => {
+            tracing::info!(request_id = %id.0, merchant, "refused during the merchant's move: {e}");
+            HostError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "merchant_moving",
+                "the merchant is being moved to another shard; retry after the Retry-After delay",
+            )
+            .retry_after(1)
+        }
+        e => {
+            tracing::warn!(request_id = %id.0, merchant, "no shard for the merchant: {e}");
+            HostError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shard_unavailable",
+                "the merchant's shard cannot be determined right now; retry shortly",
+            )
+        }
     })?;
-    let call = Call { app, id, matched, merchant, component: &component, shard: &shard };
+    let shard = &routed.shard;
+    let call = Call { app, id, matched, merchant, component: &component, shard };
     let span =
         invocation_span(&id.0, Some(merchant), &shard.name, &matched.component, component.short_digest());
     // The trace the caller started, if it sent one (telemetry.rs).

@@ -11,11 +11,19 @@ pub struct HostError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header, if the client should come back.
+    pub retry_after: Option<u32>,
 }
 
 impl HostError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// Asks the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The response, with `request_id` in the envelope.
@@ -31,6 +39,9 @@ impl HostError {
         });
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+        }
         response
     }
 }

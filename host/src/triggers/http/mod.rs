@@ -65,6 +65,8 @@ pub struct App {
     pub shards: Arc<ShardSet>,
     /// Which shard each merchant is on.
     pub directory: Arc<crate::directory::Directory>,
+    /// Starts and drives merchant moves.
+    pub mover: Arc<crate::moves::Mover>,
     pub kv: Kv,
     pub broker: Broker,
     pub keys: KeyRing,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The cut-over pause and copy rate of an online merchant move (issue 18,
+# docs/BENCHMARKS.md "Merchant moves"): BACKEND=embedded|mariadb|postgres
+# (see host.sh).
+#
+#   [BACKEND=...] [PAYMENTS=100000] [RATE=800] [LOAD_RATE=200] infra/bench/move.sh
+#
+# 1. Merchant 1 (placed on shard-2) takes about PAYMENTS authorize+capture
+#    iterations (`payfn bench --merchants 1` at RATE/s).
+# 2. It moves to shard-1 with no other load: `payfn shards move` prints the
+#    steps, the rows copied and the writes' pause (frozen until switched).
+# 3. It moves back to shard-2 while `payfn bench` offers LOAD_RATE/s of
+#    authorize+capture over merchants 1-100 (itself included): the pause
+#    under load, and the load's errors (only merchant 1's bounded 503s may
+#    be among them).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+payments=${PAYMENTS:-100000} rate=${RATE:-800} load_rate=${LOAD_RATE:-200}
+# shellcheck source=infra/bench/host.sh
+source infra/bench/host.sh
+bench_start_host
+payfn=${PAYFN:-./target/release/payfn}
+admin=(--admin-url "$url" "${app_args[@]}")
+secs=$(( (payments + rate - 1) / rate ))
+echo "== merchant 1: ~$payments payments (authorize+capture at $rate/s for ${secs}s)"
+"$payfn" bench --url "$url" "${app_args[@]}" --scenario authorize-capture --rate "$rate" \
+  --duration "${secs}s" --merchants 1 | grep -E "requests in|iterations|dropped" || true
+"$payfn" shards status "${admin[@]}"
+echo "== move merchant 1 to shard-1, no other load"
+started=$(date +%s.%N)
+"$payfn" shards move --merchant 1 --to shard-1 "${admin[@]}"
+echo "move took $(echo "$(date +%s.%N) - $started" | bc) s"
+echo "== move merchant 1 back to shard-2 under $load_rate it/s over merchants 1-100"
+"$payfn" bench --url "$url" "${app_args[@]}" --scenario authorize-capture --rate "$load_rate" \
+  --duration 60s --merchants 100 > "$state/load.out" 2>&1 &
+load=$!
+sleep 5
+started=$(date +%s.%N)
+"$payfn" shards move --merchant 1 --to shard-2 "${admin[@]}"
+echo "move took $(echo "$(date +%s.%N) - $started" | bc) s"
+wait "$load" || true
+grep -E "requests in|errors|status" "$state/load.out" || cat "$state/load.out"
+"$payfn" shards status "${admin[@]}"

@@ -1,0 +1,332 @@
+//! Online merchant moves (issue 18): `payfn shards move` takes one
+//! merchant's rows to another shard while the host serves; nothing is lost
+//! or doubled (rows, events, settlement), other merchants never notice, the
+//! moving merchant sees only bounded 503s, and a host killed at any step of
+//! a move finishes it after its restart.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    assert_acknowledged_committed, assert_money_invariants, count, on_backends, settled, wait_for, Backend,
+    Host, SHARDS,
+};
+
+/// Every table a merchant has rows in, as the move copies them.
+const TABLES: [&str; 7] = [
+    "payments",
+    "refunds",
+    "ledger_entries",
+    "outbox",
+    "idempotency_keys",
+    "settlements",
+    "processed_events",
+];
+
+/// How long the relay and settlement get to drain.
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// `merchant`'s rows per table on `shard`.
+async fn rows_of(host: &Host, shard: &str, merchant: i64) -> Vec<(String, i64)> {
+    let mut db = host.shard(shard).await;
+    let mut out = Vec::new();
+    for table in TABLES {
+        let filter = if table == "processed_events" {
+            format!(
+                "merchant_id = {merchant} OR (merchant_id IS NULL AND event_id IN \
+                 (SELECT event_id FROM outbox WHERE merchant_id = {merchant}))"
+            )
+        } else {
+            format!("merchant_id = {merchant}")
+        };
+        out.push((table.to_string(), db.i64(&format!("SELECT COUNT(*) FROM {table} WHERE {filter}")).await));
+    }
+    db.close().await;
+    out
+}
+
+/// A merchant's business: payments captured, refunded and voided, some
+/// with idempotency keys. Returns an authorized payment left open and an
+/// idempotency key used.
+async fn business(host: &Host, merchant: i64, rounds: i64) -> (String, String) {
+    let m = host.merchant(merchant);
+    for i in 0..rounds {
+        let id = m.authorize(20_000 + i).await;
+        assert_eq!(m.post(&format!("/payments/{id}/capture"), r#"{"amount":15000}"#).await.status, 200);
+        if i % 3 == 0 {
+            assert_eq!(m.post(&format!("/payments/{id}/refund"), r#"{"amount":2000}"#).await.status, 200);
+        }
+        if i % 4 == 0 {
+            let voided = m.authorize(700).await;
+            assert_eq!(m.post(&format!("/payments/{voided}/void"), "{}").await.status, 200);
+        }
+    }
+    let key = format!("order-{merchant}-1");
+    let body = r#"{"amount":4200,"currency":"KRW"}"#;
+    let first = m.send("POST", "/payments/authorize", Some(body), &[("Idempotency-Key", &key)]).await;
+    assert_eq!(first.status, 201, "{}", first.json());
+    (first.json()["id"].as_str().expect("id").to_string(), key)
+}
+
+/// The move, through `payfn shards move`; its final record.
+async fn move_merchant(host: &Host, merchant: i64, to: &str) -> Value {
+    let out =
+        host.admin(&["shards", "move", "--merchant", &merchant.to_string(), "--to", to, "--json"]).await;
+    assert!(out.ok, "payfn shards move failed:\n{}\n{}", out.stdout, out.stderr);
+    serde_json::from_str(&out.stdout).expect("the move's JSON")
+}
+
+/// `payfn shards status --json`.
+async fn status(host: &Host) -> Value {
+    let out = host.admin(&["shards", "status", "--json"]).await;
+    assert!(out.ok, "payfn shards status failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("status JSON")
+}
+
+/// Every event the relays published, as (records, distinct records).
+async fn published(host: &Host, expected: usize) -> (i64, i64) {
+    if let Some(kafka) = host.env.as_ref().and_then(|env| env.kafka.as_ref()) {
+        let records = kafka.read_all("payments", expected).await;
+        let distinct: std::collections::HashSet<&Vec<u8>> = records.iter().map(|(_, v, _)| v).collect();
+        return (records.len() as i64, distinct.len() as i64);
+    }
+    let log = host.events().await;
+    sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT value) FROM records WHERE topic = 'payments'")
+        .fetch_one(&log)
+        .await
+        .expect("read the event log")
+}
+
+/// A merchant with payments, refunds, voids, idempotency records, events
+/// and settlements moves from shard-2 to shard-1: every row goes across and
+/// none stays behind, its payments go on being served, every event is
+/// published exactly once, settlement agrees with the payments, and the
+/// other merchant of the shard is untouched.
+async fn a_moved_merchant_keeps_every_row_and_event(backend: Backend) {
+    let host = backend.start().await;
+    // Odd merchants are placed on shard-2.
+    let (open, key) = business(&host, 3, 12).await;
+    business(&host, 5, 4).await;
+    wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
+    let before = rows_of(&host, "shard-2", 3).await;
+    let neighbour = rows_of(&host, "shard-2", 5).await;
+    assert!(before.iter().all(|(table, n)| *n > 0 || table == "processed_events"), "{before:?}");
+
+    let record = move_merchant(&host, 3, "shard-1").await;
+    assert_eq!(record["step"], "done", "{record}");
+    assert!(record["pauseMs"].as_i64().is_some_and(|ms| ms >= 0), "{record}");
+
+    assert_eq!(rows_of(&host, "shard-1", 3).await, before, "every row on the new shard");
+    assert!(rows_of(&host, "shard-2", 3).await.iter().all(|(_, n)| *n == 0), "none left behind");
+    assert_eq!(rows_of(&host, "shard-2", 5).await, neighbour, "the neighbour is untouched");
+    for shard in SHARDS {
+        let mut db = host.shard(shard).await;
+        assert_eq!(db.i64("SELECT COUNT(*) FROM moving_merchants").await, 0, "{shard}: fences lifted");
+        db.close().await;
+    }
+
+    // Served on shard-1 now: reads, a capture, an idempotent replay.
+    let m = host.merchant(3);
+    assert_eq!(m.get(&format!("/payments/{open}")).await.status, 200);
+    let replay = m
+        .send(
+            "POST",
+            "/payments/authorize",
+            Some(r#"{"amount":4200,"currency":"KRW"}"#),
+            &[("Idempotency-Key", &key)],
+        )
+        .await;
+    assert_eq!(replay.json()["id"], open.as_str(), "the idempotency record moved with the merchant");
+    assert_eq!(m.post(&format!("/payments/{open}/capture"), "{}").await.status, 200);
+    let after_move = m.authorize(3_300).await;
+    let mut db = host.shard("shard-1").await;
+    assert_eq!(db.i64(&format!("SELECT COUNT(*) FROM payments WHERE id = '{after_move}'")).await, 1);
+    db.close().await;
+
+    // Settlement continues on the new shard; every event once.
+    wait_for(DRAIN, "settlement to catch up after the move", || settled(&host, SHARDS)).await;
+    let sent = support::outbox_rows_sent(&host, SHARDS).await;
+    assert_eq!(published(&host, sent as usize).await, (sent, sent), "every event published exactly once");
+    assert_money_invariants(&host, SHARDS).await;
+
+    // The directory and the status agree.
+    let status = status(&host).await;
+    let merchants: Vec<(String, i64)> = status["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s["merchants"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(merchants, [("shard-1".to_string(), 1), ("shard-2".to_string(), 1)], "{status}");
+    assert_eq!(status["moves"][0]["step"], "done", "{status}");
+}
+
+on_backends!(a_moved_merchant_keeps_every_row_and_event);
+
+/// Moving is refused with a reason: to the shard the merchant is on, to a
+/// shard the config lacks, a merchant never served.
+#[tokio::test]
+async fn a_move_that_cannot_be_made_is_refused() {
+    let host = Host::start();
+    host.merchant(1).authorize(1_000).await; // shard-2
+    for (args, expected) in [
+        (["--merchant", "1", "--to", "shard-2"], "already"),
+        (["--merchant", "1", "--to", "shard-9"], "no shard named `shard-9`"),
+        (["--merchant", "77", "--to", "shard-1"], "has never been served"),
+    ] {
+        let out = host.admin(&[&["shards", "move"][..], &args[..]].concat()).await;
+        assert!(!out.ok, "{args:?} was accepted: {}", out.stdout);
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+    }
+}
+
+/// Load on other merchants and on the moving one while it moves: the
+/// others never fail; the moving merchant gets only 503 `merchant_moving`
+/// with `Retry-After`, and every change it was told of is stored.
+async fn a_move_under_load(backend: Backend) {
+    let host = Arc::new(backend.start().await);
+    business(&host, 3, 30).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let others_failed = Arc::new(AtomicU64::new(0));
+    let others_done = Arc::new(AtomicU64::new(0));
+    let mut others = Vec::new();
+    for merchant in [2, 4, 5, 7] {
+        let (host, stop, failed, done) =
+            (host.clone(), stop.clone(), others_failed.clone(), others_done.clone());
+        others.push(tokio::spawn(async move {
+            let m = host.merchant(merchant);
+            while !stop.load(Ordering::SeqCst) {
+                let reply = m.post("/payments/authorize", r#"{"amount":1234,"currency":"KRW"}"#).await;
+                if reply.status == 201 {
+                    let id = reply.json()["id"].as_str().unwrap_or_default().to_string();
+                    if m.post(&format!("/payments/{id}/capture"), "{}").await.status == 200 {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                }
+                failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // The moving merchant's own load: what it was told, and its refusals.
+    let acked: support::Acknowledged = Default::default();
+    let refused = Arc::new(std::sync::Mutex::new(Vec::<(u16, String, Option<String>)>::new()));
+    let own = {
+        let (host, stop, acked, refused) = (host.clone(), stop.clone(), acked.clone(), refused.clone());
+        tokio::spawn(async move {
+            let m = host.merchant(3);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let body = format!(r#"{{"amount":{},"currency":"KRW"}}"#, 5_000 + i);
+                let reply = m.post("/payments/authorize", &body).await;
+                if reply.status != 201 {
+                    refused.lock().unwrap().push((
+                        reply.status,
+                        reply.code(),
+                        reply.header("retry-after").map(str::to_string),
+                    ));
+                    continue;
+                }
+                let id = reply.json()["id"].as_str().unwrap_or_default().to_string();
+                acked.lock().unwrap().insert(id.clone(), (5_000 + i, false));
+                let reply = m.post(&format!("/payments/{id}/capture"), "{}").await;
+                if reply.status == 200 {
+                    acked.lock().unwrap().insert(id, (5_000 + i, true));
+                } else {
+                    refused.lock().unwrap().push((
+                        reply.status,
+                        reply.code(),
+                        reply.header("retry-after").map(str::to_string),
+                    ));
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let record = move_merchant(&host, 3, "shard-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for task in others {
+        task.await.expect("other merchants' load");
+    }
+    own.await.expect("the moving merchant's load");
+
+    assert_eq!(record["step"], "done", "{record}");
+    assert_eq!(others_failed.load(Ordering::SeqCst), 0, "other merchants saw failures");
+    assert!(others_done.load(Ordering::SeqCst) > 10, "the other merchants' load ran");
+    for (status, code, retry_after) in refused.lock().unwrap().iter() {
+        assert_eq!((*status, code.as_str()), (503, "merchant_moving"), "only bounded 503s for the mover");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    assert_acknowledged_committed(&host, &acked, 5).await;
+    let mut old = host.shard("shard-2").await;
+    assert_eq!(old.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 3").await, 0);
+    old.close().await;
+    wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
+    assert_money_invariants(&host, SHARDS).await;
+    eprintln!(
+        "move under load: pause {} ms, {} rows, {} refusals for the mover",
+        record["pauseMs"],
+        record["rowsCopied"],
+        refused.lock().unwrap().len()
+    );
+}
+
+on_backends!(a_move_under_load);
+
+/// The host is killed (SIGKILL) with a move parked at each step; the host
+/// started again takes the move over and ends it, nothing lost or doubled.
+#[tokio::test]
+async fn a_move_killed_at_each_step_ends_after_a_restart() {
+    for stall in ["copying after a round", "frozen", "frozen after the last copy", "cleanup"] {
+        let mut host = Host::start_with_env(&support::manifest(""), "", &[("PAYFN_MOVE_STALL_AT", stall)]);
+        let (open, _) = business(&host, 3, 6).await;
+        business(&host, 5, 2).await;
+        wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
+        let before = rows_of(&host, "shard-2", 3).await;
+        let out = host
+            .admin(&["shards", "move", "--merchant", "3", "--to", "shard-1", "--no-wait", "--json"])
+            .await;
+        assert!(out.ok, "{}", out.stderr);
+        let id = serde_json::from_str::<Value>(&out.stdout).expect("move JSON")["id"].as_i64().expect("id");
+        let step = stall.split(' ').next().unwrap_or_default();
+        wait_for(Duration::from_secs(30), &format!("the move to reach `{stall}`"), || async {
+            let status = status(&host).await;
+            status["moving"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == id && m["step"] == step))
+        })
+        .await;
+        // Let the parked step get as far as it goes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        host.kill();
+
+        let host = host.restart();
+        wait_for(Duration::from_secs(60), &format!("the move killed at `{stall}` to end"), || async {
+            status(&host).await["moving"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+        let record = status(&host).await["moves"][0].clone();
+        // Killed after the switch, it can only go forward; before, either
+        // way is right, but whichever it took must be whole.
+        let (on, off) =
+            if record["step"] == "done" { ("shard-1", "shard-2") } else { ("shard-2", "shard-1") };
+        assert!(record["step"] == "done" || stall != "cleanup", "{stall}: {record}");
+        assert_eq!(rows_of(&host, on, 3).await, before, "{stall}: {record}");
+        assert!(rows_of(&host, off, 3).await.iter().all(|(_, n)| *n == 0), "{stall}: rows left on {off}");
+        let m = host.merchant(3);
+        assert_eq!(m.post(&format!("/payments/{open}/capture"), "{}").await.status, 200, "{stall}");
+        wait_for(DRAIN, "settlement after the restart", || settled(&host, SHARDS)).await;
+        let sent = support::outbox_rows_sent(&host, SHARDS).await;
+        assert_eq!(published(&host, sent as usize).await, (sent, sent), "{stall}: every event once");
+        assert_money_invariants(&host, SHARDS).await;
+        assert_eq!(
+            count(&host, SHARDS, "SELECT COUNT(*) FROM moving_merchants").await,
+            0,
+            "{stall}: fences lifted"
+        );
+    }
+}
