@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::{ConnectOptions, Row};
 use std::sync::Arc;
 
-use support::{assert_money_invariants, manifest, on_backends, Backend, Host, PAYFN};
+use support::{assert_money_invariants, manifest, Backend, Host, PAYFN};
 
 /// Three SQLite shards: the two defaults plus `shard-3`.
 const THREE_SHARDS: &str = r#"

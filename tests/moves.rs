@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    assert_acknowledged_committed, assert_money_invariants, count, on_backends, settled, wait_for, Backend,
-    Host, SHARDS,
+    assert_acknowledged_committed, assert_money_invariants, count, settled, wait_for, Backend, Host, SHARDS,
 };
 
 /// Every table a merchant has rows in, as the move copies them.
@@ -152,6 +151,16 @@ async fn a_moved_merchant_keeps_every_row_and_event(backend: Backend) {
     let sent = support::outbox_rows_sent(&host, SHARDS).await;
     assert_eq!(published(&host, sent as usize).await, (sent, sent), "every event published exactly once");
     assert_money_invariants(&host, SHARDS).await;
+    // Settlement agrees with the captures and refunds on every shard.
+    let reconciled = tokio::process::Command::new(support::PAYFN)
+        .args(["reconcile", "--manifest"])
+        .arg(host.app.join("spin.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run payfn reconcile");
+    let report = String::from_utf8_lossy(&reconciled.stdout);
+    assert!(reconciled.status.success() && report.contains("no settlement drift"), "{report}");
 
     // The directory and the status agree.
     let status = status(&host).await;

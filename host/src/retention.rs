@@ -450,20 +450,33 @@ mod tests {
 
     #[test]
     fn statements_are_bounded_per_dialect() {
+        let fenced = |t: &str| {
+            format!("NOT EXISTS (SELECT 1 FROM moving_merchants m WHERE m.merchant_id = {t}.merchant_id)")
+        };
         assert_eq!(
             statement(Dialect::Sqlite, Table::Outbox, 500),
-            "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox WHERE published = 1 AND \
-             dead_lettered = 0 AND published_at < ? ORDER BY published_at LIMIT 500)"
+            format!(
+                "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox WHERE published = 1 AND \
+                 dead_lettered = 0 AND published_at < ? AND {} ORDER BY published_at LIMIT 500)",
+                fenced("outbox")
+            )
         );
         assert_eq!(
             statement(Dialect::Mysql, Table::ProcessedEvents, 7),
-            "DELETE t FROM processed_events t JOIN (SELECT consumer, event_id FROM processed_events \
-             WHERE processed_at < ? ORDER BY processed_at, consumer, event_id LIMIT 7) d USING (consumer, event_id)"
+            format!(
+                "DELETE t FROM processed_events t JOIN (SELECT consumer, event_id FROM processed_events \
+                 WHERE processed_at < ? AND {} ORDER BY processed_at, consumer, event_id LIMIT 7) d \
+                 USING (consumer, event_id)",
+                fenced("processed_events")
+            )
         );
         assert_eq!(
             statement(Dialect::Postgres, Table::IdempotencyKeys, 500),
-            "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY (SELECT ctid FROM idempotency_keys \
-             WHERE created_at_ms < ? ORDER BY created_at_ms LIMIT 500 FOR UPDATE SKIP LOCKED))"
+            format!(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY (SELECT ctid FROM idempotency_keys \
+                 WHERE created_at_ms < ? AND {} ORDER BY created_at_ms LIMIT 500 FOR UPDATE SKIP LOCKED))",
+                fenced("idempotency_keys")
+            )
         );
     }
 

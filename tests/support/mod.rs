@@ -819,8 +819,12 @@ pub async fn take_payments(host: &Host, rounds: i64) {
 /// Every outbox row published and the settlements equal what the payments
 /// tables show.
 pub async fn settled(host: &Host, shards: &[&str]) -> bool {
-    unpublished(host, shards).await == 0
-        && expected_settlements(host, shards).await == actual_settlements(host, shards).await
+    // Settlements first: the consumer writes its `settlement.updated` row
+    // with them, so read after, the outbox holds it (read before, a
+    // settlement committed in between would look drained with its event
+    // unpublished).
+    expected_settlements(host, shards).await == actual_settlements(host, shards).await
+        && unpublished(host, shards).await == 0
 }
 
 /// Outbox rows of `shards` that the relay sends, all types: every row but

@@ -252,7 +252,10 @@ pub async fn read_changed(
     watermark_ms: i64,
 ) -> anyhow::Result<Vec<(&'static Table, RowSet)>> {
     let mut out = Vec::with_capacity(TABLES.len());
-    for table in &TABLES {
+    // Dependents first: a PostgreSQL read transaction is READ COMMITTED,
+    // so each statement sees what committed before it; read after its
+    // refunds and ledger entries, the payments hold every one they name.
+    for table in TABLES.iter().rev() {
         let columns = table.columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
         let mut params = table.merchant_params(merchant);
         let watermark = table.watermark(watermark_ms);
@@ -272,6 +275,8 @@ pub async fn read_changed(
             tx.query(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
         out.push((table, rows));
     }
+    // Written in foreign-key order.
+    out.reverse();
     Ok(out)
 }
 
