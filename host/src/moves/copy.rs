@@ -332,9 +332,9 @@ pub async fn write_rows(
             }
             data.push(row);
         }
-        for batch in data.chunks(ROWS_PER_TRANSACTION) {
+        for batch in batches(table, &data) {
             let mut tx = target.begin(true).await.map_err(sql_error("opening a write on the target"))?;
-            let result = write_batch(&mut tx, dialect, table, batch, fresh).await;
+            let result = write_batch(&mut tx, dialect, table, &batch, fresh).await;
             match result {
                 Ok(()) => tx.commit().await.map_err(sql_error(&format!("committing {}", table.name)))?,
                 Err(e) => {
@@ -348,6 +348,37 @@ pub async fn write_rows(
         }
     }
     Ok(copied)
+}
+
+/// `data` in transactions of about [`ROWS_PER_TRANSACTION`] rows. A
+/// posting's ledger entries stay in one (its replacement deletes the
+/// posting's entries first: split, the second half would delete the first).
+fn batches<'a>(table: &Table, data: &'a [Vec<Value>]) -> Vec<std::borrow::Cow<'a, [Vec<Value>]>> {
+    if table.write != Write::ReplacePostings {
+        return data.chunks(ROWS_PER_TRANSACTION).map(std::borrow::Cow::Borrowed).collect();
+    }
+    let mut postings: Vec<Vec<Vec<Value>>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for row in data {
+        let posting = text(&row[0]).unwrap_or_default();
+        let at = *index.entry(posting).or_insert_with(|| {
+            postings.push(Vec::new());
+            postings.len() - 1
+        });
+        postings[at].push(row.clone());
+    }
+    let mut out = Vec::new();
+    let mut batch: Vec<Vec<Value>> = Vec::new();
+    for posting in postings {
+        if !batch.is_empty() && batch.len() + posting.len() > ROWS_PER_TRANSACTION {
+            out.push(std::borrow::Cow::Owned(std::mem::take(&mut batch)));
+        }
+        batch.extend(posting);
+    }
+    if !batch.is_empty() {
+        out.push(std::borrow::Cow::Owned(batch));
+    }
+    out
 }
 
 async fn write_batch(
@@ -609,6 +640,25 @@ mod tests {
             qualify("(created_at >= ? OR published_at >= ? OR last_retry_at >= ? OR published = 0)"),
             "(t.created_at >= ? OR t.published_at >= ? OR t.last_retry_at >= ? OR t.published = 0)"
         );
+    }
+
+    #[test]
+    fn a_posting_is_never_split_across_transactions() {
+        let ledger = &TABLES[2];
+        // Postings of 3 entries, interleaved as concurrent inserts leave them.
+        let mut rows = Vec::new();
+        for i in 0..3 * ROWS_PER_TRANSACTION {
+            rows.push(vec![Value::Text(format!("pst_{}", i % 1_999))]);
+        }
+        let batches = batches(ledger, &rows);
+        assert!(batches.len() > 1);
+        let mut seen = std::collections::HashSet::new();
+        for batch in &batches {
+            let here: std::collections::HashSet<String> = batch.iter().filter_map(|r| text(&r[0])).collect();
+            assert!(here.is_disjoint(&seen), "a posting in two transactions");
+            seen.extend(here);
+        }
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), rows.len());
     }
 
     #[test]
