@@ -224,7 +224,6 @@ impl Table {
 #[derive(Debug, Default, Clone)]
 pub struct Copied {
     pub rows: u64,
-    pub per_table: Vec<(&'static str, u64)>,
 }
 
 /// Copies `merchant`'s rows changed since `watermark_ms` (0: all) from
@@ -312,7 +311,6 @@ pub async fn write_rows(
     for (table, rows) in read {
         let count = rows.rows.len() as u64;
         copied.rows += count;
-        copied.per_table.push((table.name, count));
         if rows.rows.is_empty() {
             continue;
         }

@@ -11,7 +11,9 @@ use sqlx::{AnyPool, Row};
 use crate::capabilities::sql::placeholders;
 use crate::directory::store::DirectoryStore;
 use crate::directory::State;
-use crate::versions::store::{now_ms, ControlDialect};
+// `lock` bumps the control generation, taking its row lock, which
+// serialises every change (versions and moves alike).
+use crate::versions::store::{lock, now_ms, ControlDialect};
 
 /// Where a move is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,7 +146,7 @@ impl MoveStore {
     /// `moving`, unless it is moving already or is there.
     pub async fn start(&self, merchant: i64, to: &str, owner: &str) -> Result<MoveRecord, StartError> {
         let mut tx = self.pool.begin().await.context("starting a move")?;
-        let generation = bump(&mut tx).await?;
+        let generation = lock(&mut tx, 1).await?;
         let entry = sqlx::query(&self.sql("SELECT shard FROM merchant_directory WHERE merchant_id = ?"))
             .bind(merchant)
             .fetch_optional(&mut *tx)
@@ -210,7 +212,7 @@ impl MoveStore {
         let mut tx = self.pool.begin().await.context("recording a move's step")?;
         let generation = match entry {
             Some((shard, state)) => {
-                let generation = bump(&mut tx).await?;
+                let generation = lock(&mut tx, 1).await?;
                 set_entry(&mut tx, self.dialect, record.merchant, shard, state, generation).await?;
                 generation
             }
@@ -338,20 +340,6 @@ impl MoveStore {
             .context("reading the hosts' check-ins")?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
-}
-
-/// Bumps the control generation (taking its row lock, which serialises
-/// every change) and returns the new one.
-async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> anyhow::Result<i64> {
-    sqlx::query("UPDATE control_generation SET generation = generation + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await
-        .context("locking the control store")?;
-    let row = sqlx::query("SELECT generation FROM control_generation WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await
-        .context("reading the control generation")?;
-    Ok(row.try_get(0)?)
 }
 
 async fn set_entry(

@@ -529,7 +529,7 @@ const ACTIVE_COLUMNS: &str = "SELECT component, digest, previous_digest, canary_
 /// Locks the control row for the rest of the transaction, adds `bump` to
 /// the generation (0: lock only), and returns the generation after. An
 /// update takes the row lock on every backend, and SQLite's write lock.
-async fn lock(tx: &mut sqlx::Transaction<'_, sqlx::Any>, bump: i64) -> anyhow::Result<i64> {
+pub(crate) async fn lock(tx: &mut sqlx::Transaction<'_, sqlx::Any>, bump: i64) -> anyhow::Result<i64> {
     sqlx::query(&format!("UPDATE control_generation SET generation = generation + {bump} WHERE id = 1"))
         .execute(&mut **tx)
         .await
