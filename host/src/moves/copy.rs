@@ -220,7 +220,7 @@ impl Table {
     }
 }
 
-/// What a round copied, per table.
+/// How many rows a round copied.
 #[derive(Debug, Default, Clone)]
 pub struct Copied {
     pub rows: u64,
