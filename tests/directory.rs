@@ -5,58 +5,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{ConnectOptions, Row};
-use std::sync::Arc;
+use sqlx::ConnectOptions;
 
-use support::{assert_money_invariants, manifest, Backend, Host, PAYFN};
-
-/// Three SQLite shards: the two defaults plus `shard-3`.
-const THREE_SHARDS: &str = r#"
-[[shards]]
-name = "shard-1"
-backend = "sqlite"
-
-[[shards]]
-name = "shard-2"
-backend = "sqlite"
-
-[[shards]]
-name = "shard-3"
-backend = "sqlite"
-"#;
-
-/// The directory's entries, merchant -> (shard, how), read from the control
-/// store file of `host`'s app directory.
-async fn directory(host: &Host) -> BTreeMap<i64, (String, String)> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(host.app.join(".payfn/control.db"))
-        .read_only(true);
-    let mut db = options.connect().await.expect("open the control store");
-    sqlx::query("SELECT merchant_id, shard, how FROM merchant_directory")
-        .fetch_all(&mut db)
-        .await
-        .expect("read the directory")
-        .iter()
-        .map(|row| (row.get::<i64, _>(0), (row.get(1), row.get(2))))
-        .collect()
-}
-
-/// The directory's entries on any backend.
-async fn directory_entries(host: &Host) -> BTreeMap<i64, (String, String)> {
-    match &host.env {
-        Some(env) if env.backend != Backend::Embedded => env.directory().await,
-        _ => directory(host).await,
-    }
-}
-
-/// Replaces the host's runtime config (it takes effect at the next start).
-fn set_runtime_config(host: &Host, text: &str) {
-    std::fs::write(host.app.join("runtime-config.toml"), text).expect("write the runtime config");
-}
+use support::{assert_money_invariants, manifest, Backend, Host, PAYFN, THREE_SHARDS};
 
 /// `payfn up` on `host`'s (stopped) app directory, which must refuse to
 /// start within 30 s; its stderr.
@@ -98,7 +53,7 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it(backend: B
     for merchant in 1..=6 {
         earlier.push((merchant, host.merchant(merchant).authorize(10_000 + merchant).await));
     }
-    let placed = directory_entries(&host).await;
+    let placed = host.directory().await;
     for merchant in 1..=6 {
         let expected = if merchant % 2 == 0 { "shard-1" } else { "shard-2" };
         assert_eq!(placed[&merchant], (expected.to_string(), "placed".to_string()), "merchant {merchant}");
@@ -106,7 +61,7 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it(backend: B
 
     // The operator adds shard-3 and restarts.
     host.kill();
-    set_runtime_config(&host, &three);
+    host.set_runtime_config(&three);
     let host = host.restart();
     for (merchant, payment) in &earlier {
         let reply = host.merchant(*merchant).post(&format!("/payments/{payment}/capture"), "{}").await;
@@ -116,7 +71,7 @@ async fn adding_a_shard_moves_no_merchant_and_new_ones_may_land_on_it(backend: B
     for merchant in 7..=12 {
         host.merchant(merchant).authorize(500).await;
     }
-    let placed = directory_entries(&host).await;
+    let placed = host.directory().await;
     for merchant in 1..=6 {
         let expected = if merchant % 2 == 0 { "shard-1" } else { "shard-2" };
         assert_eq!(placed[&merchant].0, expected, "merchant {merchant} kept its shard");
@@ -149,9 +104,9 @@ async fn merchants_of_a_deployment_older_than_the_directory_are_adopted_where_th
     sqlx::query("DELETE FROM directory_shards").execute(&mut control).await.unwrap();
     drop(control);
 
-    set_runtime_config(&host, THREE_SHARDS);
+    host.set_runtime_config(THREE_SHARDS);
     let host = host.restart();
-    let adopted = directory(&host).await;
+    let adopted = host.directory().await;
     for merchant in 1..=4 {
         let expected = if merchant % 2 == 0 { "shard-1" } else { "shard-2" };
         assert_eq!(adopted[&merchant], (expected.to_string(), "adopted".to_string()), "merchant {merchant}");
@@ -170,19 +125,18 @@ async fn a_config_that_drops_a_shard_holding_merchants_is_refused() {
     host.merchant(4).authorize(700).await; // shard-1
     host.kill();
 
-    set_runtime_config(&host, "[[shards]]\nname = \"shard-1\"\nbackend = \"sqlite\"\n");
+    host.set_runtime_config("[[shards]]\nname = \"shard-1\"\nbackend = \"sqlite\"\n");
     let err = refused_start(&host);
     assert!(err.contains("`shard-2` (1 merchants)"), "{err}");
     // Renamed is dropped as well.
-    set_runtime_config(
-        &host,
+    host.set_runtime_config(
         "[[shards]]\nname = \"shard-1\"\nbackend = \"sqlite\"\n\n[[shards]]\nname = \"shard-two\"\nbackend = \"sqlite\"\n",
     );
     let err = refused_start(&host);
     assert!(err.contains("`shard-2` (1 merchants)"), "{err}");
 
     // Back as it was: merchant 1's payment is where it was left.
-    set_runtime_config(&host, "");
+    host.set_runtime_config("");
     let host = host.restart();
     assert_eq!(host.merchant(1).get(&format!("/payments/{payment}")).await.status, 200);
 }
@@ -193,14 +147,14 @@ async fn a_pin_that_contradicts_the_directory_is_refused_and_a_new_pin_places() 
     host.merchant(3).authorize(900).await; // placed on shard-2
     host.kill();
 
-    set_runtime_config(&host, "[routing]\npins = { \"3\" = \"shard-1\" }\n");
+    host.set_runtime_config("[routing]\npins = { \"3\" = \"shard-1\" }\n");
     let err = refused_start(&host);
     assert!(err.contains("merchant 3 on `shard-1`, but the merchant directory has it on `shard-2`"), "{err}");
 
     // A pin for a merchant the directory does not know yet places it.
-    set_runtime_config(&host, "[routing]\npins = { \"5\" = \"shard-1\" }\n");
+    host.set_runtime_config("[routing]\npins = { \"5\" = \"shard-1\" }\n");
     let host = host.restart();
-    assert_eq!(directory(&host).await[&5], ("shard-1".to_string(), "pinned".to_string()));
+    assert_eq!(host.directory().await[&5], ("shard-1".to_string(), "pinned".to_string()));
     host.merchant(5).authorize(900).await;
     let mut shard1 = host.shard("shard-1").await;
     assert_eq!(shard1.i64("SELECT COUNT(*) FROM payments WHERE merchant_id = 5").await, 1);

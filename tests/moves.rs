@@ -118,6 +118,7 @@ async fn a_moved_merchant_keeps_every_row_and_event(backend: Backend) {
     let record = move_merchant(&host, 3, "shard-1").await;
     assert_eq!(record["step"], "done", "{record}");
     assert!(record["pauseMs"].as_i64().is_some_and(|ms| ms >= 0), "{record}");
+    assert!(record["detail"].as_str().is_some_and(|d| d.starts_with("verified; pause")), "{record}");
 
     assert_eq!(rows_of(&host, "shard-1", 3).await, before, "every row on the new shard");
     assert!(rows_of(&host, "shard-2", 3).await.iter().all(|(_, n)| *n == 0), "none left behind");
@@ -266,6 +267,10 @@ async fn a_move_under_load(backend: Backend) {
     own.await.expect("the moving merchant's load");
 
     assert_eq!(record["step"], "done", "{record}");
+    // The freeze verified the changes since the verified round as written
+    // (a difference would have meant a copy of every row while frozen).
+    let detail = record["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("verified; pause"), "{record}");
     assert_eq!(others_failed.load(Ordering::SeqCst), 0, "other merchants saw failures");
     assert!(others_done.load(Ordering::SeqCst) > 10, "the other merchants' load ran");
     for (status, code, retry_after) in refused.lock().unwrap().iter() {
@@ -298,11 +303,7 @@ async fn a_move_killed_at_each_step_ends_after_a_restart() {
         business(&host, 5, 2).await;
         wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
         let before = rows_of(&host, "shard-2", 3).await;
-        let out = host
-            .admin(&["shards", "move", "--merchant", "3", "--to", "shard-1", "--no-wait", "--json"])
-            .await;
-        assert!(out.ok, "{}", out.stderr);
-        let id = serde_json::from_str::<Value>(&out.stdout).expect("move JSON")["id"].as_i64().expect("id");
+        let id = start_move(&host, 3, "shard-1").await;
         let step = stall.split(' ').next().unwrap_or_default();
         wait_for(Duration::from_secs(30), &format!("the move to reach `{stall}`"), || async {
             let status = status(&host).await;
@@ -328,14 +329,205 @@ async fn a_move_killed_at_each_step_ends_after_a_restart() {
         assert!(rows_of(&host, off, 3).await.iter().all(|(_, n)| *n == 0), "{stall}: rows left on {off}");
         let m = host.merchant(3);
         assert_eq!(m.post(&format!("/payments/{open}/capture"), "{}").await.status, 200, "{stall}");
-        wait_for(DRAIN, "settlement after the restart", || settled(&host, SHARDS)).await;
-        let sent = support::outbox_rows_sent(&host, SHARDS).await;
-        assert_eq!(published(&host, sent as usize).await, (sent, sent), "{stall}: every event once");
-        assert_money_invariants(&host, SHARDS).await;
-        assert_eq!(
-            count(&host, SHARDS, "SELECT COUNT(*) FROM moving_merchants").await,
-            0,
-            "{stall}: fences lifted"
-        );
+        assert_ended_whole(&host, stall).await;
     }
+}
+
+/// After a move ended (done or rolled back): the fences are lifted, the
+/// outbox and settlement drain, every event is published exactly once and
+/// the money invariants hold on every shard.
+async fn assert_ended_whole(host: &Host, what: &str) {
+    assert_eq!(
+        count(host, SHARDS, "SELECT COUNT(*) FROM moving_merchants").await,
+        0,
+        "{what}: fences lifted"
+    );
+    wait_for(DRAIN, &format!("{what}: the outbox and settlement to drain"), || settled(host, SHARDS)).await;
+    let sent = support::outbox_rows_sent(host, SHARDS).await;
+    assert_eq!(published(host, sent as usize).await, (sent, sent), "{what}: every event once");
+    assert_money_invariants(host, SHARDS).await;
+}
+
+/// The move's record by id, from `payfn shards status --json`.
+async fn move_record(host: &Host, id: i64) -> Value {
+    let status = status(host).await;
+    status["moves"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id).cloned()).unwrap_or(Value::Null)
+}
+
+/// Starts moving `merchant` to `to` without waiting; the move's id.
+async fn start_move(host: &Host, merchant: i64, to: &str) -> i64 {
+    let merchant = merchant.to_string();
+    let out =
+        host.admin(&["shards", "move", "--merchant", &merchant, "--to", to, "--no-wait", "--json"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    serde_json::from_str::<Value>(&out.stdout).expect("move JSON")["id"].as_i64().expect("id")
+}
+
+/// The target shard is unreachable when the move begins: the copy fails,
+/// the move rolls back, and the merchant is served on its source all along.
+/// Once the target is back, its leftover copy is deleted and the fences
+/// lifted; nothing is lost or doubled.
+async fn a_move_to_an_unreachable_shard_rolls_back(backend: Backend) {
+    let host = backend.start().await;
+    let env = host.env.clone().expect("a server backend");
+    let (open, _) = business(&host, 3, 4).await;
+    wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
+    let before = rows_of(&host, "shard-2", 3).await;
+
+    env.set_shard_outage("shard-1", true);
+    let id = start_move(&host, 3, "shard-1").await;
+    wait_for(Duration::from_secs(60), "the move to give up and roll back", || async {
+        move_record(&host, id).await["step"] == "rolling_back"
+    })
+    .await;
+    assert_eq!(host.directory().await[&3].0, "shard-2", "the entry names the source again");
+    assert_eq!(rows_of(&host, "shard-2", 3).await, before, "the source kept every row");
+    let m = host.merchant(3);
+    assert_eq!(m.post(&format!("/payments/{open}/capture"), "{}").await.status, 200, "served meanwhile");
+
+    env.set_shard_outage("shard-1", false);
+    wait_for(Duration::from_secs(60), "the roll-back to end", || async {
+        move_record(&host, id).await["step"] == "rolled_back"
+    })
+    .await;
+    let record = move_record(&host, id).await;
+    assert!(record["detail"].as_str().is_some_and(|d| !d.is_empty()), "the reason is kept: {record}");
+    assert!(rows_of(&host, "shard-1", 3).await.iter().all(|(_, n)| *n == 0), "the target's copy is gone");
+    assert_ended_whole(&host, "rolled back").await;
+}
+
+on_server_backends!(a_move_to_an_unreachable_shard_rolls_back);
+
+/// A host that checks in but never confirms the freeze (an invocation of
+/// the merchant stuck on it, as the mover sees it): the move rolls back
+/// after the acknowledgement timeout, naming the host, and the merchant
+/// is served on its source again with every row.
+#[tokio::test]
+async fn a_freeze_a_host_never_confirms_rolls_back() {
+    let host = Backend::Embedded.start().await;
+    let (open, _) = business(&host, 3, 4).await;
+    wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
+    let before = rows_of(&host, "shard-2", 3).await;
+
+    // The stuck peer: live (it checks in) but at generation 0, below any
+    // freeze's.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = {
+        let (control, stop) = (host.app.join(".payfn/control.db"), stop.clone());
+        tokio::spawn(async move {
+            use sqlx::ConnectOptions;
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(control)
+                .busy_timeout(Duration::from_secs(5));
+            let mut db = options.connect().await.expect("open the control store");
+            while !stop.load(Ordering::SeqCst) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_millis() as i64;
+                sqlx::query(
+                    "INSERT INTO control_hosts (host_id, address, started_at, seen_at, generation) \
+                     VALUES ('stuck-peer', '127.0.0.1:9', ?1, ?1, 0) \
+                     ON CONFLICT (host_id) DO UPDATE SET seen_at = excluded.seen_at",
+                )
+                .bind(now)
+                .execute(&mut db)
+                .await
+                .expect("the peer's check-in");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    let id = start_move(&host, 3, "shard-1").await;
+    wait_for(Duration::from_secs(60), "the freeze", || async {
+        move_record(&host, id).await["step"] == "frozen"
+    })
+    .await;
+    // Frozen, the merchant's writes wait, then get a bounded 503.
+    let refused = host.merchant(3).post(&format!("/payments/{open}/capture"), "{}").await;
+    assert_eq!((refused.status, refused.code().as_str()), (503, "merchant_moving"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    wait_for(Duration::from_secs(60), "the move to roll back", || async {
+        move_record(&host, id).await["step"] == "rolled_back"
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    peer.await.expect("the stuck peer");
+
+    let record = move_record(&host, id).await;
+    assert!(
+        record["detail"].as_str().is_some_and(|d| d.contains("stuck-peer")),
+        "the host is named: {record}"
+    );
+    assert_eq!(host.directory().await[&3].0, "shard-2");
+    assert_eq!(rows_of(&host, "shard-2", 3).await, before, "the source kept every row");
+    assert!(rows_of(&host, "shard-1", 3).await.iter().all(|(_, n)| *n == 0), "the target's copy is gone");
+    let m = host.merchant(3);
+    assert_eq!(m.post(&format!("/payments/{open}/capture"), "{}").await.status, 200, "served again");
+    assert_ended_whole(&host, "rolled back").await;
+}
+
+/// A third shard joins; `payfn shards rebalance --plan` names the moves
+/// that even the shards out and `--apply` makes them one at a time, with
+/// progress on the terminal. Afterwards each moved merchant's payments are
+/// on the new shard and a new plan has nothing to move.
+#[tokio::test]
+async fn rebalance_applies_its_plan_one_move_at_a_time() {
+    let mut host = Backend::Embedded.start().await;
+    // Merchant m takes m + 2 payments: shard-1 (2, 4, 6) has 18, shard-2
+    // (1, 3, 5) has 15.
+    let mut payments = std::collections::BTreeMap::new();
+    for merchant in 1..=6 {
+        let m = host.merchant(merchant);
+        for i in 0..merchant + 2 {
+            payments.entry(merchant).or_insert_with(Vec::new).push(m.authorize(1_000 + i).await);
+        }
+    }
+    host.kill();
+    host.set_runtime_config(support::THREE_SHARDS);
+    let host = host.restart();
+
+    // 33 payments, 11 a shard: merchant 4 (6) leaves shard-1, then merchant
+    // 1 (3) leaves shard-2; nothing else fits the gaps left.
+    let out = host.admin(&["shards", "rebalance", "--plan", "--json"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    let plan: Value = serde_json::from_str(&out.stdout).expect("plan JSON");
+    let planned: Vec<(i64, &str, &str)> = plan["moves"]
+        .as_array()
+        .expect("moves")
+        .iter()
+        .map(|m| {
+            (
+                m["merchant"].as_i64().unwrap_or(-1),
+                m["from"].as_str().unwrap_or(""),
+                m["to"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(planned, [(4, "shard-1", "shard-3"), (1, "shard-2", "shard-3")], "{plan}");
+    assert_eq!(plan["paymentsAfter"], serde_json::json!({"shard-1": 12, "shard-2": 12, "shard-3": 9}));
+
+    let out = host.admin(&["shards", "rebalance", "--apply"]).await;
+    assert!(out.ok, "rebalance --apply failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("[1/2] merchant 4 -> shard-3"), "{}", out.stdout);
+    assert!(out.stdout.contains("[2/2] merchant 1 -> shard-3"), "{}", out.stdout);
+    assert!(out.stdout.contains("rebalanced: 2 merchants moved"), "{}", out.stdout);
+    assert!(out.stderr.contains("copying") && out.stderr.contains("done"), "progress: {}", out.stderr);
+
+    let directory = host.directory().await;
+    for (merchant, from) in [(4, "shard-1"), (1, "shard-2")] {
+        assert_eq!(directory[&merchant].0, "shard-3", "merchant {merchant}");
+        let filter = format!("SELECT COUNT(*) FROM payments WHERE merchant_id = {merchant}");
+        assert_eq!(count(&host, &["shard-3"], &filter).await, payments[&merchant].len() as i64);
+        assert_eq!(count(&host, &[from], &filter).await, 0, "merchant {merchant} left {from}");
+        let m = host.merchant(merchant);
+        for id in &payments[&merchant] {
+            assert_eq!(m.post(&format!("/payments/{id}/capture"), "{}").await.status, 200);
+        }
+    }
+    let out = host.admin(&["shards", "rebalance", "--plan", "--json"]).await;
+    let plan: Value = serde_json::from_str(&out.stdout).expect("plan JSON");
+    assert_eq!(plan["moves"], serde_json::json!([]), "balanced: {plan}");
+    assert_money_invariants(&host, &["shard-1", "shard-2", "shard-3"]).await;
 }

@@ -15,8 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 a=$1 b=$2 rounds=${3:-3} scenario=${4:-authorize} rate=${5:-6000} secs=${6:-15}
-cargo build --release -q
-./target/release/payfn build >/dev/null 2>&1
+# Saved build directories carry their own components; a bare binary runs
+# the components built now.
+if [ ! -d "$a" ] || [ ! -d "$b" ]; then
+  cargo build --release -q
+  ./target/release/payfn build >/dev/null 2>&1
+fi
 declare -A results
 for round in $(seq "$rounds"); do
   for side in A B; do

@@ -19,12 +19,19 @@
 # EXTRA_CONFIG='...' appends to the run's runtime config (say a [retention]
 # section that purges as it goes).
 #
+# KEEP_STATE=1 keeps the run's state directory (the embedded shards, the
+# logs) at exit and prints where it is, to look into afterwards.
+#
 # Rate limits are lifted: the benchmark measures the steps. Sets `state`
 # (a temporary directory), `url` and `app_args` (for `payfn keys`/`bench`);
 # everything started is stopped on exit.
 bench_pids=()
 state=""
-bench_cleanup() { kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -z "$state" ] || rm -rf "$state"; }
+bench_cleanup() {
+  kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true
+  if [ -n "${KEEP_STATE:-}" ] && [ -n "$state" ]; then echo "== state kept in $state" >&2; return; fi
+  [ -z "$state" ] || rm -rf "$state"
+}
 trap bench_cleanup EXIT
 
 # Stops what bench_start_host started and removes its state (a script that

@@ -5,8 +5,9 @@
 #
 #   [BACKEND=...] [PAYMENTS=100000] [RATE=800] [LOAD_RATE=200] infra/bench/move.sh
 #
-# 1. Merchant 1 (placed on shard-2) takes about PAYMENTS authorize+capture
-#    iterations (`payfn bench --merchants 1` at RATE/s).
+# 1. Merchant 1 (placed on shard-2) takes authorize+capture iterations
+#    (`payfn bench --merchants 1` at RATE/s, 30 s at a time) until it has
+#    PAYMENTS payments.
 # 2. It moves to shard-1 with no other load: `payfn shards move` prints the
 #    steps, the rows copied and the writes' pause (frozen until switched).
 # 3. It moves back to shard-2 while `payfn bench` offers LOAD_RATE/s of
@@ -21,10 +22,16 @@ source infra/bench/host.sh
 bench_start_host
 payfn=${PAYFN:-./target/release/payfn}
 admin=(--admin-url "$url" "${app_args[@]}")
-secs=$(( (payments + rate - 1) / rate ))
-echo "== merchant 1: ~$payments payments (authorize+capture at $rate/s for ${secs}s)"
-"$payfn" bench --url "$url" "${app_args[@]}" --scenario authorize-capture --rate "$rate" \
-  --duration "${secs}s" --merchants 1 | grep -E "requests in|iterations|dropped" || true
+payments_of_merchant() {
+  "$payfn" shards status --json "${admin[@]}" | python3 -c '
+import json, sys
+print(sum(s["payments"] for s in json.load(sys.stdin)["shards"]))'
+}
+echo "== merchant 1: $payments payments (authorize+capture at $rate/s, 30 s at a time)"
+while [ "$(payments_of_merchant)" -lt "$payments" ]; do
+  "$payfn" bench --url "$url" "${app_args[@]}" --scenario authorize-capture --rate "$rate" \
+    --duration 30s --merchants 1 | grep -E "requests in|^pipeline-json" || true
+done
 "$payfn" shards status "${admin[@]}"
 echo "== move merchant 1 to shard-1, no other load"
 started=$(date +%s.%N)
@@ -39,5 +46,6 @@ started=$(date +%s.%N)
 "$payfn" shards move --merchant 1 --to shard-2 "${admin[@]}"
 echo "move took $(echo "$(date +%s.%N) - $started" | bc) s"
 wait "$load" || true
-grep -E "requests in|errors|status" "$state/load.out" || cat "$state/load.out"
+# The load's figures, its errors, and the outbox and settlement lag beside it.
+cat "$state/load.out"
 "$payfn" shards status "${admin[@]}"

@@ -59,6 +59,21 @@ pub fn manifest(extra: &str) -> String {
     format!("{absolute}\n{extra}")
 }
 
+/// Three SQLite shards: the two defaults plus `shard-3`.
+pub const THREE_SHARDS: &str = r#"
+[[shards]]
+name = "shard-1"
+backend = "sqlite"
+
+[[shards]]
+name = "shard-2"
+backend = "sqlite"
+
+[[shards]]
+name = "shard-3"
+backend = "sqlite"
+"#;
+
 /// A test-only component entry.
 pub fn test_component(route: &str, name: &str, wasm: &str, capabilities: &str) -> String {
     format!(
@@ -134,6 +149,33 @@ impl Host {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Replaces the runtime config of this host's app directory (it takes
+    /// effect at the next start).
+    pub fn set_runtime_config(&self, text: &str) {
+        std::fs::write(self.app.join("runtime-config.toml"), text).expect("write the runtime config");
+    }
+
+    /// The merchant directory's entries, merchant -> (shard, how), read
+    /// straight from the control store (the app directory's file when
+    /// embedded).
+    pub async fn directory(&self) -> std::collections::BTreeMap<i64, (String, String)> {
+        use sqlx::{ConnectOptions, Row};
+        if let Some(env) = self.env.as_ref().filter(|env| env.backend != Backend::Embedded) {
+            return env.directory().await;
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.app.join(".payfn/control.db"))
+            .read_only(true);
+        let mut db = options.connect().await.expect("open the control store");
+        sqlx::query("SELECT merchant_id, shard, how FROM merchant_directory")
+            .fetch_all(&mut db)
+            .await
+            .expect("read the directory")
+            .iter()
+            .map(|row| (row.get::<i64, _>(0), (row.get(1), row.get(2))))
+            .collect()
     }
 
     /// Kills this host (SIGKILL) and starts a new one on the same app directory.

@@ -187,6 +187,9 @@ fn finish(record: &Value) -> anyhow::Result<()> {
             record["rowsCopied"],
             record["pauseMs"]
         );
+        if let Some(detail) = record["detail"].as_str() {
+            println!("  {detail}");
+        }
         Ok(())
     } else {
         bail!(

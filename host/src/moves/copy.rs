@@ -10,7 +10,7 @@
 //! last seconds changed. Outbox rows are copied in id order, so the new
 //! shard's ids keep their order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::bail;
 
@@ -25,6 +25,9 @@ const ROWS_PER_STATEMENT: usize = 200;
 const ROWS_PER_TRANSACTION: usize = 2_000;
 /// Rows per DELETE when a side's rows are removed.
 const DELETE_CHUNK: usize = 2_000;
+/// Rows of a verified round remembered for the freeze, at most (a few
+/// seconds of a busy merchant's changes: tens of MiB).
+const MAX_REMEMBERED: usize = 200_000;
 
 /// How a table's rows are written again without harm.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,8 @@ pub struct Table {
     columns: &'static [&'static str],
     write: Write,
     /// Rows changed at or after the watermark (`?`: RFC 3339 text, or
-    /// epoch milliseconds for `idempotency_keys`), besides the merchant.
+    /// epoch milliseconds for `idempotency_keys`; `{m}`: the merchant id),
+    /// besides the merchant, the table being `t`.
     changed: &'static str,
     watermark_is_ms: bool,
     /// Compared between the sides after the copy.
@@ -73,7 +77,7 @@ pub const TABLES: [Table; 8] = [
             "capture_event_id",
         ],
         write: Write::Upsert(&["id"]),
-        changed: "updated_at >= ?",
+        changed: "t.updated_at >= ?",
         watermark_is_ms: false,
         sums: &["amount", "captured_amount", "refunded_amount", "version"],
     },
@@ -81,7 +85,7 @@ pub const TABLES: [Table; 8] = [
         name: "refunds",
         columns: &["id", "payment_id", "merchant_id", "amount", "reason", "created_at", "event_id"],
         write: Write::Upsert(&["id"]),
-        changed: "created_at >= ?",
+        changed: "t.created_at >= ?",
         watermark_is_ms: false,
         sums: &["amount"],
     },
@@ -98,7 +102,14 @@ pub const TABLES: [Table; 8] = [
             "created_at",
         ],
         write: Write::ReplacePostings,
-        changed: "created_at >= ?",
+        // A posting's entries carry its payment's `updated_at` of the same
+        // write (functions/payments ledger.rs), which only grows: entries
+        // written since the watermark belong to payments changed since it.
+        // Found through them (`ledger_by_payment`), not by walking the
+        // merchant's whole ledger.
+        changed:
+            "t.payment_id IN (SELECT p.id FROM payments p WHERE p.merchant_id = {m} AND p.updated_at >= ?) \
+                  AND t.created_at >= ?",
         watermark_is_ms: false,
         sums: &["amount", "CASE WHEN amount > 0 THEN amount ELSE 0 END"],
     },
@@ -123,7 +134,7 @@ pub const TABLES: [Table; 8] = [
         write: Write::Upsert(&["event_id"]),
         // A row changes when written, published, refused or dead-lettered;
         // a pending one may change any time.
-        changed: "(created_at >= ? OR published_at >= ? OR last_retry_at >= ? OR published = 0)",
+        changed: "(t.created_at >= ? OR t.published_at >= ? OR t.last_retry_at >= ? OR t.published = 0)",
         watermark_is_ms: false,
         sums: &["published", "dead_lettered", "retry_count"],
     },
@@ -131,7 +142,7 @@ pub const TABLES: [Table; 8] = [
         name: "idempotency_keys",
         columns: &["merchant_id", "idempotency_key", "fingerprint", "status", "body", "created_at_ms"],
         write: Write::Upsert(&["merchant_id", "idempotency_key"]),
-        changed: "created_at_ms >= ?",
+        changed: "t.created_at_ms >= ?",
         watermark_is_ms: true,
         sums: &["status"],
     },
@@ -151,7 +162,7 @@ pub const TABLES: [Table; 8] = [
             "version",
         ],
         write: Write::Upsert(&["merchant_id", "day", "currency"]),
-        changed: "updated_at >= ?",
+        changed: "t.updated_at >= ?",
         watermark_is_ms: false,
         sums: &["gross_captured", "refunded", "capture_count", "refund_count", "fee", "net", "version"],
     },
@@ -159,7 +170,7 @@ pub const TABLES: [Table; 8] = [
         name: "processed_events",
         columns: &["consumer", "event_id", "processed_at", "merchant_id"],
         write: Write::Upsert(&["consumer", "event_id"]),
-        changed: "processed_at >= ?",
+        changed: "t.processed_at >= ?",
         watermark_is_ms: false,
         sums: &[],
     },
@@ -181,7 +192,7 @@ pub const TABLES: [Table; 8] = [
             "failed_at",
         ],
         write: Write::Upsert(&["consumer", "source_topic", "source_partition", "source_offset"]),
-        changed: "failed_at >= ?",
+        changed: "t.failed_at >= ?",
         watermark_is_ms: false,
         sums: &["source_offset"],
     },
@@ -200,6 +211,40 @@ impl Table {
                  (SELECT event_id FROM outbox WHERE merchant_id = ?)))"
             ),
             _ => format!("{t}merchant_id = ?"),
+        }
+    }
+
+    /// `SELECT` of the merchant's rows as they are copied (the table is
+    /// `t`; the outbox's `superseded_by` as the event id it points to),
+    /// ready for more `AND` conditions; parameters from
+    /// [`merchant_params`](Self::merchant_params).
+    fn select_rows(&self) -> String {
+        let columns = self.columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+        let (extra, join) = match self.name {
+            "outbox" => (", s.event_id", " LEFT JOIN outbox s ON s.id = t.superseded_by"),
+            _ => ("", ""),
+        };
+        format!("SELECT {columns}{extra} FROM {} t{join} WHERE {}", self.name, self.merchant_rows("t"))
+    }
+
+    /// The columns a copied row is found by on the target.
+    fn key(&self) -> &'static [&'static str] {
+        match self.write {
+            Write::Upsert(key) => key,
+            Write::ReplacePostings => &["posting_id"],
+        }
+    }
+
+    /// The rows with one of `keys` keys (parameters: each key's columns in
+    /// turn). Row values in an IN list are not portable (SQLite wants a
+    /// subquery): a composite key is an OR of its matches.
+    fn key_in(&self, keys: usize) -> String {
+        match self.key() {
+            [one] => format!("t.{one} IN ({})", vec!["?"; keys].join(", ")),
+            columns => {
+                let one = columns.iter().map(|c| format!("t.{c} = ?")).collect::<Vec<_>>().join(" AND ");
+                format!("(({}))", vec![one; keys].join(") OR ("))
+            }
         }
     }
 
@@ -255,21 +300,22 @@ pub async fn read_changed(
     // so each statement sees what committed before it; read after its
     // refunds and ledger entries, the payments hold every one they name.
     for table in TABLES.iter().rev() {
-        let columns = table.columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
         let mut params = table.merchant_params(merchant);
         let watermark = table.watermark(watermark_ms);
         params.extend(std::iter::repeat_n(watermark, table.changed.matches('?').count()));
-        let (extra, join, order) = match table.name {
-            "outbox" => (", s.event_id", " LEFT JOIN outbox s ON s.id = t.superseded_by", " ORDER BY t.id"),
-            "ledger_entries" => ("", "", " ORDER BY t.id"),
-            _ => ("", "", ""),
+        let order = match table.name {
+            "outbox" | "ledger_entries" => " ORDER BY t.id",
+            _ => "",
         };
-        let filter = table.merchant_rows("t");
-        let changed = qualify(table.changed);
-        let statement = format!(
-            "SELECT {columns}{extra} FROM {} t{join} WHERE {filter} AND {changed}{order}",
-            table.name
-        );
+        let changed = table.changed.replace("{m}", &merchant.to_string());
+        let mut select = table.select_rows();
+        if table.changed.contains("{m}") {
+            // The predicate finds the merchant's rows itself: the filter
+            // is only checked (`+` keeps SQLite from walking the
+            // merchant's index instead).
+            select = select.replacen("WHERE t.merchant_id", "WHERE +t.merchant_id", 1);
+        }
+        let statement = format!("{select} AND {changed}{order}");
         let rows =
             tx.query(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
         out.push((table, rows));
@@ -279,73 +325,165 @@ pub async fn read_changed(
     Ok(out)
 }
 
-/// Prefixes a `changed` predicate's columns with the table alias `t`.
-fn qualify(predicate: &str) -> String {
-    let mut out = String::new();
-    for (i, word) in predicate.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let bare = word.trim_start_matches('(');
-        let opened = &word[..word.len() - bare.len()];
-        if bare.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && !matches!(bare, "OR" | "AND") {
-            out.push_str(opened);
-            out.push_str("t.");
-            out.push_str(bare);
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
-}
-
-/// Writes rows read by [`read_changed`] to `target`.
+/// Writes rows read by [`read_changed`] to `target`, in transactions of
+/// about [`ROWS_PER_TRANSACTION`] rows: a few tables' worth share one (the
+/// freeze's last changes commit at once, not a group commit per table).
 pub async fn write_rows(
     target: &Shard,
     merchant: i64,
     read: Vec<(&'static Table, RowSet)>,
     fresh: bool,
 ) -> anyhow::Result<Copied> {
-    let dialect = target.dialect();
-    let mut copied = Copied::default();
-    for (table, rows) in read {
-        let count = rows.rows.len() as u64;
-        copied.rows += count;
-        if rows.rows.is_empty() {
-            continue;
+    let mut writer = Writer { target, tx: None, rows: 0 };
+    let written = writer.write(merchant, read, fresh).await;
+    match (written, writer.tx.take()) {
+        (Ok(copied), Some(tx)) => {
+            tx.commit().await.map_err(sql_error("committing the copy"))?;
+            Ok(copied)
         }
-        let width = table.columns.len();
-        // The outbox's extra column: the event id `superseded_by` points to.
-        let mut superseded: Vec<(Value, Value)> = Vec::new();
-        let mut data: Vec<Vec<Value>> = Vec::with_capacity(rows.rows.len());
-        for mut row in rows.rows {
-            if row.len() > width {
-                let points_to = row.pop().unwrap_or(Value::Null);
-                if !matches!(points_to, Value::Null) {
-                    superseded.push((row[0].clone(), points_to));
-                }
+        (Ok(copied), None) => Ok(copied),
+        (Err(e), tx) => {
+            if let Some(tx) = tx {
+                tx.rollback().await;
             }
-            if table.name == "processed_events" {
-                row[3] = Value::Int64(merchant);
-            }
-            data.push(row);
-        }
-        for batch in batches(table, &data) {
-            let mut tx = target.begin(true).await.map_err(sql_error("opening a write on the target"))?;
-            let result = write_batch(&mut tx, dialect, table, &batch, fresh).await;
-            match result {
-                Ok(()) => tx.commit().await.map_err(sql_error(&format!("committing {}", table.name)))?,
-                Err(e) => {
-                    tx.rollback().await;
-                    return Err(e);
-                }
-            }
-        }
-        if !superseded.is_empty() {
-            point_superseded(target, &superseded).await?;
+            Err(e)
         }
     }
-    Ok(copied)
+}
+
+/// The target's open write transaction and how many rows it holds.
+struct Writer<'a> {
+    target: &'a Shard,
+    tx: Option<ShardTx>,
+    rows: usize,
+}
+
+impl Writer<'_> {
+    async fn write(
+        &mut self,
+        merchant: i64,
+        read: Vec<(&'static Table, RowSet)>,
+        fresh: bool,
+    ) -> anyhow::Result<Copied> {
+        let dialect = self.target.dialect();
+        let mut copied = Copied::default();
+        for (table, rows) in read {
+            copied.rows += rows.rows.len() as u64;
+            if rows.rows.is_empty() {
+                continue;
+            }
+            let width = table.columns.len();
+            // The outbox's extra column: the event id `superseded_by` points to.
+            let mut superseded: Vec<(Value, Value)> = Vec::new();
+            let mut data: Vec<Vec<Value>> = Vec::with_capacity(rows.rows.len());
+            for mut row in rows.rows {
+                if row.len() > width {
+                    let points_to = row.pop().unwrap_or(Value::Null);
+                    if !matches!(points_to, Value::Null) {
+                        superseded.push((row[0].clone(), points_to));
+                    }
+                }
+                normalise(table, merchant, &mut row);
+                data.push(row);
+            }
+            for batch in batches(table, &data) {
+                let tx = self.room_for(batch.len()).await?;
+                write_batch(tx, dialect, table, &batch, fresh).await?;
+            }
+            if !superseded.is_empty() {
+                // In the transaction that wrote the rows pointed to, or after.
+                let tx = self.room_for(superseded.len()).await?;
+                point_superseded(tx, &superseded).await?;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// The open transaction if `rows` more fit in it, else a new one (the
+    /// open one committed).
+    async fn room_for(&mut self, rows: usize) -> anyhow::Result<&mut ShardTx> {
+        if self.rows > 0 && self.rows + rows > ROWS_PER_TRANSACTION {
+            if let Some(tx) = self.tx.take() {
+                tx.commit().await.map_err(sql_error("committing the copy"))?;
+            }
+            self.rows = 0;
+        }
+        if self.tx.is_none() {
+            self.tx =
+                Some(self.target.begin(true).await.map_err(sql_error("opening a write on the target"))?);
+        }
+        self.rows += rows;
+        Ok(self.tx.as_mut().expect("opened above"))
+    }
+}
+
+/// A row as the target stores it: processed event ids written before they
+/// carried a merchant get it.
+fn normalise(table: &Table, merchant: i64, row: &mut [Value]) {
+    if table.name == "processed_events" {
+        row[3] = Value::Int64(merchant);
+    }
+}
+
+/// Reads back from `target` the rows of `read` (as [`read_changed`] gave
+/// them and [`write_rows`] wrote them), by key, and compares them with what
+/// was read: the tables whose rows differ (empty: written as read).
+pub async fn verify_written(
+    target: &Shard,
+    merchant: i64,
+    read: &[(&'static Table, RowSet)],
+) -> anyhow::Result<Vec<String>> {
+    let mut differences = Vec::new();
+    let mut tx = target.begin(false).await.map_err(sql_error("opening a read on the target"))?;
+    for (table, rows) in read.iter().filter(|(_, rows)| !rows.rows.is_empty()) {
+        let at: Vec<usize> =
+            table.key().iter().filter_map(|k| table.columns.iter().position(|c| c == k)).collect();
+        assert_eq!(at.len(), table.key().len(), "{}: key columns are copied columns", table.name);
+        let mut seen = HashSet::new();
+        let keys: Vec<Vec<Value>> = rows
+            .rows
+            .iter()
+            .map(|row| at.iter().map(|&i| row[i].clone()).collect::<Vec<_>>())
+            .filter(|key| seen.insert(format!("{key:?}")))
+            .collect();
+        let mut expected: Vec<String> = rows
+            .rows
+            .iter()
+            .map(|row| {
+                let mut row = row.clone();
+                normalise(table, merchant, &mut row);
+                format!("{row:?}")
+            })
+            .collect();
+        let mut found = Vec::with_capacity(expected.len());
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let statement = format!("{} AND {}", table.select_rows(), table.key_in(chunk.len()));
+            let mut params = table.merchant_params(merchant);
+            params.extend(chunk.iter().flat_map(|k| k.iter().cloned()));
+            let back = match tx.query(&statement, params).await {
+                Ok(back) => back,
+                Err(e) => {
+                    tx.rollback().await;
+                    return Err(sql_error(&format!("reading back {}", table.name))(e));
+                }
+            };
+            found.extend(back.rows.iter().map(|row| format!("{row:?}")));
+        }
+        expected.sort_unstable();
+        found.sort_unstable();
+        if expected != found {
+            let first = expected.iter().zip(&found).find(|(e, f)| e != f);
+            differences.push(format!(
+                "{}: {} rows copied, {} found{}",
+                table.name,
+                expected.len(),
+                found.len(),
+                first.map(|(e, f)| format!(" (copied {e}, found {f})")).unwrap_or_default()
+            ));
+        }
+    }
+    tx.rollback().await;
+    Ok(differences)
 }
 
 /// `data` in transactions of about [`ROWS_PER_TRANSACTION`] rows. A
@@ -429,9 +567,8 @@ fn insert_statement(dialect: Dialect, table: &Table, rows: usize) -> String {
 
 /// Sets the copied outbox rows' `superseded_by` to the target's id of the
 /// row they point to (ids are each shard's own).
-async fn point_superseded(target: &Shard, superseded: &[(Value, Value)]) -> anyhow::Result<()> {
+async fn point_superseded(tx: &mut ShardTx, superseded: &[(Value, Value)]) -> anyhow::Result<()> {
     for chunk in superseded.chunks(ROWS_PER_STATEMENT) {
-        let mut tx = target.begin(true).await.map_err(sql_error("opening a write on the target"))?;
         let newer: BTreeSet<String> = chunk.iter().filter_map(|(_, to)| text(to)).collect();
         let newer: Vec<Value> = newer.into_iter().map(Value::Text).collect();
         let ids = tx
@@ -466,34 +603,139 @@ async fn point_superseded(target: &Shard, superseded: &[(Value, Value)]) -> anyh
             params.extend(which);
             tx.execute(&statement, params).await.map_err(sql_error("pointing superseded outbox rows"))?;
         }
-        tx.commit().await.map_err(sql_error("committing superseded outbox rows"))?;
     }
     Ok(())
 }
 
-/// One side's figures for `merchant`: per table, the row count and sums.
-pub async fn figures(shard: &Shard, merchant: i64) -> anyhow::Result<Vec<(&'static str, String)>> {
+/// What [`figures`] reads of each table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// The row count and the sums (scans the merchant's rows).
+    Sums,
+    /// The row count only (an index's count, where one covers the filter).
+    Count,
+}
+
+/// Per table, the merchant's figures: what [`differences`] compares.
+pub type Figures = Vec<(&'static str, String)>;
+
+/// One side's figures for `merchant`, in a transaction of their own.
+pub async fn figures(shard: &Shard, merchant: i64, measure: Measure) -> anyhow::Result<Figures> {
     let mut tx = shard.begin(false).await.map_err(sql_error("opening a read"))?;
+    let out = figures_in(&mut tx, shard.dialect(), merchant, measure).await;
+    tx.rollback().await;
+    out
+}
+
+/// The figures as `tx` sees them.
+async fn figures_in(
+    tx: &mut ShardTx,
+    dialect: Dialect,
+    merchant: i64,
+    measure: Measure,
+) -> anyhow::Result<Figures> {
+    // As integers: a sum of BIGINT is DECIMAL on MariaDB and NUMERIC on
+    // PostgreSQL.
+    let integer = if dialect == Dialect::Mysql { "SIGNED" } else { "BIGINT" };
     let mut out = Vec::with_capacity(TABLES.len());
-    let mut result = Ok(());
     for table in &TABLES {
-        // As integers: a sum of BIGINT is DECIMAL on MariaDB and NUMERIC
-        // on PostgreSQL.
-        let integer = if shard.dialect() == Dialect::Mysql { "SIGNED" } else { "BIGINT" };
         let mut select = vec!["COUNT(*)".to_string()];
-        select.extend(table.sums.iter().map(|s| format!("CAST(COALESCE(SUM({s}), 0) AS {integer})")));
+        if measure == Measure::Sums {
+            select.extend(table.sums.iter().map(|s| format!("CAST(COALESCE(SUM({s}), 0) AS {integer})")));
+        }
         let statement =
             format!("SELECT {} FROM {} WHERE {}", select.join(", "), table.name, table.merchant_rows(""));
-        match tx.query(&statement, table.merchant_params(merchant)).await {
-            Ok(rows) => out.push((table.name, format!("{:?}", rows.rows))),
-            Err(e) => {
-                result = Err(sql_error(&format!("summing {}", table.name))(e));
-                break;
-            }
-        }
+        let rows = tx
+            .query(&statement, table.merchant_params(merchant))
+            .await
+            .map_err(sql_error(&format!("summing {}", table.name)))?;
+        out.push((table.name, format!("{:?}", rows.rows)));
     }
+    Ok(out)
+}
+
+/// What [`copy_verified`] did.
+pub struct Verified {
+    pub copied: Copied,
+    /// The tables whose figures differ (empty: the copy is verified).
+    pub differences: Vec<String>,
+    /// The rows the round read and wrote, as [`Written`] knows them.
+    pub written: Written,
+}
+
+/// Rows known to be on the target as they are on the source: the last
+/// freeze need not write them again (the target holds the verified
+/// snapshot's rows; one of these read again unchanged is still there).
+#[derive(Debug, Default)]
+pub struct Written(HashSet<String>);
+
+impl Written {
+    /// The rows of `read`; none past [`MAX_REMEMBERED`] (then the freeze
+    /// writes every row it reads, as after a restart).
+    fn of(read: &[(&'static Table, RowSet)]) -> Self {
+        if read.iter().map(|(_, rows)| rows.rows.len()).sum::<usize>() > MAX_REMEMBERED {
+            return Self::default();
+        }
+        Self(
+            read.iter()
+                .flat_map(|(table, rows)| rows.rows.iter().map(|row| fingerprint(table, row)))
+                .collect(),
+        )
+    }
+
+    /// `read` without the rows already written as they are: a row of an
+    /// upserted table when unchanged, a ledger posting when every entry of
+    /// it is (a posting is written whole).
+    pub fn unwritten(&self, read: Vec<(&'static Table, RowSet)>) -> Vec<(&'static Table, RowSet)> {
+        read.into_iter()
+            .map(|(table, mut rows)| {
+                if table.write == Write::ReplacePostings {
+                    let changed: HashSet<String> = rows
+                        .rows
+                        .iter()
+                        .filter(|row| !self.0.contains(&fingerprint(table, row)))
+                        .filter_map(|row| text(&row[0]))
+                        .collect();
+                    rows.rows.retain(|row| text(&row[0]).is_some_and(|posting| changed.contains(&posting)));
+                } else {
+                    rows.rows.retain(|row| !self.0.contains(&fingerprint(table, row)));
+                }
+                (table, rows)
+            })
+            .collect()
+    }
+}
+
+/// A row as read, whole (exact: no hash that two rows could share).
+fn fingerprint(table: &Table, row: &[Value]) -> String {
+    format!("{}{row:?}", table.name)
+}
+
+/// A round that also verifies the whole copy: the changed rows and the
+/// source's figures are read in one snapshot, so once those rows are
+/// written the target holds exactly that snapshot's rows (earlier rounds
+/// copied every row older than the watermark) and its figures must be the
+/// snapshot's.
+pub async fn copy_verified(
+    source: &Shard,
+    target: &Shard,
+    merchant: i64,
+    watermark_ms: i64,
+    fresh: bool,
+) -> anyhow::Result<Verified> {
+    let mut tx = source.begin_snapshot().await.map_err(sql_error("opening a snapshot of the source"))?;
+    let read = async {
+        let read = read_changed(&mut tx, merchant, watermark_ms).await?;
+        let figures = figures_in(&mut tx, source.dialect(), merchant, Measure::Sums).await?;
+        anyhow::Ok((read, figures))
+    }
+    .await;
     tx.rollback().await;
-    result.map(|()| out)
+    let (read, source_figures) = read?;
+    let written = Written::of(&read);
+    let copied = write_rows(target, merchant, read, fresh).await?;
+    let target_figures = figures(target, merchant, Measure::Sums).await?;
+    Ok(Verified { copied, differences: differences(&source_figures, &target_figures), written })
 }
 
 /// The tables whose figures differ between the sides (empty: the copy is
@@ -632,12 +874,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn predicates_are_qualified() {
-        assert_eq!(qualify("updated_at >= ?"), "t.updated_at >= ?");
+    fn copied_rows_are_found_again_by_their_key() {
+        let payments = &TABLES[0];
+        assert_eq!(payments.key_in(2), "t.id IN (?, ?)");
+        let settlements = TABLES.iter().find(|t| t.name == "settlements").expect("settlements");
         assert_eq!(
-            qualify("(created_at >= ? OR published_at >= ? OR last_retry_at >= ? OR published = 0)"),
-            "(t.created_at >= ? OR t.published_at >= ? OR t.last_retry_at >= ? OR t.published = 0)"
+            settlements.key_in(2),
+            "((t.merchant_id = ? AND t.day = ? AND t.currency = ?) OR \
+             (t.merchant_id = ? AND t.day = ? AND t.currency = ?))"
         );
+        let ledger = &TABLES[2];
+        assert_eq!(ledger.key_in(1), "t.posting_id IN (?)");
+    }
+
+    #[test]
+    fn the_ledger_is_found_through_changed_payments() {
+        // The merchant filter of the ledger's read must be the one
+        // `read_changed` turns into a check only.
+        let ledger = &TABLES[2];
+        assert!(ledger.changed.contains("{m}"));
+        assert!(ledger.select_rows().contains("WHERE t.merchant_id"), "{}", ledger.select_rows());
+        assert!(TABLES.iter().filter(|t| t.changed.contains("{m}")).all(|t| t.name == "ledger_entries"));
+    }
+
+    fn rows(rows: &[&[&str]]) -> RowSet {
+        RowSet {
+            columns: Vec::new(),
+            rows: rows.iter().map(|r| r.iter().map(|v| Value::Text(v.to_string())).collect()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_freeze_writes_only_what_changed_since_the_verified_round() {
+        let (payments, ledger) = (&TABLES[0], &TABLES[2]);
+        let verified = Written::of(&[
+            (payments, rows(&[&["pay_1", "authorized"], &["pay_2", "authorized"]])),
+            (
+                ledger,
+                rows(&[&["pst_1", "hold"], &["pst_1", "pending"], &["pst_2", "hold"], &["pst_2", "pending"]]),
+            ),
+        ]);
+        let again = verified.unwritten(vec![
+            (payments, rows(&[&["pay_1", "authorized"], &["pay_2", "captured"], &["pay_3", "authorized"]])),
+            // pst_2 gained an entry: written whole again; pst_1 did not.
+            (
+                ledger,
+                rows(&[
+                    &["pst_1", "hold"],
+                    &["pst_1", "pending"],
+                    &["pst_2", "hold"],
+                    &["pst_2", "pending"],
+                    &["pst_2", "fee"],
+                ]),
+            ),
+        ]);
+        let kept = |i: usize| -> Vec<String> { again[i].1.rows.iter().map(|r| format!("{r:?}")).collect() };
+        let expected = rows(&[&["pay_2", "captured"], &["pay_3", "authorized"]]);
+        assert_eq!(kept(0), expected.rows.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>());
+        assert_eq!(kept(1).len(), 3, "{:?}", kept(1));
+        assert!(kept(1).iter().all(|r| r.contains("pst_2")));
+        // Past its bound, nothing is remembered: everything is written.
+        let many = rows(&vec![&["pay_x", "authorized"][..]; MAX_REMEMBERED + 1]);
+        let forgotten = Written::of(&[(payments, many.clone())]).unwritten(vec![(payments, many)]);
+        assert_eq!(forgotten[0].1.rows.len(), MAX_REMEMBERED + 1);
     }
 
     #[test]

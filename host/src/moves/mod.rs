@@ -10,11 +10,15 @@
 //!    (`moving_merchants`: retention and expiry leave its rows alone, the
 //!    target's relay holds its events). Rounds copy the rows changed since
 //!    a watermark ([`copy`]) while the merchant is served on its source.
+//!    The last round reads its rows and the source's figures (row counts
+//!    and sums per table) in one snapshot: the copy is verified whole
+//!    against it before the merchant is paused.
 //! 2. `frozen`: the entry is `frozen`. Every live host acknowledges it once
 //!    its invocations of the merchant have ended (`crate::directory`); then
-//!    the source's relay lease is taken and its fence holds events, the last
-//!    changes are copied, and the copy is verified (row counts and sums per
-//!    table). The entry then names the target, `serving`: the pause ends.
+//!    the source's relay lease is taken and its fence holds events, and the
+//!    changes since the verified round are copied and verified: read back
+//!    by key, and every table's row count on both sides. The entry then
+//!    names the target, `serving`: the pause ends.
 //! 3. `cleanup`: the target's fence goes (its relay publishes what the
 //!    source had not), then the source's rows and fence.
 //!
@@ -26,6 +30,7 @@ pub mod copy;
 pub mod plan;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +40,7 @@ use crate::bindings::sql::Dialect;
 use crate::capabilities::sql::Shard;
 use crate::directory::{Directory, State};
 use crate::versions::store::now_ms;
+use copy::{Measure, Written};
 use store::{MoveRecord, MoveStore, StartError, Step};
 
 /// A move whose owner has not been seen for this long is taken over.
@@ -66,12 +72,21 @@ pub struct Mover {
     /// Rows changed this long before a round began are copied again by the
     /// next: the longest transaction (the invocation timeout) plus skew.
     margin: Duration,
+    /// Per move, the rows its verified round wrote (the freeze writes only
+    /// those that changed since; a move resumed elsewhere writes all).
+    verified: std::sync::Mutex<HashMap<i64, Written>>,
 }
 
 impl Mover {
     pub fn new(directory: Arc<Directory>, owner: String, invocation_timeout: Duration) -> Arc<Self> {
         let store = MoveStore::new(directory.store());
-        Arc::new(Self { directory, store, owner, margin: invocation_timeout + SKEW })
+        Arc::new(Self {
+            directory,
+            store,
+            owner,
+            margin: invocation_timeout + SKEW,
+            verified: Default::default(),
+        })
     }
 
     pub fn store(&self) -> &MoveStore {
@@ -295,9 +310,30 @@ impl Mover {
                 tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
             }
         }
+        // The verified round: the whole copy checked against one snapshot
+        // of the source while the merchant is still served, so the freeze
+        // checks only what changed after it.
+        let mut fresh = false;
+        loop {
+            let began = now_ms();
+            let verified = copy::copy_verified(source, target, record.merchant, watermark, fresh).await?;
+            let differences = verified.differences;
+            rows += verified.copied.rows as i64;
+            if differences.is_empty() {
+                watermark = began - self.margin.as_millis() as i64;
+                self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(record.id, verified.written);
+                break;
+            }
+            if fresh {
+                return Err(differs(&differences));
+            }
+            start_over(target, record, &differences).await?;
+            (watermark, fresh) = (0, true);
+        }
         let mut record = record.clone();
         record.rows_copied = rows;
         record.watermark_ms = watermark;
+        self.store.progress(&record, rows, watermark).await?;
         self.store.advance(&record, Step::Frozen, Some((&record.from, State::Frozen)), None, None).await
     }
 
@@ -351,32 +387,51 @@ impl Mover {
                 return Err(e);
             }
         };
-        let copied = copy::write_rows(target, record.merchant, read, false).await?;
+        let read_at = now_ms();
+        let written = self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
+        let read = match written {
+            Some(written) => written.unwritten(read),
+            None => read,
+        };
+        let copied = copy::write_rows(target, record.merchant, read.clone(), false).await?;
         stall_if_asked(Step::Frozen, "after the last copy").await;
-        let mut differences = self.verify(source, target, record.merchant).await?;
-        if !differences.is_empty() {
-            // Rows the source lost meanwhile (retention before its fence)
-            // or an older copy: the target's rows again, all of them.
-            tracing::warn!(
-                move_id = record.id,
-                merchant = record.merchant,
-                "copy differs ({}); copying every row again",
-                differences.join("; ")
-            );
-            copy::delete_merchant(target, record.merchant).await?;
+        // The copy was verified whole against a snapshot (the verified
+        // round); since that snapshot, the source changed only in rows the
+        // last read holds (their times are past the watermark) and the
+        // target only in their keys (the mover writes by key). So: those
+        // rows read back as they were read, and every table's count.
+        let written_at = now_ms();
+        let (back, counts) = tokio::join!(
+            copy::verify_written(target, record.merchant, &read),
+            self.verify(source, target, record.merchant, Measure::Count)
+        );
+        let mut differences = back?;
+        differences.extend(counts?);
+        let verified_at = now_ms();
+        let recopied = !differences.is_empty();
+        if recopied {
+            // Rows deleted on the source since the verified round (a
+            // failed event re-driven) or an older copy: the target's rows
+            // again, all of them.
+            start_over(target, record, &differences).await?;
             copy::copy_changed(source, target, record.merchant, 0, true).await?;
-            differences = self.verify(source, target, record.merchant).await?;
+            differences = self.verify(source, target, record.merchant, Measure::Sums).await?;
         }
         if !differences.is_empty() {
-            return Err(Abort(format!("the copy differs from the source: {}", differences.join("; "))).into());
+            return Err(differs(&differences));
         }
         let mut record = record.clone();
         record.rows_copied += copied.rows as i64;
         let pause = now_ms() - record.step_at;
         let detail = format!(
-            "verified; pause {pause} ms (acknowledged after {} ms, {} rows in the last round)",
+            "verified{}; pause {pause} ms: acknowledged after {} ms, last changes read in {} ms, \
+             {} rows changed since the verified round written in {} ms and verified in {} ms",
+            if recopied { " after copying every row again" } else { "" },
             acknowledged - record.step_at,
-            copied.rows
+            read_at - acknowledged,
+            copied.rows,
+            written_at - read_at,
+            verified_at - written_at
         );
         self.store.progress(&record, record.rows_copied, record.watermark_ms).await?;
         self.store
@@ -384,8 +439,15 @@ impl Mover {
             .await
     }
 
-    async fn verify(&self, source: &Shard, target: &Shard, merchant: i64) -> anyhow::Result<Vec<String>> {
-        let (s, t) = tokio::join!(copy::figures(source, merchant), copy::figures(target, merchant));
+    async fn verify(
+        &self,
+        source: &Shard,
+        target: &Shard,
+        merchant: i64,
+        measure: Measure,
+    ) -> anyhow::Result<Vec<String>> {
+        let (s, t) =
+            tokio::join!(copy::figures(source, merchant, measure), copy::figures(target, merchant, measure));
         Ok(copy::differences(&s?, &t?))
     }
 
@@ -413,6 +475,23 @@ impl Mover {
         copy::remove_fence(source, record.merchant).await?;
         self.store.advance(record, Step::RolledBack, None, None, None).await
     }
+}
+
+/// Deletes the target's copy after `differences` were found, for a copy
+/// of every row.
+async fn start_over(target: &Shard, record: &MoveRecord, differences: &[String]) -> anyhow::Result<()> {
+    tracing::warn!(
+        move_id = record.id,
+        merchant = record.merchant,
+        "copy differs ({}); copying every row again",
+        differences.join("; ")
+    );
+    copy::delete_merchant(target, record.merchant).await.map(drop)
+}
+
+/// A copy that still differs after a copy of every row: the move rolls back.
+fn differs(differences: &[String]) -> anyhow::Error {
+    Abort(format!("the copy differs from the source: {}", differences.join("; "))).into()
 }
 
 /// A failure that rolls the move back at once.

@@ -47,6 +47,15 @@ impl Driver for Mysql {
         }
     }
 
+    fn snapshot_statements() -> &'static [&'static str] {
+        // Sessions run READ COMMITTED; a consistent snapshot needs
+        // REPEATABLE READ (set for the next transaction only).
+        &[
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+        ]
+    }
+
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
     }

@@ -36,6 +36,10 @@ impl Driver for Postgres {
         Some(if write { "BEGIN" } else { "BEGIN READ ONLY" })
     }
 
+    fn snapshot_statements() -> &'static [&'static str] {
+        &["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"]
+    }
+
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR
     }

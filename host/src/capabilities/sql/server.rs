@@ -40,6 +40,10 @@ pub trait Driver: Send + Sync + 'static {
     /// with `autocommit = 0`).
     fn begin_statement(write: bool) -> Option<&'static str>;
 
+    /// The statements that open a read-only transaction whose statements
+    /// all see one snapshot (a consistent read of several tables).
+    fn snapshot_statements() -> &'static [&'static str];
+
     /// The dialect's migrations (`infra/migrations/<dialect>`).
     fn migrator() -> &'static Migrator;
     /// A pool, not yet connected, with the session settings of `config`.
@@ -159,14 +163,24 @@ where
     }
 
     pub async fn begin(&self, write: bool) -> Result<ServerTx<D>, SqlError> {
+        self.begin_with(D::begin_statement(write).as_slice()).await
+    }
+
+    /// A read-only transaction on one snapshot (see
+    /// [`Driver::snapshot_statements`]).
+    pub async fn begin_snapshot(&self) -> Result<ServerTx<D>, SqlError> {
+        self.begin_with(D::snapshot_statements()).await
+    }
+
+    async fn begin_with(&self, statements: &[&str]) -> Result<ServerTx<D>, SqlError> {
         if let Some(why) = self.not_ready() {
             return Err(SqlError::Unavailable(why));
         }
         let held = self.warm.acquire(&self.pool).await.map_err(map::<D>)?;
         let mut tx = ServerTx { held: Some(held), warm: self.warm.clone(), doomed: None, ended: false };
-        if let Some(begin) = D::begin_statement(write) {
+        for statement in statements {
             // On failure `tx` drops unended: its connection is closed.
-            Executor::execute(tx.conn_mut()?, begin).await.map_err(map::<D>)?;
+            Executor::execute(tx.conn_mut()?, *statement).await.map_err(map::<D>)?;
         }
         Ok(tx)
     }

@@ -58,6 +58,17 @@ impl Shard {
         }))
     }
 
+    /// A read-only transaction whose statements all see one snapshot of
+    /// the shard (SQLite's read transactions already do; the servers run
+    /// it REPEATABLE READ), for reading several tables consistently.
+    pub async fn begin_snapshot(&self) -> Result<ShardTx, SqlError> {
+        Ok(ShardTx::new(match &self.backend {
+            Backend::Sqlite(s) => TxBackend::Sqlite(s.begin(false).await?),
+            Backend::Mysql(s) => TxBackend::Mysql(s.begin_snapshot().await?),
+            Backend::Postgres(s) => TxBackend::Postgres(s.begin_snapshot().await?),
+        }))
+    }
+
     /// Whether the shard is migrated and answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
         match &self.backend {

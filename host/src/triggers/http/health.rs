@@ -121,14 +121,19 @@ pub struct OutboxStatus {
     pub oldest_pending: Option<String>,
 }
 
-/// Reads the outbox inside `tx` (a read transaction on its shard).
+/// Reads the outbox inside `tx` (a read transaction on its shard). Rows
+/// the shard holds for a merchant being moved are not this shard's to
+/// publish (the other side publishes them: docs/ARCHITECTURE.md "Merchant
+/// moves"), so they count neither as pending nor towards the lag.
 pub async fn outbox_status(tx: &mut ShardTx) -> Result<OutboxStatus, SqlError> {
     let rows = tx
         .query(
             "SELECT COALESCE(SUM(CASE WHEN dead_lettered = 0 THEN 1 ELSE 0 END), 0), \
                     COALESCE(SUM(CASE WHEN dead_lettered = 1 THEN 1 ELSE 0 END), 0), \
                     MIN(CASE WHEN dead_lettered = 0 THEN created_at END) \
-             FROM outbox WHERE published = 0",
+             FROM outbox WHERE published = 0 \
+             AND NOT EXISTS (SELECT 1 FROM moving_merchants m \
+                             WHERE m.merchant_id = outbox.merchant_id AND m.hold_events = 1)",
             Vec::new(),
         )
         .await?;
