@@ -98,7 +98,7 @@ async fn merchants_of_a_deployment_older_than_the_directory_are_adopted_where_th
     }
     host.kill();
     // As an earlier release left it: rows on the shards, no directory.
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(host.app.join(".payfn/control.db"));
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(host.control_file());
     let mut control = options.connect().await.unwrap();
     sqlx::query("DELETE FROM merchant_directory").execute(&mut control).await.unwrap();
     sqlx::query("DELETE FROM directory_shards").execute(&mut control).await.unwrap();

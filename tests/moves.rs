@@ -413,7 +413,7 @@ async fn a_freeze_a_host_never_confirms_rolls_back() {
     // freeze's.
     let stop = Arc::new(AtomicBool::new(false));
     let peer = {
-        let (control, stop) = (host.app.join(".payfn/control.db"), stop.clone());
+        let (control, stop) = (host.control_file(), stop.clone());
         tokio::spawn(async move {
             use sqlx::ConnectOptions;
             let options = sqlx::sqlite::SqliteConnectOptions::new()

@@ -157,6 +157,11 @@ impl Host {
         std::fs::write(self.app.join("runtime-config.toml"), text).expect("write the runtime config");
     }
 
+    /// The embedded control store's file.
+    pub fn control_file(&self) -> PathBuf {
+        self.app.join(".payfn/control.db")
+    }
+
     /// The merchant directory's entries, merchant -> (shard, how), read
     /// straight from the control store (the app directory's file when
     /// embedded).
@@ -165,9 +170,7 @@ impl Host {
         if let Some(env) = self.env.as_ref().filter(|env| env.backend != Backend::Embedded) {
             return env.directory().await;
         }
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.app.join(".payfn/control.db"))
-            .read_only(true);
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(self.control_file()).read_only(true);
         let mut db = options.connect().await.expect("open the control store");
         sqlx::query("SELECT merchant_id, shard, how FROM merchant_directory")
             .fetch_all(&mut db)

@@ -219,12 +219,18 @@ impl Table {
     /// ready for more `AND` conditions; parameters from
     /// [`merchant_params`](Self::merchant_params).
     fn select_rows(&self) -> String {
+        self.select_rows_where(&self.merchant_rows("t"))
+    }
+
+    /// [`select_rows`](Self::select_rows) with `filter` for the merchant's
+    /// rows.
+    fn select_rows_where(&self, filter: &str) -> String {
         let columns = self.columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
         let (extra, join) = match self.name {
             "outbox" => (", s.event_id", " LEFT JOIN outbox s ON s.id = t.superseded_by"),
             _ => ("", ""),
         };
-        format!("SELECT {columns}{extra} FROM {} t{join} WHERE {}", self.name, self.merchant_rows("t"))
+        format!("SELECT {columns}{extra} FROM {} t{join} WHERE {filter}", self.name)
     }
 
     /// The columns a copied row is found by on the target.
@@ -307,14 +313,15 @@ pub async fn read_changed(
             "outbox" | "ledger_entries" => " ORDER BY t.id",
             _ => "",
         };
-        let changed = table.changed.replace("{m}", &merchant.to_string());
-        let mut select = table.select_rows();
-        if table.changed.contains("{m}") {
+        let select = if table.changed.contains("{m}") {
             // The predicate finds the merchant's rows itself: the filter
             // is only checked (`+` keeps SQLite from walking the
             // merchant's index instead).
-            select = select.replacen("WHERE t.merchant_id", "WHERE +t.merchant_id", 1);
-        }
+            table.select_rows_where(&format!("+{}", table.merchant_rows("t")))
+        } else {
+            table.select_rows()
+        };
+        let changed = table.changed.replace("{m}", &merchant.to_string());
         let statement = format!("{select} AND {changed}{order}");
         let rows =
             tx.query(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
@@ -889,8 +896,7 @@ mod tests {
 
     #[test]
     fn the_ledger_is_found_through_changed_payments() {
-        // The merchant filter of the ledger's read must be the one
-        // `read_changed` turns into a check only.
+        // The ledger's read checks the merchant filter only.
         let ledger = &TABLES[2];
         assert!(ledger.changed.contains("{m}"));
         assert!(ledger.select_rows().contains("WHERE t.merchant_id"), "{}", ledger.select_rows());
@@ -949,9 +955,9 @@ mod tests {
         }
         let batches = batches(ledger, &rows);
         assert!(batches.len() > 1);
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for batch in &batches {
-            let here: std::collections::HashSet<String> = batch.iter().filter_map(|r| text(&r[0])).collect();
+            let here: HashSet<String> = batch.iter().filter_map(|r| text(&r[0])).collect();
             assert!(here.is_disjoint(&seen), "a posting in two transactions");
             seen.extend(here);
         }

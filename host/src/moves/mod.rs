@@ -341,6 +341,8 @@ impl Mover {
     /// verifies, and switches the entry to the target.
     async fn frozen(&self, record: &MoveRecord) -> anyhow::Result<MoveRecord> {
         let (source, target) = (self.shard(&record.from)?, self.shard(&record.to)?);
+        // Taken whatever this attempt comes to (a retry writes every row).
+        let written = self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
         let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
         loop {
             let behind = self
@@ -388,7 +390,6 @@ impl Mover {
             }
         };
         let read_at = now_ms();
-        let written = self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
         let read = match written {
             Some(written) => written.unwritten(read),
             None => read,
