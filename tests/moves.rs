@@ -363,8 +363,9 @@ async fn start_move(host: &Host, merchant: i64, to: &str) -> i64 {
     serde_json::from_str::<Value>(&out.stdout).expect("move JSON")["id"].as_i64().expect("id")
 }
 
-/// The target shard is unreachable when the move begins: the copy fails,
-/// the move rolls back, and the merchant is served on its source all along.
+/// The target shard becomes unreachable as the move begins: the copy
+/// fails, the move rolls back, and the merchant is served on its source
+/// all along.
 /// Once the target is back, its leftover copy is deleted and the fences
 /// lifted; nothing is lost or doubled.
 async fn a_move_to_an_unreachable_shard_rolls_back(backend: Backend) {
@@ -374,8 +375,10 @@ async fn a_move_to_an_unreachable_shard_rolls_back(backend: Backend) {
     wait_for(DRAIN, "the outbox and settlement to drain", || settled(&host, SHARDS)).await;
     let before = rows_of(&host, "shard-2", 3).await;
 
-    env.set_shard_outage("shard-1", true);
+    // Cut after the start (which checks the target is there): the copying
+    // cannot end before an invocation timeout has passed since its fences.
     let id = start_move(&host, 3, "shard-1").await;
+    env.set_shard_outage("shard-1", true);
     wait_for(Duration::from_secs(60), "the move to give up and roll back", || async {
         move_record(&host, id).await["step"] == "rolling_back"
     })

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::bail;
 
-use crate::bindings::sql::{Dialect, RowSet, Value};
+use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
 use crate::capabilities::sql::{Shard, ShardTx};
 
 /// Rows per INSERT (the widest table has 14 columns: well under every
@@ -869,11 +869,15 @@ pub async fn check_ready(shard: &Shard) -> anyhow::Result<()> {
     if let Some(why) = shard.not_ready() {
         bail!("shard `{}` is not ready: {why}", shard.name);
     }
-    let mut tx = shard.begin(false).await.map_err(sql_error("opening a read"))?;
+    let unreachable = format!("shard `{}` is unreachable", shard.name);
+    let mut tx = shard.begin(false).await.map_err(sql_error(&unreachable))?;
     let probe = tx.query("SELECT COUNT(*) FROM moving_merchants", Vec::new()).await;
     tx.rollback().await;
-    probe.map_err(sql_error(&format!("shard `{}` lacks the moves table (migrate it)", shard.name)))?;
-    Ok(())
+    match probe {
+        Ok(_) => Ok(()),
+        Err(e @ SqlError::Unavailable(_)) => Err(sql_error(&unreachable)(e)),
+        Err(e) => Err(sql_error(&format!("shard `{}` lacks the moves table (migrate it)", shard.name))(e)),
+    }
 }
 
 #[cfg(test)]
