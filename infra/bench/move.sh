@@ -3,7 +3,8 @@
 # docs/BENCHMARKS.md "Merchant moves"): BACKEND=embedded|mariadb|postgres
 # (see host.sh).
 #
-#   [BACKEND=...] [PAYMENTS=100000] [RATE=800] [LOAD_RATE=200] infra/bench/move.sh
+#   [BACKEND=...] [PAYMENTS=100000] [RATE=800] [LOAD_RATE=200] [LOAD_SECONDS=150] \
+#     infra/bench/move.sh
 #
 # 1. Merchant 1 (placed on shard-2) takes authorize+capture iterations
 #    (`payfn bench --merchants 1` at RATE/s, 30 s at a time) until it has
@@ -11,12 +12,14 @@
 # 2. It moves to shard-1 with no other load: `payfn shards move` prints the
 #    steps, the rows copied and the writes' pause (frozen until switched).
 # 3. It moves back to shard-2 while `payfn bench` offers LOAD_RATE/s of
-#    authorize+capture over merchants 1-100 (itself included): the pause
-#    under load, and the load's errors (only merchant 1's bounded 503s may
-#    be among them).
+#    authorize+capture over merchants 1-100 (itself included) for
+#    LOAD_SECONDS, which must outlast the move (the script says if it did
+#    not): the pause under load, and the load's errors (only merchant 1's
+#    bounded 503s may be among them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 payments=${PAYMENTS:-100000} rate=${RATE:-800} load_rate=${LOAD_RATE:-200}
+load_seconds=${LOAD_SECONDS:-150}
 # shellcheck source=infra/bench/host.sh
 source infra/bench/host.sh
 bench_start_host
@@ -39,12 +42,15 @@ started=$(date +%s.%N)
 echo "move took $(echo "$(date +%s.%N) - $started" | bc) s"
 echo "== move merchant 1 back to shard-2 under $load_rate it/s over merchants 1-100"
 "$payfn" bench --url "$url" "${app_args[@]}" --scenario authorize-capture --rate "$load_rate" \
-  --duration 60s --merchants 100 > "$state/load.out" 2>&1 &
+  --duration "${load_seconds}s" --merchants 100 > "$state/load.out" 2>&1 &
 load=$!
 sleep 5
 started=$(date +%s.%N)
 "$payfn" shards move --merchant 1 --to shard-2 "${admin[@]}"
 echo "move took $(echo "$(date +%s.%N) - $started" | bc) s"
+if ! kill -0 "$load" 2>/dev/null; then
+  echo "NOTE: the load ended before the move did: raise LOAD_SECONDS for a pause under load"
+fi
 wait "$load" || true
 # The load's figures, its errors, and the outbox and settlement lag beside it.
 cat "$state/load.out"

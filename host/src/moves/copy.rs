@@ -49,9 +49,16 @@ pub struct Table {
     write: Write,
     /// Rows changed at or after the watermark (`?`: RFC 3339 text, or
     /// epoch milliseconds for `idempotency_keys`; `{m}`: the merchant id),
-    /// besides the merchant, the table being `t`.
+    /// besides the merchant, the table being `t`. Each is served by an
+    /// index, so the last rounds and the freeze read what the last seconds
+    /// changed, not the merchant's whole history.
     changed: &'static str,
     watermark_is_ms: bool,
+    /// `changed` finds the rows itself, through an index of every
+    /// merchant's rows by time (or, for the ledger, through the changed
+    /// payments): the merchant filter is only checked, so the planner does
+    /// not walk the merchant's rows instead.
+    found_by_time: bool,
     /// Compared between the sides after the copy.
     sums: &'static [&'static str],
 }
@@ -77,16 +84,20 @@ pub const TABLES: [Table; 8] = [
             "capture_event_id",
         ],
         write: Write::Upsert(&["id"]),
+        // `payments_by_merchant` (merchant_id, updated_at).
         changed: "t.updated_at >= ?",
         watermark_is_ms: false,
+        found_by_time: false,
         sums: &["amount", "captured_amount", "refunded_amount", "version"],
     },
     Table {
         name: "refunds",
         columns: &["id", "payment_id", "merchant_id", "amount", "reason", "created_at", "event_id"],
         write: Write::Upsert(&["id"]),
+        // `refunds_by_merchant` (merchant_id, created_at).
         changed: "t.created_at >= ?",
         watermark_is_ms: false,
+        found_by_time: false,
         sums: &["amount"],
     },
     Table {
@@ -111,6 +122,7 @@ pub const TABLES: [Table; 8] = [
             "t.payment_id IN (SELECT p.id FROM payments p WHERE p.merchant_id = {m} AND p.updated_at >= ?) \
                   AND t.created_at >= ?",
         watermark_is_ms: false,
+        found_by_time: true,
         sums: &["amount", "CASE WHEN amount > 0 THEN amount ELSE 0 END"],
     },
     Table {
@@ -132,18 +144,24 @@ pub const TABLES: [Table; 8] = [
             "traceparent",
         ],
         write: Write::Upsert(&["event_id"]),
-        // A row changes when written, published, refused or dead-lettered;
-        // a pending one may change any time.
-        changed: "(t.created_at >= ? OR t.published_at >= ? OR t.last_retry_at >= ? OR t.published = 0)",
+        // A pending row (dead-lettered ones included) may change any time;
+        // a published one changed last when it was published, which is at
+        // or after it was written (the relay's update marks nothing else).
+        // `outbox_pending` and `outbox_published_at` serve the two halves.
+        changed: "(t.published = 0 OR \
+                  (t.published = 1 AND t.dead_lettered IN (0, 1) AND t.published_at >= ?))",
         watermark_is_ms: false,
+        found_by_time: true,
         sums: &["published", "dead_lettered", "retry_count"],
     },
     Table {
         name: "idempotency_keys",
         columns: &["merchant_id", "idempotency_key", "fingerprint", "status", "body", "created_at_ms"],
         write: Write::Upsert(&["merchant_id", "idempotency_key"]),
+        // `idempotency_keys_by_time`.
         changed: "t.created_at_ms >= ?",
         watermark_is_ms: true,
+        found_by_time: true,
         sums: &["status"],
     },
     Table {
@@ -162,16 +180,20 @@ pub const TABLES: [Table; 8] = [
             "version",
         ],
         write: Write::Upsert(&["merchant_id", "day", "currency"]),
+        // A merchant has a row per day and currency: its key's prefix.
         changed: "t.updated_at >= ?",
         watermark_is_ms: false,
+        found_by_time: false,
         sums: &["gross_captured", "refunded", "capture_count", "refund_count", "fee", "net", "version"],
     },
     Table {
         name: "processed_events",
         columns: &["consumer", "event_id", "processed_at", "merchant_id"],
         write: Write::Upsert(&["consumer", "event_id"]),
+        // `processed_events_by_time`.
         changed: "t.processed_at >= ?",
         watermark_is_ms: false,
+        found_by_time: true,
         sums: &[],
     },
     Table {
@@ -192,8 +214,10 @@ pub const TABLES: [Table; 8] = [
             "failed_at",
         ],
         write: Write::Upsert(&["consumer", "source_topic", "source_partition", "source_offset"]),
+        // Few rows: read whole.
         changed: "t.failed_at >= ?",
         watermark_is_ms: false,
+        found_by_time: false,
         sums: &["source_offset"],
     },
 ];
@@ -204,13 +228,24 @@ impl Table {
     /// Processed event ids written before they carried a merchant are found
     /// through the merchant's outbox.
     fn merchant_rows(&self, alias: &str) -> String {
+        self.merchant_filter(alias, "")
+    }
+
+    /// [`merchant_rows`](Self::merchant_rows) as a check only: `+` makes
+    /// the column an expression, which no index serves, so the planner
+    /// finds the rows by the other conditions.
+    fn merchant_checked(&self, alias: &str) -> String {
+        self.merchant_filter(alias, "+")
+    }
+
+    fn merchant_filter(&self, alias: &str, unary: &str) -> String {
         let t = if alias.is_empty() { String::new() } else { format!("{alias}.") };
         match self.name {
             "processed_events" => format!(
-                "({t}merchant_id = ? OR ({t}merchant_id IS NULL AND {t}event_id IN \
+                "({unary}{t}merchant_id = ? OR ({t}merchant_id IS NULL AND {t}event_id IN \
                  (SELECT event_id FROM outbox WHERE merchant_id = ?)))"
             ),
-            _ => format!("{t}merchant_id = ?"),
+            _ => format!("{unary}{t}merchant_id = ?"),
         }
     }
 
@@ -231,6 +266,29 @@ impl Table {
             _ => ("", ""),
         };
         format!("SELECT {columns}{extra} FROM {} t{join} WHERE {filter}", self.name)
+    }
+
+    /// The statement reading the merchant's rows changed since
+    /// `watermark_ms` (0: every row, through the merchant's index), and its
+    /// parameters.
+    fn changed_rows(&self, merchant: i64, watermark_ms: i64) -> (String, Vec<Value>) {
+        let order = match self.name {
+            "outbox" | "ledger_entries" => " ORDER BY t.id",
+            _ => "",
+        };
+        let mut params = self.merchant_params(merchant);
+        if watermark_ms == 0 {
+            return (format!("{}{order}", self.select_rows()), params);
+        }
+        let select = if self.found_by_time {
+            self.select_rows_where(&self.merchant_checked("t"))
+        } else {
+            self.select_rows()
+        };
+        let watermark = self.watermark(watermark_ms);
+        params.extend(std::iter::repeat_n(watermark, self.changed.matches('?').count()));
+        let changed = self.changed.replace("{m}", &merchant.to_string());
+        (format!("{select} AND {changed}{order}"), params)
     }
 
     /// The columns a copied row is found by on the target.
@@ -306,23 +364,7 @@ pub async fn read_changed(
     // so each statement sees what committed before it; read after its
     // refunds and ledger entries, the payments hold every one they name.
     for table in TABLES.iter().rev() {
-        let mut params = table.merchant_params(merchant);
-        let watermark = table.watermark(watermark_ms);
-        params.extend(std::iter::repeat_n(watermark, table.changed.matches('?').count()));
-        let order = match table.name {
-            "outbox" | "ledger_entries" => " ORDER BY t.id",
-            _ => "",
-        };
-        let select = if table.changed.contains("{m}") {
-            // The predicate finds the merchant's rows itself: the filter
-            // is only checked (`+` keeps SQLite from walking the
-            // merchant's index instead).
-            table.select_rows_where(&format!("+{}", table.merchant_rows("t")))
-        } else {
-            table.select_rows()
-        };
-        let changed = table.changed.replace("{m}", &merchant.to_string());
-        let statement = format!("{select} AND {changed}{order}");
+        let (statement, params) = table.changed_rows(merchant, watermark_ms);
         let rows =
             tx.query(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
         out.push((table, rows));
@@ -902,9 +944,75 @@ mod tests {
     fn the_ledger_is_found_through_changed_payments() {
         // The ledger's read checks the merchant filter only.
         let ledger = &TABLES[2];
-        assert!(ledger.changed.contains("{m}"));
+        assert!(ledger.changed.contains("{m}") && ledger.found_by_time);
         assert!(ledger.select_rows().contains("WHERE t.merchant_id"), "{}", ledger.select_rows());
         assert!(TABLES.iter().filter(|t| t.changed.contains("{m}")).all(|t| t.name == "ledger_entries"));
+        let processed = TABLES.iter().find(|t| t.name == "processed_events").expect("processed_events");
+        assert!(processed.merchant_checked("t").starts_with("(+t.merchant_id = ? OR (t.merchant_id IS NULL"));
+    }
+
+    /// The last rounds and the freeze read what the last seconds changed:
+    /// every read of a recent watermark searches an index that leads with
+    /// time (or, for payments, refunds and settlements, the merchant's
+    /// rows by time), never the merchant's whole history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recent_changes_are_found_by_time() {
+        use crate::capabilities::sql::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
+        use crate::capabilities::sql::ShardSet;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            accept_new: true,
+            weight: 1,
+            name: "s".into(),
+            backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
+        };
+        let shards = ShardSet::open(&[config], &RoutingConfig::default(), dir.path()).await.unwrap();
+        let shard = shards.iter().next().unwrap().clone();
+        let mut read = shard.begin(false).await.unwrap();
+        let expected = [
+            ("payments", &["SEARCH t USING INDEX payments_by_merchant (merchant_id=?)"][..]),
+            ("refunds", &["SEARCH t USING INDEX refunds_by_merchant (merchant_id=? AND created_at>?)"]),
+            (
+                "ledger_entries",
+                &[
+                    "SEARCH t USING INDEX ledger_by_payment (payment_id=?)",
+                    "SEARCH p USING INDEX payments_by_merchant (merchant_id=?)",
+                ],
+            ),
+            (
+                "outbox",
+                &[
+                    // The pending rows: either index leads with `published`.
+                    "SEARCH t USING INDEX * (published=?)",
+                    "SEARCH t USING INDEX outbox_published_at (published=? AND dead_lettered=? AND published_at>?)",
+                ],
+            ),
+            ("idempotency_keys", &["SEARCH t USING INDEX idempotency_keys_by_time (created_at_ms>?)"]),
+            ("settlements", &["SEARCH t USING INDEX sqlite_autoindex_settlements_1 (merchant_id=?)"]),
+            ("processed_events", &["SEARCH t USING INDEX processed_events_by_time (processed_at>?)"]),
+            // Few rows (failures of the settlement consumer): read whole.
+            ("failed_events", &["SCAN t"]),
+        ];
+        for (table, searches) in expected {
+            let table = TABLES.iter().find(|t| t.name == table).expect("a table of the move");
+            let (statement, params) = table.changed_rows(7, 1_796_000_000_000);
+            let plan = read.query(&format!("EXPLAIN QUERY PLAN {statement}"), params).await.unwrap();
+            let plan: Vec<String> = plan.rows.iter().filter_map(|row| text(&row[3])).collect();
+            for search in searches {
+                let found = match search.split_once(" * ") {
+                    Some((head, tail)) => {
+                        plan.iter().any(|step| step.starts_with(head) && step.ends_with(tail))
+                    }
+                    None => plan.iter().any(|step| step == search),
+                };
+                assert!(found, "{}: no `{search}` in {plan:?}", table.name);
+            }
+            if table.name != "failed_events" {
+                assert!(!plan.iter().any(|step| step.starts_with("SCAN t")), "{}: {plan:?}", table.name);
+            }
+        }
+        read.rollback().await;
     }
 
     fn rows(rows: &[&[&str]]) -> RowSet {
