@@ -802,18 +802,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_check_tells_mismatches_from_unsettled_and_in_flight_changes() {
         use crate::bindings::sql::Dialect;
-        use crate::capabilities::sql::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
-        use crate::capabilities::sql::ShardSet;
-
-        let dir = tempfile::tempdir().unwrap();
-        let config = ShardConfig {
-            accept_new: true,
-            weight: 1,
-            name: "s".into(),
-            backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
-        };
-        let shards = ShardSet::open(&[config], &RoutingConfig::default(), dir.path()).await.unwrap();
-        let shard = shards.iter().next().unwrap().clone();
+        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
         assert_eq!(shard.dialect(), Dialect::Sqlite);
         let now = humantime::parse_rfc3339("2026-03-10T12:00:00Z").unwrap();
         let mut statements = Vec::new();

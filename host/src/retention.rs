@@ -496,18 +496,7 @@ mod tests {
     /// every statement is an index search, never a scan of the table.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_purges_old_rows_and_spares_unpublished_and_dead_lettered_ones() {
-        use crate::capabilities::sql::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
-        use crate::capabilities::sql::ShardSet;
-
-        let dir = tempfile::tempdir().unwrap();
-        let config = ShardConfig {
-            accept_new: true,
-            weight: 1,
-            name: "s".into(),
-            backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
-        };
-        let shards = ShardSet::open(&[config], &RoutingConfig::default(), dir.path()).await.unwrap();
-        let shard = shards.iter().next().unwrap().clone();
+        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
         let (old, new) = ("2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z");
         let mut tx = shard.begin(true).await.unwrap();
         // (published, dead_lettered, published_at): 7 old published rows,

@@ -25,6 +25,14 @@
 # sized to hold its working set, and the merchant-move figures are taken so.
 # The size in force is printed either way.
 #
+# POSTGRES_AUTOVACUUM=on turns PostgreSQL's autovacuum on for the run
+# (ALTER SYSTEM, reset at exit). This class of machine runs PostgreSQL with
+# `autovacuum = off` (/etc/postgresql/*/main/conf.d/90-ci.conf): dead row
+# versions then pile up with every capture and every published outbox row,
+# and the steps slow down as the tables grow (a one-merchant load fell from
+# 300 to 120 it/s within 4 minutes). Production runs autovacuum. The
+# setting in force is printed either way.
+#
 # KEEP_STATE=1 keeps the run's state directory (the embedded shards, the
 # logs) at exit and prints where it is, to look into afterwards.
 #
@@ -33,8 +41,13 @@
 # everything started is stopped on exit.
 bench_pids=()
 state=""
+bench_autovacuum_set=""
 bench_cleanup() {
   kill "${bench_pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true
+  if [ -n "$bench_autovacuum_set" ]; then
+    psql -q -h 127.0.0.1 -U postgres -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null
+    bench_autovacuum_set=""
+  fi
   if [ -n "${KEEP_STATE:-}" ] && [ -n "$state" ]; then echo "== state kept in $state" >&2; return; fi
   [ -z "$state" ] || rm -rf "$state"
 }
@@ -71,6 +84,14 @@ TOML
         fi
         echo "mariadb: innodb_buffer_pool_size $(mysql -h 127.0.0.1 -u root -N -e \
           'SELECT @@innodb_buffer_pool_size' | numfmt --to=iec)"
+      else
+        if [ "${POSTGRES_AUTOVACUUM:-}" = on ]; then
+          psql -q -h 127.0.0.1 -U postgres -c "ALTER SYSTEM SET autovacuum = on" \
+            -c "SELECT pg_reload_conf()" >/dev/null
+          bench_autovacuum_set=1
+          sleep 1
+        fi
+        echo "postgresql: autovacuum $(psql -h 127.0.0.1 -U postgres -tAc 'SHOW autovacuum')"
       fi
       for n in 1 2; do
         if [ "$backend" = mariadb ]; then

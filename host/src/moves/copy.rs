@@ -957,18 +957,7 @@ mod tests {
     /// rows by time), never the merchant's whole history.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recent_changes_are_found_by_time() {
-        use crate::capabilities::sql::runtime_config::{BackendConfig, RoutingConfig, ShardConfig};
-        use crate::capabilities::sql::ShardSet;
-
-        let dir = tempfile::tempdir().unwrap();
-        let config = ShardConfig {
-            accept_new: true,
-            weight: 1,
-            name: "s".into(),
-            backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
-        };
-        let shards = ShardSet::open(&[config], &RoutingConfig::default(), dir.path()).await.unwrap();
-        let shard = shards.iter().next().unwrap().clone();
+        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
         let mut read = shard.begin(false).await.unwrap();
         let expected = [
             ("payments", &["SEARCH t USING INDEX payments_by_merchant (merchant_id=?)"][..]),

@@ -20,6 +20,8 @@ mod sqlite;
 mod values;
 mod warm;
 
+#[cfg(test)]
+pub use shards::test_shard;
 pub use shards::{migrate, Shard, ShardSet, ShardTx};
 // The embedded event log (kafka/embedded.rs) keeps a SQLite file the way
 // the shards do.

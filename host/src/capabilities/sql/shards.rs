@@ -254,6 +254,23 @@ pub struct ShardSet {
     open_to_new: Vec<(usize, u64)>,
 }
 
+/// One migrated SQLite shard named `s` in a new temporary directory (which
+/// lives as long as the returned guard): for unit tests of what reads and
+/// writes shards.
+#[cfg(test)]
+pub async fn test_shard() -> (tempfile::TempDir, Arc<Shard>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = ShardConfig {
+        accept_new: true,
+        weight: 1,
+        name: "s".into(),
+        backend: BackendConfig::Sqlite { path: Some(dir.path().join("s.db")), readers: 1 },
+    };
+    let shards = ShardSet::open(&[config], &RoutingConfig::default(), dir.path()).await.expect("a shard");
+    let shard = shards.iter().next().expect("one shard").clone();
+    (dir, shard)
+}
+
 impl ShardSet {
     /// Connects every shard (running migrations) and checks the routing table.
     pub async fn open(
