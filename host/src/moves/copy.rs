@@ -84,7 +84,9 @@ pub const TABLES: [Table; 8] = [
             "capture_event_id",
         ],
         write: Write::Upsert(&["id"]),
-        // `payments_by_merchant` (merchant_id, updated_at).
+        // Through `payments_by_merchant` (merchant_id, created_at), each of
+        // the merchant's payments checked: no index on `updated_at`, which
+        // every capture, refund and void would update (ARCHITECTURE.md).
         changed: "t.updated_at >= ?",
         watermark_is_ms: false,
         found_by_time: false,
