@@ -26,6 +26,13 @@ const TABLES: [&str; 7] = [
     "processed_events",
 ];
 
+/// Small pages: every paged table takes several, so that each dialect
+/// runs the keyset reads of a move's rounds (host/src/moves/pages.rs).
+const SMALL_PAGES: &str = "[moves]\npage_rows = 10\n";
+/// Pages that still keep up with a merchant's own load (a round must
+/// copy faster than the merchant writes for the rounds to get small).
+const PAGES_UNDER_LOAD: &str = "[moves]\npage_rows = 200\n";
+
 /// How long the relay and settlement get to drain.
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -79,6 +86,16 @@ async fn move_merchant(host: &Host, merchant: i64, to: &str) -> Value {
     serde_json::from_str(&out.stdout).expect("the move's JSON")
 }
 
+/// The pages the first copying round of the first move read, from the
+/// host's log (`move: copied a round ... pages=N`); 0 if none is logged.
+fn first_round_pages(log: &str) -> u64 {
+    log.lines()
+        .find(|line| line.contains("move: copied a round"))
+        .and_then(|line| line.split_whitespace().find_map(|field| field.strip_prefix("pages=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `payfn shards status --json`.
 async fn status(host: &Host) -> Value {
     let out = host.admin(&["shards", "status", "--json"]).await;
@@ -106,7 +123,7 @@ async fn published(host: &Host, expected: usize) -> (i64, i64) {
 /// published exactly once, settlement agrees with the payments, and the
 /// other merchant of the shard is untouched.
 async fn a_moved_merchant_keeps_every_row_and_event(backend: Backend) {
-    let host = backend.start().await;
+    let host = backend.start_with(&support::manifest(""), SMALL_PAGES).await;
     // Odd merchants are placed on shard-2.
     let (open, key) = business(&host, 3, 12).await;
     business(&host, 5, 4).await;
@@ -119,6 +136,10 @@ async fn a_moved_merchant_keeps_every_row_and_event(backend: Backend) {
     assert_eq!(record["step"], "done", "{record}");
     assert!(record["pauseMs"].as_i64().is_some_and(|ms| ms >= 0), "{record}");
     assert!(record["detail"].as_str().is_some_and(|d| d.starts_with("verified; pause")), "{record}");
+    // The first round went in pages: 8 of 2 payments with their refunds
+    // and ledger entries, then the outbox's, and so on.
+    let pages = first_round_pages(&host.log());
+    assert!(pages >= 8 + 4, "the first round read {pages} pages");
 
     assert_eq!(rows_of(&host, "shard-1", 3).await, before, "every row on the new shard");
     assert!(rows_of(&host, "shard-2", 3).await.iter().all(|(_, n)| *n == 0), "none left behind");
@@ -198,7 +219,7 @@ async fn a_move_that_cannot_be_made_is_refused() {
 /// others never fail; the moving merchant gets only 503 `merchant_moving`
 /// with `Retry-After`, and every change it was told of is stored.
 async fn a_move_under_load(backend: Backend) {
-    let host = Arc::new(backend.start().await);
+    let host = Arc::new(backend.start_with(&support::manifest(""), PAGES_UNDER_LOAD).await);
     business(&host, 3, 30).await;
     let stop = Arc::new(AtomicBool::new(false));
     let others_failed = Arc::new(AtomicU64::new(0));

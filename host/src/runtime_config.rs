@@ -45,6 +45,9 @@ pub struct RuntimeConfig {
     pub retention: crate::retention::RetentionConfig,
     #[serde(default)]
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// How fast merchant moves copy and delete (`[moves]`).
+    #[serde(default)]
+    pub moves: crate::moves::pace::MovesConfig,
 }
 
 impl Default for RuntimeConfig {

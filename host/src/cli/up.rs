@@ -94,7 +94,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         address: address.to_string(),
         started_at: crate::versions::store::now_ms(),
     };
-    let mover = Mover::new(directory.clone(), identity.id.clone(), config.engine.timeout());
+    let mover =
+        Mover::new(directory.clone(), identity.id.clone(), config.engine.timeout(), config.moves.clone());
     let (versions, lines) = Versions::start(engine.clone(), control, kv.clone(), &manifest, identity).await?;
     for line in lines {
         banner!("  component       {} {}", line.component, line.text);

@@ -17,6 +17,8 @@ use anyhow::bail;
 use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
 use crate::capabilities::sql::{Shard, ShardTx};
 
+use super::pace::MovesConfig;
+
 /// Rows per INSERT (the widest table has 14 columns: well under every
 /// dialect's limit on parameters).
 const ROWS_PER_STATEMENT: usize = 200;
@@ -40,6 +42,22 @@ enum Write {
     ReplacePostings,
 }
 
+/// How a copying round pages through a table ([`super::pages`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Page {
+    /// In the order of these columns: unique together, never changed, and
+    /// the order of an index that finds the merchant's rows, so a page is
+    /// one range of it.
+    By(&'static [&'static str]),
+    /// With the page of payments they belong to: a payment's refunds and
+    /// ledger postings travel with it, so a posting is never split across
+    /// pages and no row reaches the target before its payment.
+    WithPayments,
+    /// Whole: a few rows per merchant (one per day and currency, or per
+    /// failed event).
+    Whole,
+}
+
 /// One table a merchant has rows in.
 pub struct Table {
     pub name: &'static str,
@@ -61,6 +79,7 @@ pub struct Table {
     found_by_time: bool,
     /// Compared between the sides after the copy.
     sums: &'static [&'static str],
+    pub(super) page: Page,
 }
 
 /// In foreign-key order: payments before what references them.
@@ -91,6 +110,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: false,
         sums: &["amount", "captured_amount", "refunded_amount", "version"],
+        page: Page::By(&["created_at", "id"]),
     },
     Table {
         name: "refunds",
@@ -101,6 +121,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: false,
         sums: &["amount"],
+        page: Page::WithPayments,
     },
     Table {
         name: "ledger_entries",
@@ -126,6 +147,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: true,
         sums: &["amount", "CASE WHEN amount > 0 THEN amount ELSE 0 END"],
+        page: Page::WithPayments,
     },
     Table {
         name: "outbox",
@@ -155,6 +177,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: true,
         sums: &["published", "dead_lettered", "retry_count"],
+        page: Page::By(&["id"]),
     },
     Table {
         name: "idempotency_keys",
@@ -165,6 +188,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: true,
         found_by_time: true,
         sums: &["status"],
+        page: Page::By(&["idempotency_key"]),
     },
     Table {
         name: "settlements",
@@ -187,6 +211,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: false,
         sums: &["gross_captured", "refunded", "capture_count", "refund_count", "fee", "net", "version"],
+        page: Page::Whole,
     },
     Table {
         name: "processed_events",
@@ -197,6 +222,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: true,
         sums: &[],
+        page: Page::By(&["consumer", "event_id"]),
     },
     Table {
         name: "failed_events",
@@ -221,6 +247,7 @@ pub const TABLES: [Table; 8] = [
         watermark_is_ms: false,
         found_by_time: false,
         sums: &["source_offset"],
+        page: Page::Whole,
     },
 ];
 
@@ -262,35 +289,100 @@ impl Table {
     /// [`select_rows`](Self::select_rows) with `filter` for the merchant's
     /// rows.
     fn select_rows_where(&self, filter: &str) -> String {
+        self.select_rows_with(filter, &[])
+    }
+
+    /// [`select_rows_where`](Self::select_rows_where), with the columns
+    /// `also` after each row's (a page's key).
+    fn select_rows_with(&self, filter: &str, also: &[&str]) -> String {
         let columns = self.columns.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
         let (extra, join) = match self.name {
             "outbox" => (", s.event_id", " LEFT JOIN outbox s ON s.id = t.superseded_by"),
             _ => ("", ""),
         };
-        format!("SELECT {columns}{extra} FROM {} t{join} WHERE {filter}", self.name)
+        let also: String = also.iter().map(|c| format!(", t.{c}")).collect();
+        format!("SELECT {columns}{extra}{also} FROM {} t{join} WHERE {filter}", self.name)
     }
 
     /// The statement reading the merchant's rows changed since
     /// `watermark_ms` (0: every row, through the merchant's index), and its
     /// parameters.
-    fn changed_rows(&self, merchant: i64, watermark_ms: i64) -> (String, Vec<Value>) {
+    pub(super) fn changed_rows(&self, merchant: i64, watermark_ms: i64) -> (String, Vec<Value>) {
         let order = match self.name {
             "outbox" | "ledger_entries" => " ORDER BY t.id",
             _ => "",
         };
+        let (filter, params) = self.changed_filter(merchant, watermark_ms);
+        (format!("{}{order}", self.select_rows_where(&filter)), params)
+    }
+
+    /// The condition on `t` for the merchant's rows changed since
+    /// `watermark_ms`, and its parameters.
+    fn changed_filter(&self, merchant: i64, watermark_ms: i64) -> (String, Vec<Value>) {
         let mut params = self.merchant_params(merchant);
         if watermark_ms == 0 {
-            return (format!("{}{order}", self.select_rows()), params);
+            return (self.merchant_rows("t"), params);
         }
-        let select = if self.found_by_time {
-            self.select_rows_where(&self.merchant_checked("t"))
-        } else {
-            self.select_rows()
-        };
+        let merchant_filter =
+            if self.found_by_time { self.merchant_checked("t") } else { self.merchant_rows("t") };
         let watermark = self.watermark(watermark_ms);
         params.extend(std::iter::repeat_n(watermark, self.changed.matches('?').count()));
         let changed = self.changed.replace("{m}", &merchant.to_string());
-        (format!("{select} AND {changed}{order}"), params)
+        (format!("{merchant_filter} AND {changed}"), params)
+    }
+
+    /// A page of [`changed_rows`](Self::changed_rows): at most `limit` rows
+    /// in `key` order, past `after` (a key as the last page ended), each
+    /// row followed by its key's columns.
+    pub(super) fn changed_page(
+        &self,
+        merchant: i64,
+        watermark_ms: i64,
+        key: &[&str],
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> (String, Vec<Value>) {
+        assert!(!key.is_empty(), "{}: a page key has columns", self.name);
+        let (mut filter, mut params) = self.changed_filter(merchant, watermark_ms);
+        if let Some(after) = after {
+            assert_eq!(after.len(), key.len(), "{}: a page ends on a whole key", self.name);
+            filter = format!("{filter} AND {}", past(key));
+            params.extend(past_params(after));
+        }
+        let order = key.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+        (format!("{} ORDER BY {order} LIMIT {limit}", self.select_rows_with(&filter, key)), params)
+    }
+
+    /// The rows of `payments` payments (their ids the last parameters but
+    /// the watermark's) changed since `watermark_ms`: a table paged
+    /// [`Page::WithPayments`]. Its rows carry the time of the write of
+    /// their payment that made them, so those since the watermark belong
+    /// to payments changed since it.
+    pub(super) fn of_payments(
+        &self,
+        merchant: i64,
+        watermark_ms: i64,
+        payments: &[Value],
+    ) -> (String, Vec<Value>) {
+        assert!(self.page == Page::WithPayments, "{} is not read with its payments", self.name);
+        let mut params = self.merchant_params(merchant);
+        params.extend(payments.iter().cloned());
+        let mut filter = format!(
+            "{} AND t.payment_id IN ({})",
+            self.merchant_checked("t"),
+            vec!["?"; payments.len()].join(", ")
+        );
+        if watermark_ms > 0 {
+            filter.push_str(" AND t.created_at >= ?");
+            params.push(self.watermark(watermark_ms));
+        }
+        let order = if self.write == Write::ReplacePostings { " ORDER BY t.id" } else { "" };
+        (format!("{}{order}", self.select_rows_where(&filter)), params)
+    }
+
+    /// Columns per row as copied (the outbox's read adds one).
+    pub(super) fn width(&self) -> usize {
+        self.columns.len()
     }
 
     /// The columns a copied row is found by on the target.
@@ -331,10 +423,35 @@ impl Table {
     }
 }
 
+/// Rows whose `key` is past a page's last key (parameters:
+/// [`past_params`]). The first column's `>=` lets every planner bound the
+/// index range; the rest is the row-value comparison spelt out, which
+/// every dialect reads alike.
+fn past(key: &[&str]) -> String {
+    let ors: Vec<String> = (0..key.len())
+        .map(|i| {
+            let equal = key[..i].iter().map(|c| format!("t.{c} = ?"));
+            equal.chain(std::iter::once(format!("t.{} > ?", key[i]))).collect::<Vec<_>>().join(" AND ")
+        })
+        .collect();
+    format!("t.{} >= ? AND (({}))", key[0], ors.join(") OR ("))
+}
+
+/// The parameters of [`past`] for the key `last`.
+fn past_params(last: &[Value]) -> Vec<Value> {
+    let mut params = vec![last[0].clone()];
+    for i in 0..last.len() {
+        params.extend(last[..=i].iter().cloned());
+    }
+    params
+}
+
 /// How many rows a round copied.
 #[derive(Debug, Default, Clone)]
 pub struct Copied {
     pub rows: u64,
+    /// Pages read (a round in pages, [`super::pages`]).
+    pub pages: u64,
 }
 
 /// Copies `merchant`'s rows changed since `watermark_ms` (0: all) from
@@ -658,6 +775,20 @@ async fn point_superseded(tx: &mut ShardTx, superseded: &[(Value, Value)]) -> an
     Ok(())
 }
 
+/// [`point_superseded`] in a transaction of its own: after a round's
+/// pages, for the rows whose newer row came in a later page.
+pub(super) async fn point_superseded_on(target: &Shard, superseded: &[(Value, Value)]) -> anyhow::Result<()> {
+    if superseded.is_empty() {
+        return Ok(());
+    }
+    let mut tx = target.begin(true).await.map_err(sql_error("opening a write on the target"))?;
+    if let Err(e) = point_superseded(&mut tx, superseded).await {
+        tx.rollback().await;
+        return Err(e);
+    }
+    tx.commit().await.map_err(sql_error("committing the outbox's pointers"))
+}
+
 /// What [`figures`] reads of each table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Measure {
@@ -801,21 +932,33 @@ pub fn differences(source: &[(&'static str, String)], target: &[(&'static str, S
 }
 
 /// Deletes every row of `merchant` on `shard`, a chunk per transaction
-/// (referencing tables first). Returns how many.
-pub async fn delete_merchant(shard: &Shard, merchant: i64) -> anyhow::Result<u64> {
+/// (referencing tables first). Returns how many. With `pace`, the chunks
+/// are of its page size and paced ([`MovesConfig`]): the shard serves
+/// other merchants meanwhile. Without, they follow each other at once (a
+/// frozen merchant's copy, redone, waits on this).
+pub async fn delete_merchant(
+    shard: &Shard,
+    merchant: i64,
+    pace: Option<&MovesConfig>,
+) -> anyhow::Result<u64> {
     let mut deleted = 0;
+    let chunk = pace.map_or(DELETE_CHUNK, |pace| pace.page_rows);
     // Processed ids are found through the outbox: before it.
     for table in TABLES.iter().rev() {
         loop {
+            if let Some(pace) = pace {
+                pace.wait_for_room(&[shard]).await;
+            }
+            let started = std::time::Instant::now();
             let filter = table.merchant_rows("");
             let statement = match shard.dialect() {
                 Dialect::Sqlite => format!(
-                    "DELETE FROM {0} WHERE rowid IN (SELECT rowid FROM {0} WHERE {filter} LIMIT {DELETE_CHUNK})",
+                    "DELETE FROM {0} WHERE rowid IN (SELECT rowid FROM {0} WHERE {filter} LIMIT {chunk})",
                     table.name
                 ),
-                Dialect::Mysql => format!("DELETE FROM {} WHERE {filter} LIMIT {DELETE_CHUNK}", table.name),
+                Dialect::Mysql => format!("DELETE FROM {} WHERE {filter} LIMIT {chunk}", table.name),
                 Dialect::Postgres => format!(
-                    "DELETE FROM {0} WHERE ctid = ANY (ARRAY (SELECT ctid FROM {0} WHERE {filter} LIMIT {DELETE_CHUNK}))",
+                    "DELETE FROM {0} WHERE ctid = ANY (ARRAY (SELECT ctid FROM {0} WHERE {filter} LIMIT {chunk}))",
                     table.name
                 ),
             };
@@ -829,7 +972,10 @@ pub async fn delete_merchant(shard: &Shard, merchant: i64) -> anyhow::Result<u64
             };
             tx.commit().await.map_err(sql_error(&format!("committing the delete of {}", table.name)))?;
             deleted += n;
-            if n < DELETE_CHUNK as u64 {
+            if let Some(pace) = pace {
+                pace.rest_after(started.elapsed()).await;
+            }
+            if n < chunk as u64 {
                 break;
             }
         }

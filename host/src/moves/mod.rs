@@ -27,10 +27,13 @@
 //! are deleted only after the copy was verified and the entry switched.
 
 pub mod copy;
+pub mod pace;
+pub mod pages;
 pub mod plan;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +44,7 @@ use crate::capabilities::sql::Shard;
 use crate::directory::{Directory, State};
 use crate::versions::store::now_ms;
 use copy::{Measure, Written};
+use pace::MovesConfig;
 use store::{MoveRecord, MoveStore, StartError, Step};
 
 /// A move whose owner has not been seen for this long is taken over.
@@ -72,19 +76,27 @@ pub struct Mover {
     /// Rows changed this long before a round began are copied again by the
     /// next: the longest transaction (the invocation timeout) plus skew.
     margin: Duration,
+    /// How fast the bulk copy and deletes go.
+    pace: MovesConfig,
     /// Per move, the rows its verified round wrote (the freeze writes only
     /// those that changed since; a move resumed elsewhere writes all).
     verified: std::sync::Mutex<HashMap<i64, Written>>,
 }
 
 impl Mover {
-    pub fn new(directory: Arc<Directory>, owner: String, invocation_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        directory: Arc<Directory>,
+        owner: String,
+        invocation_timeout: Duration,
+        pace: MovesConfig,
+    ) -> Arc<Self> {
         let store = MoveStore::new(directory.store());
         Arc::new(Self {
             directory,
             store,
             owner,
             margin: invocation_timeout + SKEW,
+            pace,
             verified: Default::default(),
         })
     }
@@ -266,7 +278,7 @@ impl Mover {
         if record.rows_copied == 0 && record.watermark_ms == 0 {
             // Anything of the merchant on the target is a leftover of an
             // earlier, abandoned attempt: the directory has it on the source.
-            let leftover = copy::delete_merchant(target, record.merchant).await?;
+            let leftover = copy::delete_merchant(target, record.merchant, Some(&self.pace)).await?;
             if leftover > 0 {
                 tracing::warn!(
                     move_id = record.id,
@@ -284,7 +296,7 @@ impl Mover {
         let mut rows = record.rows_copied;
         for round in 1.. {
             let began = now_ms();
-            let copied = copy::copy_changed(source, target, record.merchant, watermark, fresh).await?;
+            let copied = self.round(record, source, target, (watermark, rows), fresh).await?;
             fresh = false;
             rows += copied.rows as i64;
             watermark = began - self.margin.as_millis() as i64;
@@ -294,6 +306,8 @@ impl Mover {
                 merchant = record.merchant,
                 round,
                 rows = copied.rows,
+                pages = copied.pages,
+                ms = now_ms() - began,
                 total = rows,
                 "move: copied a round"
             );
@@ -309,6 +323,24 @@ impl Mover {
                 let left = self.margin.as_millis() as i64 - (now_ms() - fenced_at);
                 tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
             }
+        }
+        // The target took the merchant at once: its statistics and (on
+        // PostgreSQL) visibility map brought up to date before the counts
+        // of the cut-over. Not needed for correctness: a failure is logged.
+        let started = now_ms();
+        let tables: Vec<&str> = copy::TABLES.iter().map(|t| t.name).collect();
+        match target.after_bulk_write(&tables).await {
+            Ok(()) => tracing::info!(
+                move_id = record.id,
+                merchant = record.merchant,
+                ms = now_ms() - started,
+                "move: the target's tables maintained"
+            ),
+            Err(e) => tracing::warn!(
+                move_id = record.id,
+                merchant = record.merchant,
+                "move: cannot maintain the target's tables: {e:?}"
+            ),
         }
         // The verified round: the whole copy checked against one snapshot
         // of the source while the merchant is still served, so the freeze
@@ -327,7 +359,7 @@ impl Mover {
             if fresh {
                 return Err(differs(&differences));
             }
-            start_over(target, record, &differences).await?;
+            start_over(target, record, &differences, Some(&self.pace)).await?;
             (watermark, fresh) = (0, true);
         }
         let mut record = record.clone();
@@ -335,6 +367,44 @@ impl Mover {
         record.watermark_ms = watermark;
         self.store.progress(&record, rows, watermark).await?;
         self.store.advance(&record, Step::Frozen, Some((&record.from, State::Frozen)), None, None).await
+    }
+
+    /// A copying round from `watermark`, `rows` copied before it; the
+    /// move's record shows its rows every [`HEARTBEAT`] meanwhile (the
+    /// operator's progress: a first round of a large merchant takes
+    /// minutes).
+    async fn round(
+        &self,
+        record: &MoveRecord,
+        source: &Shard,
+        target: &Shard,
+        (watermark, rows): (i64, i64),
+        fresh: bool,
+    ) -> anyhow::Result<copy::Copied> {
+        let so_far = Arc::new(AtomicI64::new(rows));
+        let shown = {
+            let (store, record, so_far) = (self.store.clone(), record.clone(), so_far.clone());
+            tokio::spawn(async move {
+                let mut last = so_far.load(Ordering::Relaxed);
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let now = so_far.load(Ordering::Relaxed);
+                    if now != last {
+                        if let Err(e) = store.rows_so_far(&record, now).await {
+                            tracing::warn!(move_id = record.id, "cannot record the copy's progress: {e:#}");
+                        }
+                        last = now;
+                    }
+                }
+            })
+        };
+        let on_page = |page: u64| {
+            so_far.fetch_add(page as i64, Ordering::Relaxed);
+        };
+        let copied =
+            pages::copy_round(source, target, record.merchant, watermark, fresh, &self.pace, &on_page).await;
+        shown.abort();
+        copied
     }
 
     /// Waits for every host's acknowledgement, copies the last changes,
@@ -414,7 +484,7 @@ impl Mover {
             // Rows deleted on the source since the verified round (a
             // failed event re-driven) or an older copy: the target's rows
             // again, all of them.
-            start_over(target, record, &differences).await?;
+            start_over(target, record, &differences, None).await?;
             copy::copy_changed(source, target, record.merchant, 0, true).await?;
             differences = self.verify(source, target, record.merchant, Measure::Sums).await?;
         }
@@ -456,7 +526,7 @@ impl Mover {
     async fn cleanup(&self, record: &MoveRecord) -> anyhow::Result<MoveRecord> {
         let (source, target) = (self.shard(&record.from)?, self.shard(&record.to)?);
         copy::remove_fence(target, record.merchant).await?;
-        let deleted = copy::delete_merchant(source, record.merchant).await?;
+        let deleted = copy::delete_merchant(source, record.merchant, Some(&self.pace)).await?;
         copy::remove_fence(source, record.merchant).await?;
         tracing::info!(
             move_id = record.id,
@@ -471,7 +541,7 @@ impl Mover {
     /// the source again already.
     async fn roll_back(&self, record: &MoveRecord) -> anyhow::Result<MoveRecord> {
         let (source, target) = (self.shard(&record.from)?, self.shard(&record.to)?);
-        copy::delete_merchant(target, record.merchant).await?;
+        copy::delete_merchant(target, record.merchant, Some(&self.pace)).await?;
         copy::remove_fence(target, record.merchant).await?;
         copy::remove_fence(source, record.merchant).await?;
         self.store.advance(record, Step::RolledBack, None, None, None).await
@@ -479,15 +549,20 @@ impl Mover {
 }
 
 /// Deletes the target's copy after `differences` were found, for a copy
-/// of every row.
-async fn start_over(target: &Shard, record: &MoveRecord, differences: &[String]) -> anyhow::Result<()> {
+/// of every row (paced unless the merchant is frozen).
+async fn start_over(
+    target: &Shard,
+    record: &MoveRecord,
+    differences: &[String],
+    pace: Option<&MovesConfig>,
+) -> anyhow::Result<()> {
     tracing::warn!(
         move_id = record.id,
         merchant = record.merchant,
         "copy differs ({}); copying every row again",
         differences.join("; ")
     );
-    copy::delete_merchant(target, record.merchant).await.map(drop)
+    copy::delete_merchant(target, record.merchant, pace).await.map(drop)
 }
 
 /// A copy that still differs after a copy of every row: the move rolls back.

@@ -269,6 +269,24 @@ impl MoveStore {
         Ok(())
     }
 
+    /// Records how many rows a copying round has copied so far (the
+    /// operator's progress; never lowers the count, should a round's end
+    /// have recorded more meanwhile).
+    pub async fn rows_so_far(&self, record: &MoveRecord, rows_copied: i64) -> anyhow::Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE merchant_moves SET rows_copied = CASE WHEN rows_copied < ? THEN ? ELSE rows_copied END \
+             WHERE id = ? AND owner = ?",
+        ))
+        .bind(rows_copied)
+        .bind(rows_copied)
+        .bind(record.id)
+        .bind(record.owner.clone())
+        .execute(&self.pool)
+        .await
+        .context("recording a move's progress")?;
+        Ok(())
+    }
+
     /// Takes a move over for `owner` if its owner has not been seen since
     /// `stale_before` (it crashed, or is cut off). Returns it if taken.
     pub async fn take_over(

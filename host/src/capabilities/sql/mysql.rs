@@ -32,6 +32,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/m
 /// The MariaDB/MySQL [`Driver`].
 pub struct Mysql;
 
+/// Below this buffer pool, the operator is warned (MariaDB's default is
+/// 128 MiB, less than one 100,000-payment merchant's rows and indexes).
+const SMALL_BUFFER_POOL: u64 = 1 << 30;
+
 impl Driver for Mysql {
     type Db = MySql;
     const ERROR_ABORTS_TRANSACTION: bool = false;
@@ -91,6 +95,17 @@ impl Driver for Mysql {
             .connect_lazy_with(options))
     }
 
+    const SETTING: (&'static str, fn(&str) -> Option<String>) =
+        ("SELECT CAST(@@innodb_buffer_pool_size AS CHAR)", |value| {
+            let bytes: u64 = value.parse().ok()?;
+            (bytes < SMALL_BUFFER_POOL).then(|| {
+                format!(
+                    "MariaDB's innodb_buffer_pool_size is {} MiB: less than the indexes of a busy shard, so \
+                     reads go to disk as the tables grow; give it most of the server's memory",
+                    bytes >> 20
+                )
+            })
+        });
     const SYNTAX: Syntax = placeholders::MYSQL;
 
     fn statement(statement: &str) -> Cow<'_, str> {

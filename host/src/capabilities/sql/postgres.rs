@@ -62,6 +62,14 @@ impl Driver for Postgres {
         Ok(pool_options::<Pg>(config).connect_lazy_with(options))
     }
 
+    const SETTING: (&'static str, fn(&str) -> Option<String>) =
+        ("SELECT current_setting('autovacuum')", |value| {
+            (value == "off").then(|| {
+                "PostgreSQL runs with autovacuum off: dead row versions of every update pile up and every \
+             statement slows as the tables grow; turn it on"
+                    .to_string()
+            })
+        });
     const SYNTAX: Syntax = placeholders::STANDARD;
 
     fn statement(statement: &str) -> Cow<'_, str> {

@@ -48,6 +48,11 @@ pub trait Driver: Send + Sync + 'static {
     fn migrator() -> &'static Migrator;
     /// A pool, not yet connected, with the session settings of `config`.
     fn pool(url: &str, config: &ServerConfig) -> anyhow::Result<Pool<Self::Db>>;
+    /// A server setting that, wrong, slows every shard on the server as
+    /// its tables grow: the query reading it (one text column), and what
+    /// to tell the operator of its value (`None`: fine). Read once, when
+    /// the shard is first ready.
+    const SETTING: (&'static str, fn(&str) -> Option<String>);
     /// How the dialect quotes and comments, for finding placeholders.
     const SYNTAX: Syntax;
     /// The statement as the server wants it (placeholder style).
@@ -143,7 +148,21 @@ where
         // Start-up waits for the first attempt only (connecting is bounded by
         // acquire_timeout_ms); later ones run in the background.
         let _ = attempted.await;
+        if shard.not_ready().is_none() {
+            shard.advise(name).await;
+        }
         Ok(shard)
+    }
+
+    /// Warns of a server setting that will hurt ([`Driver::SETTING`]).
+    async fn advise(&self, name: &str) {
+        let (query, judge) = D::SETTING;
+        let Ok(row) = sqlx::query(query).fetch_one(&self.pool).await else { return };
+        if let Ok([Value::Text(value)]) = D::decode_row(&row).as_deref() {
+            if let Some(advice) = judge(value) {
+                tracing::warn!(shard = %name, "{advice} (infra/README.md)");
+            }
+        }
     }
 
     /// Why the shard cannot take transactions yet, if it cannot.
@@ -187,6 +206,22 @@ where
 
     pub async fn ping(&self) -> bool {
         self.not_ready().is_none() && sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Runs `statements` in turn outside any transaction, on a connection
+    /// closed afterwards (they may change its session): maintenance that
+    /// no transaction may hold, such as PostgreSQL's VACUUM.
+    pub async fn maintain(&self, statements: &[String]) -> Result<(), SqlError> {
+        if let Some(why) = self.not_ready() {
+            return Err(SqlError::Unavailable(why));
+        }
+        // Under a permit of the warm pool like any transaction's.
+        let held = self.warm.acquire(&self.pool).await.map_err(map::<D>)?;
+        let mut conn = held.conn.detach();
+        for statement in statements {
+            Executor::execute(&mut conn, statement.as_str()).await.map_err(map::<D>)?;
+        }
+        Ok(())
     }
 
     /// Connections in transactions, open (sqlx's plus parked) and allowed.

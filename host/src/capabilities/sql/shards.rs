@@ -78,6 +78,24 @@ impl Shard {
         }
     }
 
+    /// After `tables` took many rows at once (a merchant moved in): on
+    /// PostgreSQL, `VACUUM (ANALYZE)` them, as after a restore, so that the
+    /// planner knows the new rows and index-only scans (a move's counts at
+    /// its cut-over) need not visit each new row's heap page. MariaDB's
+    /// statistics follow on their own and its counts need no visibility
+    /// map; SQLite's need nothing.
+    pub async fn after_bulk_write(&self, tables: &[&str]) -> Result<(), SqlError> {
+        match &self.backend {
+            Backend::Postgres(s) => {
+                // As long as the tables need: not the requests' timeout.
+                let mut statements = vec!["SET statement_timeout = 0".to_string()];
+                statements.extend(tables.iter().map(|t| format!("VACUUM (ANALYZE) {t}")));
+                s.maintain(&statements).await
+            }
+            Backend::Sqlite(_) | Backend::Mysql(_) => Ok(()),
+        }
+    }
+
     /// How many of its connections are in use.
     pub fn pool_use(&self) -> super::PoolUse {
         match &self.backend {
