@@ -380,11 +380,6 @@ impl Table {
         (format!("{}{order}", self.select_rows_where(&filter)), params)
     }
 
-    /// Columns per row as copied (the outbox's read adds one).
-    pub(super) fn width(&self) -> usize {
-        self.columns.len()
-    }
-
     /// The columns a copied row is found by on the target.
     fn key(&self) -> &'static [&'static str] {
         match self.write {
@@ -452,6 +447,10 @@ pub struct Copied {
     pub rows: u64,
     /// Pages read (a round in pages, [`super::pages`]).
     pub pages: u64,
+    /// Outbox rows' event ids and the event id their `superseded_by`
+    /// points to, as written (a round in pages points them again at its
+    /// end: the newer row may come in a later page).
+    pub superseded: Vec<(Value, Value)>,
 }
 
 /// Copies `merchant`'s rows changed since `watermark_ms` (0: all) from
@@ -562,6 +561,7 @@ impl Writer<'_> {
                 // In the transaction that wrote the rows pointed to, or after.
                 let tx = self.room_for(superseded.len()).await?;
                 point_superseded(tx, &superseded).await?;
+                copied.superseded.extend(superseded);
             }
         }
         Ok(copied)

@@ -184,19 +184,33 @@ impl Mover {
     fn spawn(self: &Arc<Self>, record: MoveRecord) {
         let mover = self.clone();
         tokio::spawn(async move {
+            // Rows copied so far, as the copying rounds count them page by
+            // page; the heartbeat shows them (the operator's progress: a
+            // large merchant's first round takes minutes).
+            let copied = Arc::new(AtomicI64::new(record.rows_copied));
             let heartbeat = {
-                let store = mover.store.clone();
-                let record = record.clone();
+                let (store, record, copied) = (mover.store.clone(), record.clone(), copied.clone());
                 tokio::spawn(async move {
+                    let mut shown = record.rows_copied;
                     loop {
                         tokio::time::sleep(HEARTBEAT).await;
                         if store.take_over(record.id, &record.owner, 0).await.ok().flatten().is_none() {
                             break;
                         }
+                        let now = copied.load(Ordering::Relaxed);
+                        if now != shown {
+                            if let Err(e) = store.rows_so_far(&record, now).await {
+                                tracing::warn!(
+                                    move_id = record.id,
+                                    "cannot record the copy's progress: {e:#}"
+                                );
+                            }
+                            shown = now;
+                        }
                     }
                 })
             };
-            if let Err(e) = mover.drive(record.clone()).await {
+            if let Err(e) = mover.drive(record.clone(), &copied).await {
                 tracing::error!(move_id = record.id, merchant = record.merchant, "move stopped: {e:#}");
             }
             heartbeat.abort();
@@ -212,12 +226,12 @@ impl Mover {
     }
 
     /// Runs `record` to its end, step by step.
-    async fn drive(&self, mut record: MoveRecord) -> anyhow::Result<()> {
+    async fn drive(&self, mut record: MoveRecord, copied: &AtomicI64) -> anyhow::Result<()> {
         let mut tries = 0;
         while !record.step.is_final() {
             stall_if_asked(record.step, "").await;
             let outcome = match record.step {
-                Step::Copying => self.copying(&record).await,
+                Step::Copying => self.copying(&record, copied).await,
                 Step::Frozen => self.frozen(&record).await,
                 Step::Cleanup => self.cleanup(&record).await,
                 Step::RollingBack => self.roll_back(&record).await,
@@ -272,7 +286,7 @@ impl Mover {
     }
 
     /// Copies in rounds until a round is small, then freezes.
-    async fn copying(&self, record: &MoveRecord) -> anyhow::Result<MoveRecord> {
+    async fn copying(&self, record: &MoveRecord, copied_so_far: &AtomicI64) -> anyhow::Result<MoveRecord> {
         let (source, target) = (self.shard(&record.from)?, self.shard(&record.to)?);
         let mut fresh = false;
         if record.rows_copied == 0 && record.watermark_ms == 0 {
@@ -296,7 +310,13 @@ impl Mover {
         let mut rows = record.rows_copied;
         for round in 1.. {
             let began = now_ms();
-            let copied = self.round(record, source, target, (watermark, rows), fresh).await?;
+            copied_so_far.store(rows, Ordering::Relaxed);
+            let on_page = |page: u64| {
+                copied_so_far.fetch_add(page as i64, Ordering::Relaxed);
+            };
+            let copied =
+                pages::copy_round(source, target, record.merchant, watermark, fresh, &self.pace, &on_page)
+                    .await?;
             fresh = false;
             rows += copied.rows as i64;
             watermark = began - self.margin.as_millis() as i64;
@@ -367,44 +387,6 @@ impl Mover {
         record.watermark_ms = watermark;
         self.store.progress(&record, rows, watermark).await?;
         self.store.advance(&record, Step::Frozen, Some((&record.from, State::Frozen)), None, None).await
-    }
-
-    /// A copying round from `watermark`, `rows` copied before it; the
-    /// move's record shows its rows every [`HEARTBEAT`] meanwhile (the
-    /// operator's progress: a first round of a large merchant takes
-    /// minutes).
-    async fn round(
-        &self,
-        record: &MoveRecord,
-        source: &Shard,
-        target: &Shard,
-        (watermark, rows): (i64, i64),
-        fresh: bool,
-    ) -> anyhow::Result<copy::Copied> {
-        let so_far = Arc::new(AtomicI64::new(rows));
-        let shown = {
-            let (store, record, so_far) = (self.store.clone(), record.clone(), so_far.clone());
-            tokio::spawn(async move {
-                let mut last = so_far.load(Ordering::Relaxed);
-                loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    let now = so_far.load(Ordering::Relaxed);
-                    if now != last {
-                        if let Err(e) = store.rows_so_far(&record, now).await {
-                            tracing::warn!(move_id = record.id, "cannot record the copy's progress: {e:#}");
-                        }
-                        last = now;
-                    }
-                }
-            })
-        };
-        let on_page = |page: u64| {
-            so_far.fetch_add(page as i64, Ordering::Relaxed);
-        };
-        let copied =
-            pages::copy_round(source, target, record.merchant, watermark, fresh, &self.pace, &on_page).await;
-        shown.abort();
-        copied
     }
 
     /// Waits for every host's acknowledgement, copies the last changes,

@@ -43,17 +43,8 @@ pub async fn copy_round(
     pace: &MovesConfig,
     on_page: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Copied> {
-    let mut round = Round {
-        source,
-        target,
-        merchant,
-        watermark_ms,
-        fresh,
-        pace,
-        on_page,
-        copied: Copied::default(),
-        superseded: Vec::new(),
-    };
+    let mut round =
+        Round { source, target, merchant, watermark_ms, fresh, pace, on_page, copied: Copied::default() };
     for table in &TABLES {
         match table.page {
             Page::By(key) => round.by_key(table, key).await?,
@@ -62,7 +53,7 @@ pub async fn copy_round(
         }
     }
     // An outbox row's newer row may have come in a later page.
-    point_superseded_on(target, &round.superseded).await?;
+    point_superseded_on(target, &round.copied.superseded).await?;
     Ok(round.copied)
 }
 
@@ -76,9 +67,6 @@ struct Round<'a> {
     pace: &'a MovesConfig,
     on_page: &'a (dyn Fn(u64) + Sync),
     copied: Copied,
-    /// Outbox rows' event ids and the event ids their `superseded_by`
-    /// points to, as read.
-    superseded: Vec<(Value, Value)>,
 }
 
 impl Round<'_> {
@@ -166,19 +154,11 @@ impl Round<'_> {
 
     /// Writes a page to the target (a few transactions at most).
     async fn write(&mut self, page: Vec<(&'static Table, RowSet)>) -> anyhow::Result<()> {
-        for (table, rows) in &page {
-            if table.name == "outbox" {
-                let width = table.width();
-                self.superseded.extend(rows.rows.iter().filter(|row| row.len() > width).filter_map(|row| {
-                    let points_to = row.last()?;
-                    (!matches!(points_to, Value::Null)).then(|| (row[0].clone(), points_to.clone()))
-                }));
-            }
-        }
-        let rows = write_rows(self.target, self.merchant, page, self.fresh).await?.rows;
+        let written = write_rows(self.target, self.merchant, page, self.fresh).await?;
         self.copied.pages += 1;
-        self.copied.rows += rows;
-        (self.on_page)(rows);
+        self.copied.rows += written.rows;
+        self.copied.superseded.extend(written.superseded);
+        (self.on_page)(written.rows);
         Ok(())
     }
 }
