@@ -125,11 +125,34 @@ async fn failed_events_are_redriven_once_the_cause_is_fixed(host: Host, kafka: b
     for name in ["refuse_insert", "refuse_update"] {
         shard2.execute(&format!("DROP TRIGGER {name}")).await;
     }
+    // The copied row's merchant is being moved (the move's fence is on
+    // its shard): its row stays, held, while the topics' records go back.
+    let merchant = header(&headers, "merchant-id");
+    let kept = host.shard("shard-2").await.i64("SELECT MAX(id) FROM failed_events").await;
+    shard2
+        .execute(&format!(
+            "INSERT INTO moving_merchants (merchant_id, move_id, role) VALUES ({merchant}, 99, 'source')"
+        ))
+        .await;
+    let out = host.admin(&["events", "redrive", "--all", "--json"]).await;
+    assert!(!out.ok && out.stderr.contains("being moved"), "a held row is not re-driven: {out:?}");
+    let done: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(done["from_dead_letter_topics"], refused + 1, "{done}");
+    assert_eq!(done["from_failed_events"], 0, "{done}");
+    assert_eq!(
+        done["held_for_moves"],
+        serde_json::json!([format!("shard-2:failed_events#{kept}")]),
+        "{done}"
+    );
+    assert_eq!(host.shard("shard-2").await.i64("SELECT COUNT(*) FROM failed_events").await, 1);
+    // The move over, the row goes back too.
+    shard2.execute(&format!("DELETE FROM moving_merchants WHERE merchant_id = {merchant}")).await;
     let out = host.admin(&["events", "redrive", "--all", "--json"]).await;
     assert!(out.ok, "{out:?}");
     let done: Value = serde_json::from_str(&out.stdout).expect("JSON");
-    assert_eq!(done["from_dead_letter_topics"], refused + 1, "{done}");
+    assert_eq!(done["from_dead_letter_topics"], 0, "{done}");
     assert_eq!(done["from_failed_events"], 1, "{done}");
+    assert_eq!(done["held_for_moves"], serde_json::json!([]), "{done}");
     assert_eq!(done["stopped"], Value::Null, "{done}");
     wait_for(SETTLE, "shard-2 to settle after the re-drive", || settled(&host, SHARDS)).await;
     assert_money_invariants(&host, SHARDS).await;

@@ -25,6 +25,14 @@
 //! Invariant: nothing is dropped. A position moves only past records whose
 //! re-drive was acknowledged, a row is deleted only after its record was;
 //! the first refusal or outage stops the re-drive and is reported.
+//!
+//! Invariant: no row of a merchant being moved is deleted (`moving_merchants`,
+//! the move's fence; docs/ARCHITECTURE.md "Merchant moves"). Its rows are
+//! being copied to another shard, whose copy must match the source's counts;
+//! such rows are left and reported as held, for a re-drive after the move.
+//! A row fenced between its read and its delete has been produced once
+//! already and is produced again by that later re-drive: consumers skip
+//! the duplicate by event id.
 
 use std::collections::BTreeSet;
 
@@ -106,6 +114,9 @@ pub struct Redriven {
     /// Why the re-drive stopped before the end, if it did; what was
     /// re-driven before that stays re-driven.
     pub stopped: Option<String>,
+    /// `failed_events` rows of merchants being moved, left where they are
+    /// (`shard:failed_events#id`): re-drive them once the move has ended.
+    pub held_for_moves: Vec<String>,
 }
 
 /// The failed events of an application: its Kafka triggers' dead-letter
@@ -256,10 +267,23 @@ impl<'a> FailedEvents<'a> {
                 stored_after(shard, selection, after, PAGE).await.map_err(|e| shard_error(shard, e))?;
             let Some(last) = rows.last() else { return Ok(()) };
             after = last.id;
+            let (held, rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.moving);
+            done.held_for_moves.extend(held.iter().map(|r| format!("{}:failed_events#{}", shard.name, r.id)));
+            found.extend(held.into_iter().filter_map(|r| r.event.event_id));
+            if rows.is_empty() {
+                continue;
+            }
             let messages = rows.iter().map(|r| r.message.clone()).collect();
             produce_all(self.broker, messages).await?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            delete(shard, &ids).await.map_err(|e| shard_error(shard, e))?;
+            let deleted = delete(shard, &ids).await.map_err(|e| shard_error(shard, e))?;
+            if deleted < ids.len() as u64 {
+                // Fenced since the read: produced now, and again after the move.
+                tracing::info!(
+                    shard = %shard.name, kept = ids.len() as u64 - deleted,
+                    "failed events re-driven but kept: their merchant's move began meanwhile"
+                );
+            }
             done.from_failed_events += rows.len() as u64;
             found.extend(rows.into_iter().filter_map(|r| r.event.event_id));
         }
@@ -335,10 +359,14 @@ struct StoredEvent {
     id: i64,
     event: FailedEvent,
     message: Message,
+    /// Its merchant is being moved (fenced): the row must stay.
+    moving: bool,
 }
 
 const STORED_COLUMNS: &str = "id, consumer, source_topic, source_partition, source_offset, event_id, \
-     merchant_id, record_key, record_value, headers, error, dead_letter_error, failed_at";
+     merchant_id, record_key, record_value, headers, error, dead_letter_error, failed_at, \
+     CASE WHEN EXISTS (SELECT 1 FROM moving_merchants m WHERE m.merchant_id = failed_events.merchant_id) \
+     THEN 1 ELSE 0 END";
 
 /// Up to `limit` rows of `failed_events` after id `after` that `selection`
 /// names, by id.
@@ -365,8 +393,8 @@ async fn stored_after(
 }
 
 fn stored_event(shard: &Shard, row: Vec<Value>) -> Result<StoredEvent, SqlError> {
-    let [id, consumer, topic, partition, offset, event_id, merchant, key, value, headers, error, why, at] =
-        <[Value; 13]>::try_from(row).map_err(|r| SqlError::Other(format!("unexpected row {r:?}")))?;
+    let [id, consumer, topic, partition, offset, event_id, merchant, key, value, headers, error, why, at, moving] =
+        <[Value; 14]>::try_from(row).map_err(|r| SqlError::Other(format!("unexpected row {r:?}")))?;
     let id = int(&id)?;
     let topic = text(&topic).unwrap_or_default();
     let headers = headers_from_json(&text(&headers).unwrap_or_default());
@@ -392,14 +420,21 @@ fn stored_event(shard: &Shard, row: Vec<Value>) -> Result<StoredEvent, SqlError>
             },
         },
         message,
+        moving: int(&moving)? != 0,
     })
 }
 
-async fn delete(shard: &Shard, ids: &[i64]) -> Result<(), SqlError> {
-    let sql = format!("DELETE FROM failed_events WHERE id IN ({})", vec!["?"; ids.len()].join(", "));
+/// Deletes the rows `ids` but those of a merchant being moved; returns
+/// how many it deleted.
+async fn delete(shard: &Shard, ids: &[i64]) -> Result<u64, SqlError> {
+    let sql = format!(
+        "DELETE FROM failed_events WHERE id IN ({}) AND NOT EXISTS \
+         (SELECT 1 FROM moving_merchants m WHERE m.merchant_id = failed_events.merchant_id)",
+        vec!["?"; ids.len()].join(", ")
+    );
     let mut tx = shard.begin(true).await?;
     match tx.execute(&sql, ids.iter().map(|id| Value::Int64(*id)).collect()).await {
-        Ok(_) => tx.commit().await,
+        Ok(deleted) => tx.commit().await.map(|()| deleted),
         Err(e) => {
             tx.rollback().await;
             Err(e)

@@ -63,6 +63,7 @@ pub async fn redrive(
                 %actor, all = body.all, event_ids = ?body.event_ids,
                 from_dead_letter_topics = done.from_dead_letter_topics,
                 from_failed_events = done.from_failed_events, stopped = ?done.stopped,
+                held_for_moves = done.held_for_moves.len(),
                 "admin: re-drove failed events"
             );
             Json(done).into_response()

@@ -120,6 +120,16 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     if let Some(stopped) = answer["stopped"].as_str() {
         bail!("the re-drive stopped: {stopped}");
     }
+    let held: Vec<&str> = answer["held_for_moves"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !held.is_empty() {
+        bail!(
+            "left where they are, their merchants being moved (re-drive them once the move has ended): {}",
+            held.join(", ")
+        );
+    }
     let missing: Vec<&str> = answer["not_found"]
         .as_array()
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())

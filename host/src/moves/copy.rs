@@ -11,8 +11,9 @@
 //! shard's ids keep their order.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
 use crate::capabilities::sql::{Shard, ShardTx};
@@ -484,7 +485,7 @@ pub async fn read_changed(
     for table in TABLES.iter().rev() {
         let (statement, params) = table.changed_rows(merchant, watermark_ms);
         let rows =
-            tx.query(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
+            tx.scan(&statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))?;
         out.push((table, rows));
     }
     // Written in foreign-key order.
@@ -801,39 +802,80 @@ pub enum Measure {
 /// Per table, the merchant's figures: what [`differences`] compares.
 pub type Figures = Vec<(&'static str, String)>;
 
-/// One side's figures for `merchant`, in a transaction of their own.
-pub async fn figures(shard: &Shard, merchant: i64, measure: Measure) -> anyhow::Result<Figures> {
-    let mut tx = shard.begin(false).await.map_err(sql_error("opening a read"))?;
-    let out = figures_in(&mut tx, shard.dialect(), merchant, measure).await;
-    tx.rollback().await;
-    out
+/// One side's figures for `merchant`: each table in a read of its own,
+/// [`figures_at_once`] tables at a time (the counts are most of a freeze's
+/// pause, and a server counts several tables at once on several cores).
+/// No snapshot spans the tables, so the callers compare sides that only
+/// the mover changes: a target, or the source of a frozen merchant (whose
+/// rows nothing deletes: retention, expiry and the failed-event re-drive
+/// skip a fenced merchant). The verified round's figures, read while the
+/// merchant is served, come from one snapshot instead ([`copy_verified`]).
+pub async fn figures(shard: &Arc<Shard>, merchant: i64, measure: Measure) -> anyhow::Result<Figures> {
+    let at_once = Arc::new(tokio::sync::Semaphore::new(figures_at_once(shard)));
+    let tables: Vec<_> = TABLES
+        .iter()
+        .map(|table| {
+            let (shard, at_once) = (shard.clone(), at_once.clone());
+            // A task each: an embedded shard's statements run on the
+            // caller's thread, so tasks are what lets two run at once.
+            tokio::spawn(async move {
+                let _turn = at_once.acquire_owned().await.context("the figures' semaphore closed")?;
+                let mut tx = shard.begin(false).await.map_err(sql_error("opening a read"))?;
+                let figure = table_figures(&mut tx, shard.dialect(), table, merchant, measure).await;
+                tx.rollback().await;
+                figure
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(TABLES.len());
+    for table in tables {
+        out.push(table.await.context("a table's figures")??);
+    }
+    Ok(out)
 }
 
-/// The figures as `tx` sees them.
+/// How many tables [`figures`] reads at once on `shard`: half its
+/// connections, at most four (what is left serves requests).
+fn figures_at_once(shard: &Shard) -> usize {
+    (shard.pool_use().max / 2).clamp(1, 4) as usize
+}
+
+/// The figures as `tx` sees them, in one snapshot where `tx` holds one.
 async fn figures_in(
     tx: &mut ShardTx,
     dialect: Dialect,
     merchant: i64,
     measure: Measure,
 ) -> anyhow::Result<Figures> {
+    let mut out = Vec::with_capacity(TABLES.len());
+    for table in &TABLES {
+        out.push(table_figures(tx, dialect, table, merchant, measure).await?);
+    }
+    Ok(out)
+}
+
+/// One table's figures for `merchant`, as `tx` sees them.
+async fn table_figures(
+    tx: &mut ShardTx,
+    dialect: Dialect,
+    table: &'static Table,
+    merchant: i64,
+    measure: Measure,
+) -> anyhow::Result<(&'static str, String)> {
     // As integers: a sum of BIGINT is DECIMAL on MariaDB and NUMERIC on
     // PostgreSQL.
     let integer = if dialect == Dialect::Mysql { "SIGNED" } else { "BIGINT" };
-    let mut out = Vec::with_capacity(TABLES.len());
-    for table in &TABLES {
-        let mut select = vec!["COUNT(*)".to_string()];
-        if measure == Measure::Sums {
-            select.extend(table.sums.iter().map(|s| format!("CAST(COALESCE(SUM({s}), 0) AS {integer})")));
-        }
-        let statement =
-            format!("SELECT {} FROM {} WHERE {}", select.join(", "), table.name, table.merchant_rows(""));
-        let rows = tx
-            .query(&statement, table.merchant_params(merchant))
-            .await
-            .map_err(sql_error(&format!("summing {}", table.name)))?;
-        out.push((table.name, format!("{:?}", rows.rows)));
+    let mut select = vec!["COUNT(*)".to_string()];
+    if measure == Measure::Sums {
+        select.extend(table.sums.iter().map(|s| format!("CAST(COALESCE(SUM({s}), 0) AS {integer})")));
     }
-    Ok(out)
+    let statement =
+        format!("SELECT {} FROM {} WHERE {}", select.join(", "), table.name, table.merchant_rows(""));
+    let rows = tx
+        .scan(&statement, table.merchant_params(merchant))
+        .await
+        .map_err(sql_error(&format!("summing {}", table.name)))?;
+    Ok((table.name, format!("{:?}", rows.rows)))
 }
 
 /// What [`copy_verified`] did.
@@ -900,7 +942,7 @@ fn fingerprint(table: &Table, row: &[Value]) -> String {
 /// snapshot's.
 pub async fn copy_verified(
     source: &Shard,
-    target: &Shard,
+    target: &Arc<Shard>,
     merchant: i64,
     watermark_ms: i64,
     fresh: bool,

@@ -494,8 +494,8 @@ impl Mover {
 
     async fn verify(
         &self,
-        source: &Shard,
-        target: &Shard,
+        source: &Arc<Shard>,
+        target: &Arc<Shard>,
         merchant: i64,
         measure: Measure,
     ) -> anyhow::Result<Vec<String>> {

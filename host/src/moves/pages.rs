@@ -169,7 +169,7 @@ async fn query(
     statement: &str,
     params: Vec<Value>,
 ) -> anyhow::Result<RowSet> {
-    tx.query(statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))
+    tx.scan(statement, params).await.map_err(sql_error(&format!("reading {}", table.name)))
 }
 
 #[cfg(test)]

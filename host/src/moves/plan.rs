@@ -94,7 +94,7 @@ async fn read_shard(shard: &Shard) -> anyhow::Result<(i64, i64, Vec<(i64, i64)>)
     };
     let figures = async {
         let by_merchant = tx
-            .query(
+            .scan(
                 "SELECT merchant_id, COUNT(*) AS n FROM payments GROUP BY merchant_id ORDER BY n DESC, merchant_id",
                 Vec::new(),
             )

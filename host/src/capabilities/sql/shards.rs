@@ -210,6 +210,20 @@ impl ShardTx {
         self.ended(result)
     }
 
+    /// [`query`](Self::query) for a statement that reads many rows (a
+    /// count or a page over one merchant's rows). On an embedded shard,
+    /// where a statement is a function call on the caller's thread, it
+    /// runs off the async workers' queues (`block_in_place`).
+    pub async fn scan(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+        self.in_flight = true;
+        let result = match &mut self.backend {
+            TxBackend::Sqlite(tx) => tx.scan(statement, params).await,
+            TxBackend::Mysql(tx) => tx.query(statement, params).await,
+            TxBackend::Postgres(tx) => tx.query(statement, params).await,
+        };
+        self.ended(result)
+    }
+
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
         self.in_flight = true;
         let result = match &mut self.backend {

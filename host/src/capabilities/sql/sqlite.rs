@@ -188,6 +188,22 @@ impl Transaction {
         }
     }
 
+    /// [`query`](Self::query) for a statement that reads many rows (a
+    /// count over one merchant's rows): run where it may block, so the
+    /// worker's other tasks (requests) move to another thread meanwhile.
+    pub async fn scan(&mut self, statement: &str, params: Vec<Value>) -> Result<RowSet, SqlError> {
+        match self {
+            Transaction::Write(member) => {
+                let rows = blocking(|| query(member.conn()?, statement, params));
+                if let Err(e) = &rows {
+                    member.check(e);
+                }
+                rows
+            }
+            Transaction::Read(tx) => blocking(|| query(tx.conn(), statement, params)),
+        }
+    }
+
     pub async fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<u64, SqlError> {
         match self {
             Transaction::Write(member) => {
