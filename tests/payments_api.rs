@@ -145,6 +145,44 @@ async fn bad_input_is_refused_with_stable_codes(backend: Backend) {
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }
 
+/// A client that writes its whole body before it reads the answer, as
+/// Python's urllib does, gets the answer the host gives before reading it
+/// all (413 for a body over the limit, 401 for a bad key), not a reset
+/// connection: the host reads the rest and throws it away first.
+#[tokio::test]
+async fn a_client_that_writes_its_whole_body_first_gets_the_early_answer() {
+    let host = support::Host::start();
+    let address = host.base.trim_start_matches("http://").to_string();
+    for (key, status, code) in
+        [(host.key(1), 413, "body_too_large"), ("sk_dev_1_not_a_key".to_string(), 401, "unauthenticated")]
+    {
+        let to = address.clone();
+        let answer = tokio::task::spawn_blocking(move || post_written_whole(&to, &key, 8 * 1024 * 1024))
+            .await
+            .expect("the client thread");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.contains(&format!(r#""code":"{code}""#)), "{answer}");
+    }
+}
+
+/// POSTs `size` bytes to /payments/authorize over a plain socket, all of
+/// them written before anything is read; the answer, whole.
+fn post_written_whole(address: &str, key: &str, size: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("read timeout");
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(30))).expect("write timeout");
+    let head = format!(
+        "POST /payments/authorize HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("the request head");
+    stream.write_all(&vec![b'x'; size]).expect("the whole body is taken, not reset");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn authentication_and_tenancy(backend: Backend) {
     let host = backend.start().await;
     let owner = host.merchant(4);

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use http_body_util::Full;
 use tracing::Instrument;
 
 use super::auth::Merchant;
+use super::body;
 use super::errors::HostError;
 use super::idempotency::{self, Claim, Outcome};
 use super::request_id::RequestId;
@@ -61,24 +62,7 @@ async fn run(
     request: Request,
 ) -> Result<Response, HostError> {
     let (parts, body) = request.into_parts();
-    let body = to_bytes(body, app.config.max_body_bytes).await.map_err(|e| {
-        let limit = app.config.max_body_bytes;
-        let too_large =
-            std::error::Error::source(&e).is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            HostError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {limit} bytes"),
-            )
-        } else {
-            HostError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("could not read the request body: {e}"),
-            )
-        }
-    })?;
+    let body = body::read(body, app.config.max_body_bytes).await?;
     let slot = app.versions.registry().get(&matched.component).ok_or_else(|| {
         HostError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the route's component is not loaded")
     })?;

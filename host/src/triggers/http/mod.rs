@@ -1,11 +1,13 @@
 //! The HTTP trigger: axum serving the manifest's `[[trigger.http]]` routes.
 //!
 //! A request to a component route passes these layers, outermost first:
-//! request id -> route match -> merchant authentication -> rate limit ->
-//! [`dispatch`] (body limit, idempotency, shard transaction, invocation,
-//! commit or rollback). Health and metrics endpoints sit beside them.
+//! unread body drained ([`body`]) -> request id -> route match -> merchant
+//! authentication -> rate limit -> [`dispatch`] (body limit, idempotency,
+//! shard transaction, invocation, commit or rollback). Health and metrics
+//! endpoints sit beside them.
 
 mod auth;
+mod body;
 mod dispatch;
 mod errors;
 mod health;
@@ -91,6 +93,7 @@ pub fn router(app: Arc<App>, admin: Option<Router>) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback_service(components)
         .layer(axum::middleware::from_fn(request_id::layer))
+        .layer(axum::middleware::from_fn(body::layer))
         .with_state(app);
     match admin {
         Some(admin) => router.merge(admin),
