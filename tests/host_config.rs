@@ -45,6 +45,12 @@ fn invalid_manifests_name_the_key() {
     assert!(err.contains("rout"), "{err}");
     let err = refused(&manifest("").replacen("component = \"authorize\"", "component = \"authorise\"", 1));
     assert!(err.contains("authorise"), "{err}");
+    // A key a capability reads, misspelt, and one of the wrong shape: the
+    // capability's own check names the component and the key.
+    let err = refused(&manifest("").replace("kafka_topics = [\"payments\"]", "kafka_topic = [\"payments\"]"));
+    assert!(err.contains("component.outbox-relay") && err.contains("kafka_topic`"), "{err}");
+    let err = refused(&manifest("").replace("kafka_topics = [\"payments\"]", "kafka_topics = \"payments\""));
+    assert!(err.contains("component.outbox-relay.kafka_topics"), "{err}");
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Microbenchmarks of the engine, without HTTP serving or a shard:
 //!
 //! - `invoke/noop/{pooling,on-demand}`: one invocation of the no-op
-//!   `wasi:http` component (`tests/components/noop`): take a pool slot, build
-//!   the store, instantiate, call the handler, collect the response, drop
-//!   the store. This is the host's overhead per invocation, the guest doing
+//!   `wasi:http` component (`tests/components/noop`) through the envelope
+//!   every trigger uses: open the span, take a pool slot, build the store,
+//!   instantiate, call the handler, collect the response, drop the store,
+//!   record the metrics. This is the host's overhead per invocation, the guest doing
 //!   nothing; with the pooling allocator (the default) and without.
 //! - `load/noop/{compile,cached}`: turning the binary into a servable
 //!   version, from scratch (Cranelift) and from the on-disk AOT cache.
@@ -17,9 +18,11 @@ use std::process::Command;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::Full;
-use payfn::capabilities::kv::runtime_config::KvConfig;
-use payfn::capabilities::kv::Kv;
-use payfn::engine::{Bindings, ComponentSpec, Engine, EngineConfig, TriggerKind};
+use payfn::capabilities::{Capabilities, HostResources};
+use payfn::engine::{ComponentSpec, Engine, EngineConfig, Invocation, Trace, TriggerKind};
+use payfn::kv::runtime_config::KvConfig;
+use payfn::kv::Kv;
+use payfn::metrics::Metrics;
 
 /// Builds the no-op component (a no-op when it is up to date) and returns its bytes.
 fn noop_component() -> Vec<u8> {
@@ -42,9 +45,17 @@ fn spec() -> ComponentSpec {
         source: PathBuf::from("test_noop.wasm"),
         grants: Vec::new(),
         environment: Vec::new(),
-        kafka_topics: Vec::new(),
+        capability_keys: Default::default(),
         kind: TriggerKind::Http,
     }
+}
+
+/// An engine whose components may be granted every capability, with an
+/// in-memory kv store and no broker.
+fn engine(config: EngineConfig, cache: &std::path::Path, kv: &Kv) -> Engine {
+    let capabilities =
+        Capabilities::start(&HostResources { kv: kv.clone(), broker: None }).expect("capabilities");
+    Engine::new(config, cache.into(), capabilities, Metrics::new()).expect("engine")
 }
 
 fn request() -> http::Request<Full<Bytes>> {
@@ -62,15 +73,20 @@ fn invoke(c: &mut Criterion) {
     let mut group = c.benchmark_group("invoke/noop");
     for (name, pooling) in [("pooling", true), ("on-demand", false)] {
         let cache = tempfile::tempdir().expect("cache dir");
-        let engine = Engine::new(EngineConfig { pooling, ..EngineConfig::default() }, cache.path().into())
-            .expect("engine");
+        let engine = engine(EngineConfig { pooling, ..EngineConfig::default() }, cache.path(), &kv);
         let component = engine.load_bytes(&spec(), &bytes).expect("load the no-op component");
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let (result, _) = engine
-                    .invoke_http(&component, Bindings::unbound("bench".into(), kv.clone()), request())
-                    .await;
-                let output = result.expect("the no-op answers");
+                let invocation = Invocation {
+                    component: &component,
+                    request_id: "bench".into(),
+                    merchant: None,
+                    shard: None,
+                    tx: None,
+                    trace: Trace::Continue(None),
+                };
+                let outcome = engine.invoke_http(invocation, request()).await;
+                let output = outcome.result.expect("the no-op answers");
                 assert_eq!(output.status, 200);
             })
         });
@@ -82,7 +98,9 @@ fn load(c: &mut Criterion) {
     let bytes = noop_component();
     let mut group = c.benchmark_group("load/noop");
     group.sample_size(10);
-    let engine_in = |dir: &std::path::Path| Engine::new(EngineConfig::default(), dir.into()).expect("engine");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let kv = runtime.block_on(Kv::from_config(&KvConfig::Memory)).expect("memory kv");
+    let engine_in = |dir: &std::path::Path| engine(EngineConfig::default(), dir, &kv);
     group.bench_function("compile", |b| {
         // A new engine on an empty cache each time; building it is not timed.
         b.iter_batched(

@@ -41,9 +41,9 @@ use serde::Serialize;
 
 use crate::bindings::kafka::{Error as ProduceError, Message};
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::kafka::{Broker, Record};
-use crate::capabilities::sql::{Shard, ShardSet};
+use crate::broker::{Broker, Record};
 use crate::manifest::KafkaTrigger;
+use crate::shards::{Shard, ShardSet};
 use crate::triggers::kafka::dead_letter_topic;
 
 /// The consumer group whose position on a dead-letter topic marks what has

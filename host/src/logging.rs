@@ -63,13 +63,29 @@ pub fn invocation_span(
     component: &str,
     version: &str,
 ) -> tracing::Span {
-    tracing::info_span!("invocation", request_id, merchant, shard, component, version)
+    // Display, not Debug: a text line reads `request_id=req_...`, unquoted,
+    // as the trigger's own fields do.
+    tracing::info_span!(
+        "invocation",
+        request_id = %request_id,
+        merchant,
+        shard = %shard,
+        component = %component,
+        version = %version
+    )
 }
 
 /// The span a timer firing runs in: an invocation span whose target keeps
 /// it out of trace export (telemetry.rs says why).
 pub fn timer_span(request_id: &str, shard: &str, component: &str, version: &str) -> tracing::Span {
-    tracing::info_span!(target: "payfn::timer", "invocation", request_id, shard, component, version)
+    tracing::info_span!(
+        target: "payfn::timer",
+        "invocation",
+        request_id = %request_id,
+        shard = %shard,
+        component = %component,
+        version = %version
+    )
 }
 
 /// One line of `payfn up`'s start-up summary (shards, routes, listening

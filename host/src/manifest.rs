@@ -5,9 +5,10 @@
 //! `version`, `description`, `authors`), `[[trigger.http]]` (`route` with
 //! `:param` segments and a trailing `/...`, `component`), and
 //! `[component.NAME]` with `source` (a local path), `description`,
-//! `environment`, `[component.NAME.build]` (`command`, `workdir`, `watch`)
-//! and payfn's `capabilities` (the grants). Anything else is refused with a
-//! message naming the key, rather than silently ignored.
+//! `environment`, `[component.NAME.build]` (`command`, `workdir`, `watch`),
+//! payfn's `capabilities` (the grants) and the keys capabilities read
+//! (`kafka_topics`; each capability names its own). Anything else is refused
+//! with a message naming the key, rather than silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::capabilities;
+use crate::capabilities::Capabilities;
 use crate::engine::{ComponentSpec, TriggerKind};
 
 /// A parsed, validated manifest.
@@ -143,10 +144,13 @@ fn default_attempts() -> u32 {
     5
 }
 
-/// One `[component.NAME]`.
+/// One `[component.NAME]`. Keys it does not know are kept for the
+/// capabilities; [`Manifest::parse`] refuses those no capability reads.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Component {
+    /// Required; checked after unknown keys, so a misspelt `source` is
+    /// named as such rather than reported missing.
+    #[serde(default)]
     pub source: PathBuf,
     /// Informational; accepted so Spin manifests validate.
     #[serde(default)]
@@ -157,11 +161,11 @@ pub struct Component {
     /// payfn: the capabilities this component may import.
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// payfn: the topics the `kafka` capability may produce to.
-    #[serde(default)]
-    pub kafka_topics: Vec<String>,
     #[serde(default)]
     pub build: Option<Build>,
+    /// The keys capabilities read (`kafka_topics`, ...), as written.
+    #[serde(flatten)]
+    pub capability_keys: BTreeMap<String, toml::Value>,
 }
 
 /// `[component.NAME.build]`.
@@ -197,13 +201,20 @@ impl Manifest {
         }
         for (name, component) in &raw.component {
             for grant in &component.capabilities {
-                if capabilities::by_name(grant).is_none() {
-                    let known: Vec<_> = capabilities::REGISTRY.iter().map(|c| c.name).collect();
+                if !Capabilities::NAMES.contains(&grant.as_str()) {
                     bail!(
                         "`component.{name}.capabilities`: unknown capability `{grant}` (known: {})",
-                        known.join(", ")
+                        Capabilities::NAMES.join(", ")
                     );
                 }
+            }
+            for key in component.capability_keys.keys() {
+                if Capabilities::owner_of_key(key).is_none() {
+                    bail!("`component.{name}`: unknown key `{key}`");
+                }
+            }
+            if component.source.as_os_str().is_empty() {
+                bail!("`component.{name}`: missing key `source`");
             }
         }
         let mut seen = Vec::new();
@@ -270,7 +281,7 @@ impl Manifest {
             source: self.dir.join(&c.source),
             grants: c.capabilities.clone(),
             environment: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            kafka_topics: c.kafka_topics.clone(),
+            capability_keys: c.capability_keys.clone(),
             kind: self.kinds.get(name).copied().unwrap_or(TriggerKind::Http),
         })
     }
@@ -359,11 +370,30 @@ watch = ["src/**/*.rs"]
             (GOOD.replace("component = \"capture\"", "component = \"nope\""), "nope"),
             (GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = 1"), "spin_manifest_version"),
             (GOOD.replace("command =", "comand ="), "comand"),
+            // A key no capability reads.
+            (
+                GOOD.replace("capabilities = [", "kafka_topicz = [\"payments\"]\ncapabilities = ["),
+                "kafka_topicz",
+            ),
         ];
         for (text, key) in cases {
             let err = format!("{:#}", Manifest::parse(&text, PathBuf::from(".")).unwrap_err());
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn keys_capabilities_read_are_kept_for_them() {
+        let text = GOOD.replace("capabilities = [", "kafka_topics = [\"payments\"]\ncapabilities = [");
+        let spec = Manifest::parse(&text, PathBuf::from(".")).unwrap().component_spec("capture").unwrap();
+        let topics = spec.capability_keys.get("kafka_topics").and_then(|v| v.as_array()).map(Vec::len);
+        assert_eq!(topics, Some(1));
+        let err = format!(
+            "{:#}",
+            Manifest::parse(&GOOD.replace("source = \"capture.wasm\"\n", ""), PathBuf::from("."))
+                .unwrap_err()
+        );
+        assert!(err.contains("component.capture") && err.contains("source"), "{err}");
     }
 
     #[test]

@@ -45,9 +45,9 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::sql::{Shard, ShardTx};
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
+use crate::shards::{Shard, ShardTx};
 
 const DAY: Duration = Duration::from_secs(86_400);
 /// Most unsettled captures and refunds one check lists (and a repair
@@ -802,7 +802,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_check_tells_mismatches_from_unsettled_and_in_flight_changes() {
         use crate::bindings::sql::Dialect;
-        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
+        let (_dir, shard) = crate::shards::test_shard().await;
         assert_eq!(shard.dialect(), Dialect::Sqlite);
         let now = humantime::parse_rfc3339("2026-03-10T12:00:00Z").unwrap();
         let mut statements = Vec::new();

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use crate::bindings::sql::{Dialect, Error as SqlError, Value};
-use crate::capabilities::sql::Shard;
 use crate::metrics::Metrics;
+use crate::shards::Shard;
 
 /// How long the HTTP trigger replays an idempotency record
 /// (`RETENTION` in `triggers/http/idempotency.rs`, 24 h as Stripe): records
@@ -496,7 +496,7 @@ mod tests {
     /// every statement is an index search, never a scan of the table.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_purges_old_rows_and_spares_unpublished_and_dead_lettered_ones() {
-        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
+        let (_dir, shard) = crate::shards::test_shard().await;
         let (old, new) = ("2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z");
         let mut tx = shard.begin(true).await.unwrap();
         // (published, dead_lettered, published_at): 7 old published rows,

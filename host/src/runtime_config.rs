@@ -11,11 +11,11 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
-use crate::capabilities::kafka::runtime_config::KafkaConfig;
-use crate::capabilities::kv::runtime_config::KvConfig;
-use crate::capabilities::sql::runtime_config::{default_shards, RoutingConfig, ShardConfig};
+use crate::broker::runtime_config::KafkaConfig;
 use crate::engine::EngineConfig;
 use crate::keys::KeysConfig;
+use crate::kv::runtime_config::KvConfig;
+use crate::shards::runtime_config::{default_shards, RoutingConfig, ShardConfig};
 use crate::triggers::http::HttpConfig;
 use crate::versions::config::ControlConfig;
 
@@ -129,9 +129,7 @@ mod tests {
     fn server_shards_need_exactly_one_url() {
         let config: RuntimeConfig =
             toml::from_str("[[shards]]\nname = \"a\"\nbackend = \"postgres\"\nmax_connections = 4").unwrap();
-        let crate::capabilities::sql::runtime_config::BackendConfig::Postgres(server) =
-            &config.shards[0].backend
-        else {
+        let crate::shards::runtime_config::BackendConfig::Postgres(server) = &config.shards[0].backend else {
             panic!("a postgres shard");
         };
         let err = server.url("a").unwrap_err().to_string();
@@ -153,7 +151,7 @@ mod tests {
 
     #[test]
     fn kafka_assignment_defaults_to_group_and_names_bad_values() {
-        use crate::capabilities::kafka::runtime_config::Assignment;
+        use crate::broker::runtime_config::Assignment;
         let assignment = |extra: &str| {
             let text = format!("[kafka]\nbackend = \"kafka\"\nbrokers = \"b:9092\"\n{extra}");
             toml::from_str::<RuntimeConfig>(&text).map(|c| match c.kafka {

@@ -134,3 +134,30 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
         )
     })
 }
+
+/// Sets the `traceparent` a guest's request carries: with export on, the
+/// current span's (the invocation's, a child of the caller's); else the
+/// caller's if well formed; else a new trace's.
+pub fn propagate(headers: &mut http::HeaderMap) {
+    let exported = traceparent(&tracing::Span::current());
+    if let Some(value) = exported.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+        headers.insert("traceparent", value);
+    }
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
+    if caller.is_none() {
+        let ids: [u8; 24] = rand::random();
+        let value = format!("00-{}-{}-01", hex::encode(&ids[..16]), hex::encode(&ids[16..]));
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert("traceparent", value);
+        }
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(parts.as_slice(), [v, t, p, f]
+        if hex(v, 2) && *v != "ff" && hex(t, 32) && hex(p, 16) && hex(f, 2)
+            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
+}

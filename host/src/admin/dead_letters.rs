@@ -20,7 +20,7 @@ use serde_json::json;
 use super::handlers::{actor, error, Redrive};
 use super::Admin;
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::sql::Shard;
+use crate::shards::Shard;
 
 /// Rows listed at most per request.
 const LIST_MAX: i64 = 500;

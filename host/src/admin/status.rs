@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::handlers::error;
 use super::Admin;
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::kafka::PartitionLag;
-use crate::capabilities::sql::{PoolUse, Shard};
+use crate::broker::PartitionLag;
+use crate::shards::{PoolUse, Shard};
 use crate::triggers::http::{outbox_status, App, OutboxStatus};
 
 /// Rows counted per table at most: a count is a scan, and past this the

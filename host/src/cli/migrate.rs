@@ -8,7 +8,7 @@
 use clap::Args;
 
 use super::AppArgs;
-use crate::capabilities::sql;
+use crate::shards;
 use crate::versions::store::ControlStore;
 
 #[derive(Debug, Clone, Args)]
@@ -26,7 +26,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let state_dir = args.app.state_dir();
     for shard in &config.shards {
         eprintln!("migrating shard `{}`", shard.name);
-        let applied = sql::migrate(shard, &state_dir, args.create)
+        let applied = shards::migrate(shard, &state_dir, args.create)
             .await
             .map_err(|e| e.context(format!("shard `{}`", shard.name)))?;
         let latest = applied.last().map_or("none".to_string(), i64::to_string);

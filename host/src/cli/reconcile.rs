@@ -17,8 +17,8 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 
 use super::AppArgs;
-use crate::capabilities::sql::ShardSet;
 use crate::reconcile::{self, Checker, Day, Mode, ShardReport};
+use crate::shards::ShardSet;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileArgs {

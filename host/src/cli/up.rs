@@ -9,16 +9,17 @@ use clap::Args;
 
 use super::AppArgs;
 use crate::admin::{self, Admin};
-use crate::capabilities::kafka::Broker;
-use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::ShardSet;
+use crate::broker::Broker;
+use crate::capabilities::{Capabilities, ComponentConfig, HostResources};
 use crate::directory::store::DirectoryStore;
 use crate::directory::Directory;
 use crate::engine::Engine;
 use crate::keys::KeyRing;
+use crate::kv::Kv;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::moves::Mover;
+use crate::shards::ShardSet;
 use crate::triggers::http::{self, App, RouteTable};
 use crate::triggers::kafka::{self, KafkaContext};
 use crate::triggers::timer::{self, TimerContext};
@@ -80,7 +81,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
 
-    let engine = Engine::new(config.engine.clone(), state_dir.join("cache"))?;
+    let capabilities = Capabilities::start(&HostResources { kv: kv.clone(), broker: Some(broker.clone()) })?;
+    let engine = Engine::new(config.engine.clone(), state_dir.join("cache"), capabilities, metrics.clone())?;
     let control = ControlStore::open(&config.control, &state_dir).await?;
     banner!(
         "  control         {} (synced every {} ms)",
@@ -96,7 +98,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let mover =
         Mover::new(directory.clone(), identity.id.clone(), config.engine.timeout(), config.moves.clone());
-    let (versions, lines) = Versions::start(engine.clone(), control, kv.clone(), &manifest, identity).await?;
+    let (versions, lines) = Versions::start(engine.clone(), control, &manifest, identity).await?;
     for line in lines {
         banner!("  component       {} {}", line.component, line.text);
     }
@@ -105,12 +107,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     mover.start_resuming();
     let _watcher = if args.watch { watch::start(manifest.clone(), versions.clone())? } else { None };
     let registry = versions.registry();
-    let timers = TimerContext {
-        engine: engine.clone(),
-        kv: kv.clone(),
-        broker: broker.clone(),
-        metrics: metrics.clone(),
-    };
+    let timers = TimerContext { engine: engine.clone() };
     for trigger in &manifest.timer_triggers {
         let slot = registry.get(&trigger.component).cloned().context("timer component not loaded")?;
         timer::start(&timers, trigger, slot, shards.iter().cloned());
@@ -122,7 +119,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     // Every topic a component may write or a trigger reads, and the dead-letter topics.
-    let mut topics: Vec<String> = manifest.components.values().flat_map(|c| c.kafka_topics.clone()).collect();
+    let mut topics = Vec::new();
+    for (name, component) in &manifest.components {
+        let config = ComponentConfig { name, keys: &component.capability_keys };
+        topics.extend(crate::capabilities::kafka::granted_topics(&config)?);
+    }
     for trigger in &manifest.kafka_triggers {
         for topic in &trigger.topics {
             topics.push(topic.clone());
@@ -134,7 +135,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     broker.ensure_topics(&topics).await?;
     let consumers = KafkaContext {
         engine: engine.clone(),
-        kv: kv.clone(),
         broker: broker.clone(),
         shards: shards.clone(),
         directory: directory.clone(),

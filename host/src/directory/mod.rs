@@ -37,7 +37,7 @@ use anyhow::bail;
 use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock as Gate};
 
 use crate::bindings::sql::Value;
-use crate::capabilities::sql::{Shard, ShardSet};
+use crate::shards::{Shard, ShardSet};
 pub use store::State;
 use store::{DirectoryStore, EntryRow, How};
 

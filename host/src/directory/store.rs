@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::Context;
 use sqlx::{AnyPool, Row};
 
-use crate::capabilities::sql::placeholders;
+use crate::shards::placeholders;
 use crate::versions::store::{now_ms, ControlDialect, ControlStore};
 
 /// How often placing a merchant is tried before its request gets 503.

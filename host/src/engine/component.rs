@@ -1,6 +1,7 @@
 //! Loading a component: compile (or take from the cache), check its imports
 //! against its grants, link, pre-instantiate.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crate::bindings::event::EventStepPre;
 use crate::bindings::timer::TimerStepPre;
 
 use super::{compile, Engine, InvocationState};
-use crate::capabilities;
+use crate::capabilities::{Capabilities, ComponentConfig, Granted};
 use crate::metrics::VersionStats;
 
 /// What the manifest says about one component.
@@ -25,8 +26,9 @@ pub struct ComponentSpec {
     pub grants: Vec<String>,
     /// Environment variables the guest sees.
     pub environment: Vec<(String, String)>,
-    /// Topics the `kafka` capability may produce to.
-    pub kafka_topics: Vec<String>,
+    /// The keys of `[component.NAME]` that capabilities read
+    /// (`kafka_topics`, ...), as written.
+    pub capability_keys: BTreeMap<String, toml::Value>,
     /// Which trigger runs it, hence which export it must have.
     pub kind: TriggerKind,
 }
@@ -60,7 +62,8 @@ pub struct LoadedComponent {
     /// of the same digest, so they survive a rollback and a re-deploy).
     pub stats: Arc<VersionStats>,
     pub(super) entry: Entry,
-    uses_sql: bool,
+    /// Each granted capability's configuration of this version.
+    pub(super) granted: Granted,
     /// Counts this version in [`loaded_versions`] for as long as it lives.
     _alive: AliveToken,
 }
@@ -94,10 +97,10 @@ impl Drop for AliveToken {
 }
 
 impl LoadedComponent {
-    /// Whether the component is granted `sql`: only then does an invocation
-    /// hold a shard transaction.
-    pub fn uses_sql(&self) -> bool {
-        self.uses_sql
+    /// Whether an invocation holds a shard transaction while it runs (the
+    /// component is granted a capability that works in one: `sql`).
+    pub fn holds_transaction(&self) -> bool {
+        self.granted.holds_transaction()
     }
 
     /// The first 12 hex digits of the digest, for humans.
@@ -115,7 +118,7 @@ impl Engine {
     pub fn load_bytes(&self, spec: &ComponentSpec, bytes: &[u8]) -> anyhow::Result<LoadedComponent> {
         let name = &spec.name;
         for grant in &spec.grants {
-            if capabilities::by_name(grant).is_none() {
+            if !Capabilities::NAMES.contains(&grant.as_str()) {
                 bail!("component `{name}`: unknown capability `{grant}` in `capabilities`");
             }
         }
@@ -125,11 +128,10 @@ impl Engine {
             self.compile(bytes, &digest).with_context(|| format!("component `{name}`"))?;
 
         for (import, _) in component.component_type().imports(&self.inner) {
-            match capabilities::for_import(import) {
-                Some(cap) if !spec.grants.iter().any(|g| g == cap.name) => bail!(
-                    "component `{name}` imports `{import}`, but spin.toml does not grant `{}`; \
-                     add it to `capabilities` in [component.{name}]",
-                    cap.name
+            match Capabilities::for_import(import) {
+                Some(grant) if !spec.grants.iter().any(|g| g == grant) => bail!(
+                    "component `{name}` imports `{import}`, but spin.toml does not grant `{grant}`; \
+                     add it to `capabilities` in [component.{name}]"
                 ),
                 None if import.starts_with("payfn:") => {
                     bail!("component `{name}` imports `{import}`, which this host does not provide")
@@ -141,11 +143,8 @@ impl Engine {
         let mut linker = Linker::new(&self.inner);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        for grant in &spec.grants {
-            if let Some(cap) = capabilities::by_name(grant) {
-                (cap.link)(&mut linker).map_err(anyhow::Error::from)?;
-            }
-        }
+        let component_config = ComponentConfig { name, keys: &spec.capability_keys };
+        let granted = self.capabilities.grant(&spec.grants, &component_config, &mut linker)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -161,14 +160,13 @@ impl Engine {
                 format!("component `{name}` is on a Kafka trigger but does not export payfn:host/event-handler")
             })?),
         };
-        let uses_sql = spec.grants.iter().any(|g| g == crate::capabilities::sql::CAPABILITY.name);
         Ok(LoadedComponent {
             spec: spec.clone(),
             digest,
             from_cache,
             stats: Arc::default(),
             entry,
-            uses_sql,
+            granted,
             _alive: AliveToken::new(),
         })
     }

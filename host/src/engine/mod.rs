@@ -6,15 +6,25 @@
 //! content hash, epoch deadlines and a memory limit per store. A guest that
 //! traps, runs away or exhausts its memory fails its own invocation only.
 
+//!
+//! Every trigger's invocation goes through one envelope ([`envelope`]): the
+//! trigger picks the version and opens the shard transaction, the envelope
+//! opens the span, builds the store from the capabilities the component is
+//! granted, runs the export, records the metrics, and settles the
+//! transaction. The engine names no capability: it asks
+//! [`Capabilities`] for everything.
+
 mod compile;
 mod component;
 mod config;
+mod envelope;
 mod invoke;
 mod state;
 
 pub use component::{loaded_versions, ComponentSpec, LoadedComponent, TriggerKind};
 pub use config::EngineConfig;
-pub use invoke::{Bindings, HttpOutput, InvokeError};
+pub use envelope::{Invocation, Outcome, Settled, Trace};
+pub use invoke::{HttpOutput, InvokeError};
 pub use state::InvocationState;
 
 use std::path::PathBuf;
@@ -23,6 +33,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::capabilities::Capabilities;
+use crate::metrics::Metrics;
 
 /// Bytes of each pooled linear memory reset in place, not released to the
 /// kernel, when an instance is freed.
@@ -40,11 +53,20 @@ pub struct Engine {
     /// One permit per pooled instance: a burst beyond the pool waits for a
     /// slot (up to the invocation deadline) instead of failing at once.
     slots: Arc<tokio::sync::Semaphore>,
+    /// What components may be granted, started for this host.
+    capabilities: Arc<Capabilities>,
+    /// Where every invocation is counted and timed.
+    metrics: Metrics,
 }
 
 impl Engine {
     /// Builds the engine and starts the epoch ticker.
-    pub fn new(config: EngineConfig, cache_dir: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(
+        config: EngineConfig,
+        cache_dir: PathBuf,
+        capabilities: Capabilities,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             .total_core_instances(config.max_instances.saturating_mul(4))
@@ -86,7 +108,14 @@ impl Engine {
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating compile cache {}", cache_dir.display()))?;
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_instances as usize));
-        Ok(Self { inner, config: Arc::new(config), cache_dir, slots })
+        Ok(Self {
+            inner,
+            config: Arc::new(config),
+            cache_dir,
+            slots,
+            capabilities: Arc::new(capabilities),
+            metrics,
+        })
     }
 
     /// The invocation deadline in epoch ticks (at least one).

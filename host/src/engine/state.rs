@@ -1,4 +1,5 @@
-//! The data of one store: WASI, wasi-http and the capability states.
+//! The data of one store: the engine's core (WASI, wasi-http, the resource
+//! table, the memory limiter) and the capabilities' states.
 
 use std::future::Future;
 
@@ -10,20 +11,23 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::capabilities::{kafka::KafkaState, kv::KvState, log::LogState, sql::SqlState};
+use crate::capabilities::{HoldsStates, States};
 
 /// Everything one invocation's store holds. Capability host implementations
-/// each see only their own field.
+/// each see only their own state in [`States`].
 pub struct InvocationState {
     pub(super) wasi: WasiCtx,
     pub(super) http: WasiHttpCtx,
     pub(super) table: ResourceTable,
     pub(super) hooks: NoOutboundHttp,
     pub(super) limiter: MemoryLimiter,
-    pub sql: SqlState,
-    pub kv: KvState,
-    pub log: LogState,
-    pub kafka: KafkaState,
+    pub(crate) capabilities: States,
+}
+
+impl HoldsStates for InvocationState {
+    fn states(&mut self) -> &mut States {
+        &mut self.capabilities
+    }
 }
 
 impl WasiView for InvocationState {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::bindings::sql::{Dialect, Error as SqlError, RowSet, Value};
-use crate::capabilities::sql::{Shard, ShardTx};
+use crate::shards::{Shard, ShardTx};
 
 use super::pace::MovesConfig;
 
@@ -1147,7 +1147,7 @@ mod tests {
     /// rows by time), never the merchant's whole history.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recent_changes_are_found_by_time() {
-        let (_dir, shard) = crate::capabilities::sql::test_shard().await;
+        let (_dir, shard) = crate::shards::test_shard().await;
         let mut read = shard.begin(false).await.unwrap();
         let expected = [
             ("payments", &["SEARCH t USING INDEX payments_by_merchant (merchant_id=?)"][..]),

@@ -40,8 +40,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::bindings::sql::Dialect;
-use crate::capabilities::sql::Shard;
 use crate::directory::{Directory, State};
+use crate::shards::Shard;
 use crate::versions::store::now_ms;
 use copy::{Measure, Written};
 use pace::MovesConfig;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::capabilities::sql::{PoolUse, Shard};
+use crate::shards::{PoolUse, Shard};
 
 /// The most a page waits for a busy shard before it runs anyway.
 pub const MOST_YIELDED: Duration = Duration::from_secs(1);

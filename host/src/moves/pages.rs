@@ -25,7 +25,7 @@ use std::time::Instant;
 use super::copy::{point_superseded_on, sql_error, write_rows, Copied, Page, Table, TABLES};
 use super::pace::MovesConfig;
 use crate::bindings::sql::{RowSet, Value};
-use crate::capabilities::sql::{Shard, ShardTx};
+use crate::shards::{Shard, ShardTx};
 
 /// Rows a payment brings along, about: a captured payment has four ledger
 /// entries. A page of payments is the page size over this.
@@ -340,8 +340,8 @@ mod tests {
     /// merchant; a later round copies what changed since its watermark.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_in_pages_copies_the_merchant_whole_and_nothing_else() {
-        let (_s, source) = crate::capabilities::sql::test_shard().await;
-        let (_t, target) = crate::capabilities::sql::test_shard().await;
+        let (_s, source) = crate::shards::test_shard().await;
+        let (_t, target) = crate::shards::test_shard().await;
         let mut seed = rest_of_merchant(7);
         seed.extend(rest_of_merchant(8));
         for n in 0..23 {

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::copy::sql_error;
 use crate::bindings::sql::{Dialect, Value};
-use crate::capabilities::sql::Shard;
 use crate::directory::Directory;
+use crate::shards::Shard;
 
 /// Moves in one plan, at most.
 const MAX_PLANNED: usize = 100;

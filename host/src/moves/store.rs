@@ -8,9 +8,9 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::capabilities::sql::placeholders;
 use crate::directory::store::DirectoryStore;
 use crate::directory::State;
+use crate::shards::placeholders;
 // `lock` bumps the control generation, taking its row lock, which
 // serialises every change (versions and moves alike).
 use crate::versions::store::{lock, now_ms, ControlDialect};

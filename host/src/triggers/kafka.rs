@@ -27,19 +27,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::Instrument;
-
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
 use crate::bindings::kafka::{Error as ProduceError, Message};
 use crate::bindings::sql::{Dialect, Error as SqlError, Value};
-use crate::capabilities::kafka::{Broker, Record, Subscription};
-use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::{Shard, ShardSet, ShardTx};
+use crate::broker::{Broker, Record, Subscription};
 use crate::directory::{Directory, RouteError, Routed};
-use crate::engine::{Bindings, Engine, InvokeError, LoadedComponent};
-use crate::logging::invocation_span;
+use crate::engine::{Engine, Invocation, InvokeError, LoadedComponent, Outcome, Trace};
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
+use crate::shards::{Shard, ShardSet, ShardTx};
 use crate::versions::live::ComponentSlot;
 
 /// Pause after a failed fetch or commit.
@@ -70,7 +66,6 @@ const STORE_FAILED: &str = "INSERT INTO failed_events (consumer, source_topic, s
 #[derive(Clone)]
 pub struct KafkaContext {
     pub engine: Engine,
-    pub kv: Kv,
     pub broker: Broker,
     pub shards: Arc<ShardSet>,
     /// Which shard each merchant is on.
@@ -556,12 +551,6 @@ impl Consumer {
             1 => format!("{first_id} traceparent={trace}"),
             n => format!("{first_id}+{}", n - 1),
         };
-        let bindings = Bindings {
-            request_id: request_id.clone(),
-            sql: shard.bind(Some(tx)),
-            kv: self.context.kv.clone(),
-            broker: Some(self.context.broker.clone()),
-        };
         let events = records
             .iter()
             .map(|(record, _, _)| Event {
@@ -573,22 +562,19 @@ impl Consumer {
                 headers: record.headers.clone(),
             })
             .collect();
-        let name = &self.slot.spec.name;
-        let started = Instant::now();
-        let span = invocation_span(&request_id, merchant, &shard.name, name, component.short_digest());
-        // The first producer's trace: one trace from the payment request to
-        // here (for a run, the trace of its first event).
-        crate::telemetry::continue_trace(&span, header(first, "traceparent"));
-        let (result, tx) =
-            self.context.engine.invoke_events(component, bindings, events).instrument(span).await;
-        let failure = result.as_ref().err().map(|e| e.kind());
-        self.context.metrics.invoked(
-            name,
-            component.short_digest(),
-            &component.stats,
-            started.elapsed(),
-            failure,
-        );
+        let invocation = Invocation {
+            component,
+            request_id,
+            merchant,
+            shard: Some(shard),
+            tx: Some(tx),
+            // The first producer's trace: one trace from the payment request
+            // to here (for a run, the trace of its first event).
+            trace: Trace::Continue(header(first, "traceparent")),
+        };
+        // Settled by the caller: the run's transaction also takes the
+        // processed-event records, and maybe further invocations.
+        let Outcome { result, tx, .. } = self.context.engine.invoke_events(invocation, events).await;
         let Some(tx) = tx else {
             return (Err((None, Failure::lost())), None);
         };

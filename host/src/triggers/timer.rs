@@ -7,27 +7,18 @@
 //! `interval_ms` after the previous one ended.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tracing::Instrument;
+use std::time::Duration;
 
 use crate::bindings::timer::exports::payfn::host::timer_handler::Tick;
-use crate::capabilities::kafka::Broker;
-use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::{Shard, ShardTx};
-use crate::engine::{Bindings, Engine, LoadedComponent};
-use crate::logging::timer_span;
+use crate::engine::{Engine, Invocation, LoadedComponent, Settled, Trace};
 use crate::manifest::TimerTrigger;
-use crate::metrics::Metrics;
+use crate::shards::Shard;
 use crate::versions::live::ComponentSlot;
 
 /// What every firing needs.
 #[derive(Clone)]
 pub struct TimerContext {
     pub engine: Engine,
-    pub kv: Kv,
-    pub broker: Broker,
-    pub metrics: Metrics,
 }
 
 /// Starts one task per shard for `trigger`; they run until the process ends.
@@ -89,45 +80,24 @@ async fn fire(
     if std::mem::take(shard_down) {
         tracing::info!(component = %name, shard = %shard.name, "timer: shard available again");
     }
-    let request_id = format!("timer:{name}:{}:{firing}", shard.name);
-    let span = timer_span(&request_id, &shard.name, name, component.short_digest());
-    run_firing(context, component, shard, tx, request_id, batch_size).instrument(span).await
-}
-
-/// One firing in its open transaction, inside its `invocation` span (which
-/// names the component and shard on every line logged here).
-async fn run_firing(
-    context: &TimerContext,
-    component: &LoadedComponent,
-    shard: &Shard,
-    tx: ShardTx,
-    request_id: String,
-    batch_size: u32,
-) {
-    let name = &component.spec.name;
-    let bindings = Bindings {
-        request_id,
-        sql: shard.bind(Some(tx)),
-        kv: context.kv.clone(),
-        broker: Some(context.broker.clone()),
+    let invocation = Invocation {
+        component,
+        request_id: format!("timer:{name}:{}:{firing}", shard.name),
+        merchant: None,
+        shard: Some(shard),
+        tx: Some(tx),
+        trace: Trace::Untraced,
     };
     let tick = Tick { shard: shard.name.clone(), batch_size };
-    let started = Instant::now();
-    let (result, tx) = context.engine.invoke_timer(component, bindings, tick).await;
-    let failure = result.as_ref().err().map(|e| e.kind());
-    context.metrics.invoked(name, component.short_digest(), &component.stats, started.elapsed(), failure);
-    match (result, tx) {
-        (Ok(report), Some(tx)) => match tx.commit().await {
-            Ok(()) if report.is_empty() => {}
-            Ok(()) => tracing::debug!("{report}"),
-            Err(e) => tracing::warn!(error = ?e, "timer: commit failed"),
-        },
-        (Ok(_), None) => {}
-        (Err(e), tx) => {
-            if let Some(tx) = tx {
-                tx.rollback().await;
-            }
-            tracing::warn!("timer firing rolled back: {e}");
+    match context.engine.invoke_timer(invocation, tick).await.commit().await {
+        Settled::Committed(report) if !report.is_empty() => {
+            tracing::debug!(component = %name, shard = %shard.name, "{report}")
         }
+        Settled::Committed(_) | Settled::Discarded(_) => {}
+        Settled::CommitFailed(e) => {
+            tracing::warn!(component = %name, shard = %shard.name, error = ?e, "timer: commit failed")
+        }
+        // Rolled back; the envelope logged why, in the firing's span.
+        Settled::Failed(_) => {}
     }
 }

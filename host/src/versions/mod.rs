@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::capabilities::kv::Kv;
 use crate::engine::{ComponentSpec, Engine, LoadedComponent};
 use crate::manifest::Manifest;
 use crate::metrics::VersionStats;
@@ -54,7 +53,6 @@ pub struct Versions {
     engine: Engine,
     store: ControlStore,
     registry: Registry,
-    kv: Kv,
     host: HostIdentity,
     /// Per-version figures, by (component, digest), kept across reloads.
     stats: Mutex<HashMap<(String, String), Arc<VersionStats>>>,
@@ -104,7 +102,6 @@ impl Versions {
     pub async fn start(
         engine: Engine,
         store: ControlStore,
-        kv: Kv,
         manifest: &Manifest,
         host: HostIdentity,
     ) -> anyhow::Result<(Arc<Self>, Vec<BootLine>)> {
@@ -112,7 +109,6 @@ impl Versions {
             engine,
             store,
             registry: Registry::default(),
-            kv,
             host,
             stats: Mutex::default(),
             standby: Mutex::default(),
@@ -246,7 +242,7 @@ impl Versions {
     async fn finish_load(&self, mut loaded: LoadedComponent) -> anyhow::Result<Arc<LoadedComponent>> {
         loaded.stats = self.stats_for(&loaded.spec.name, &loaded.digest);
         self.engine
-            .check_instantiates(&loaded, self.kv.clone())
+            .check_instantiates(&loaded)
             .await
             .map_err(|e| anyhow::anyhow!("component `{}` fails when instantiated: {e}", loaded.spec.name))?;
         Ok(Arc::new(loaded))

@@ -17,8 +17,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::config::ControlConfig;
-use crate::capabilities::sql::placeholders;
 use crate::metrics::StatsCounts;
+use crate::shards::placeholders;
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/control/sqlite");
 static MYSQL: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/control/mysql");

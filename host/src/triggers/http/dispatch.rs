@@ -7,7 +7,7 @@
 //! record commits in the same transaction.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -15,7 +15,6 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::Full;
-use tracing::Instrument;
 
 use super::auth::Merchant;
 use super::body;
@@ -24,10 +23,9 @@ use super::idempotency::{self, Claim, Outcome};
 use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
-use crate::capabilities::sql::{Shard, ShardTx};
 use crate::directory::RouteError;
-use crate::engine::{Bindings, HttpOutput, InvokeError, LoadedComponent};
-use crate::logging::invocation_span;
+use crate::engine::{HttpOutput, Invocation, InvokeError, LoadedComponent, Settled, Trace};
+use crate::shards::{Shard, ShardTx};
 
 /// Headers only the host may set; stripped from what clients send.
 const HOST_HEADER_PREFIX: &str = "payfn-";
@@ -92,11 +90,7 @@ async fn run(
     })?;
     let shard = &routed.shard;
     let call = Call { app, id, matched, merchant, component: &component, shard };
-    let span =
-        invocation_span(&id.0, Some(merchant), &shard.name, &matched.component, component.short_digest());
-    // The trace the caller started, if it sent one (telemetry.rs).
-    crate::telemetry::continue_trace(&span, parts.headers.get("traceparent").map(|v| v.as_bytes()));
-    call.serve(parts, body).instrument(span).await
+    call.serve(parts, body).await
 }
 
 /// A request on its way to one component, for one merchant, on one shard.
@@ -147,76 +141,55 @@ impl Call<'_> {
         // runs: on SQLite a write transaction is the shard's single writer
         // slot. It is taken before the instance, so requests queued for the
         // writer hold no instance and their wait is not the function's time.
-        let tx = if component.uses_sql() {
+        let tx = if component.holds_transaction() {
             let write = !matches!(parts.method, Method::GET | Method::HEAD);
             Some(begin(shard, write, id).await?)
         } else {
             None
         };
+        // The caller's trace, continued by the invocation's span (telemetry.rs).
+        let traceparent = parts.headers.get("traceparent").map(|v| v.as_bytes().to_vec());
         let request = guest_request(parts, body, id, matched, merchant);
-        let bindings = Bindings {
+        let invocation = Invocation {
+            component,
             request_id: id.0.clone(),
-            sql: shard.bind(tx),
-            kv: app.kv.clone(),
-            broker: Some(app.broker.clone()),
+            merchant: Some(merchant),
+            shard: Some(shard),
+            tx,
+            trace: Trace::Continue(traceparent.as_deref()),
         };
-
-        let started = Instant::now();
-        let (result, tx) = app.engine.invoke_http(component, bindings, request).await;
-        let failure = match &result {
-            Ok(output) if output.status.is_server_error() => Some("status_5xx"),
-            Ok(_) => None,
-            Err(e) => Some(e.kind()),
-        };
-        app.metrics.invoked(
-            &matched.component,
-            component.short_digest(),
-            &component.stats,
-            started.elapsed(),
-            failure,
-        );
-
-        let output = match result {
-            Ok(output) => output,
-            Err(e) => {
-                if let Some(tx) = tx {
-                    tx.rollback().await;
-                }
-                return Err(invoke_error(e, id, &matched.component));
-            }
-        };
-        if output.status.is_server_error() {
-            if let Some(tx) = tx {
-                tx.rollback().await;
-            }
-            return Ok(respond(output));
-        }
-        let mut tx = match (tx, claim) {
-            (Some(tx), _) => tx,
+        let mut outcome = app.engine.invoke_http(invocation, request).await;
+        let keeps = |output: &HttpOutput| !output.status.is_server_error();
+        if let (None, Some(_), Ok(output)) = (&outcome.tx, claim, &outcome.result) {
             // No sql grant, but the idempotency record still needs a transaction.
-            (None, Some(_)) => begin(shard, true, id).await?,
-            (None, None) => return Ok(respond(output)),
+            if keeps(output) {
+                outcome.tx = Some(begin(shard, true, id).await?);
+            }
+        }
+        let record = async |output: &HttpOutput, tx: &mut ShardTx| match claim {
+            Some(claim) => claim.record(tx, output.status, &output.body).await,
+            None => Ok(()),
         };
-        if let Some(claim) = claim {
-            if let Err(e) = claim.record(&mut tx, output.status, &output.body).await {
-                tx.rollback().await;
+        match outcome.settle(keeps, record).await {
+            Settled::Committed(output) | Settled::Discarded(output) => Ok(respond(output)),
+            Settled::Failed(e) => Err(invoke_error(e)),
+            Settled::Refused(e) => {
                 tracing::warn!(request_id = %id.0, error = ?e, "idempotency record refused; rolled back");
-                return Err(HostError::new(
+                Err(HostError::new(
                     StatusCode::CONFLICT,
                     "idempotency_key_in_use",
                     "another request with this Idempotency-Key completed first",
-                ));
+                ))
+            }
+            Settled::CommitFailed(e) => {
+                tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "commit failed");
+                Err(HostError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shard_unavailable",
+                    "the shard could not commit; nothing was changed",
+                ))
             }
         }
-        tx.commit().await.map_err(|e| {
-            tracing::error!(request_id = %id.0, shard = %shard.name, error = ?e, "commit failed");
-            HostError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shard_unavailable",
-                "the shard could not commit; nothing was changed",
-            )
-        })?;
-        Ok(respond(output))
     }
 }
 
@@ -256,21 +229,7 @@ fn guest_request(
     for (name, value) in &matched.params {
         set(format!("payfn-param-{name}"), value);
     }
-    // W3C trace context: with export on, the invocation span (a child of the
-    // caller's); else the caller's if well formed, else a new trace.
-    let exported = crate::telemetry::traceparent(&tracing::Span::current());
-    if let Some(value) = exported.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert("traceparent", value);
-    }
-    let traceparent =
-        headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
-    if traceparent.is_none() {
-        let ids: [u8; 24] = rand::random();
-        let value = format!("00-{}-{}-01", hex::encode(&ids[..16]), hex::encode(&ids[16..]));
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert("traceparent", value);
-        }
-    }
+    // The trace context is set inside the invocation's span (engine/envelope.rs).
     if !headers.contains_key("host") {
         headers.insert("host", HeaderValue::from_static("localhost"));
     }
@@ -281,49 +240,28 @@ fn guest_request(
     request
 }
 
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    matches!(parts.as_slice(), [v, t, p, f]
-        if hex(v, 2) && *v != "ff" && hex(t, 32) && hex(p, 16) && hex(f, 2)
-            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
-}
-
-fn invoke_error(e: InvokeError, id: &RequestId, component: &str) -> HostError {
+/// The answer to an invocation that produced no result (the envelope has
+/// logged why, in the invocation's span).
+fn invoke_error(e: InvokeError) -> HostError {
     match e {
-        InvokeError::Timeout(limit) => {
-            tracing::warn!(request_id = %id.0, component, "function timed out after {limit:?}");
-            HostError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "function_timeout",
-                format!("the function ran longer than {limit:?}"),
-            )
-        }
-        InvokeError::Failed(why) => {
-            tracing::error!(request_id = %id.0, component, "function failed: {why}");
-            HostError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "function_failed",
-                "the function failed; nothing was changed",
-            )
-        }
-        InvokeError::Unavailable(why) => {
-            tracing::error!(request_id = %id.0, component, "no instance: {why}");
-            HostError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "no function instance is free; retry shortly",
-            )
-        }
-        InvokeError::Refused(_) | InvokeError::RefusedEvent(..) | InvokeError::WrongTrigger => {
-            tracing::error!(request_id = %id.0, component, "{e}");
-            HostError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "function_failed",
-                "the function failed; nothing was changed",
-            )
-        }
+        InvokeError::Timeout(limit) => HostError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function_timeout",
+            format!("the function ran longer than {limit:?}"),
+        ),
+        InvokeError::Unavailable(_) => HostError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "no function instance is free; retry shortly",
+        ),
+        InvokeError::Failed(_)
+        | InvokeError::Refused(_)
+        | InvokeError::RefusedEvent(..)
+        | InvokeError::WrongTrigger => HostError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "function_failed",
+            "the function failed; nothing was changed",
+        ),
     }
 }
 

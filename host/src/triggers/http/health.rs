@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::App;
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::sql::{Shard, ShardTx};
+use crate::shards::{Shard, ShardTx};
 
 /// The process is up and serving.
 pub async fn live() -> Json<serde_json::Value> {

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::errors::HostError;
 use crate::bindings::sql::{Error as SqlError, Value};
-use crate::capabilities::kv::{host_key, Kv};
-use crate::capabilities::sql::{Shard, ShardTx};
+use crate::kv::{host_key, Kv};
+use crate::shards::{Shard, ShardTx};
 
 /// How long a record replays.
 const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);

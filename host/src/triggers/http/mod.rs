@@ -28,13 +28,13 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::capabilities::kafka::Broker;
-use crate::capabilities::kv::Kv;
-use crate::capabilities::sql::ShardSet;
+use crate::broker::Broker;
 use crate::engine::Engine;
 use crate::keys::KeyRing;
+use crate::kv::Kv;
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
+use crate::shards::ShardSet;
 use crate::versions::Versions;
 
 /// The `[http]` section of the runtime config.

@@ -21,7 +21,7 @@ use super::errors::HostError;
 use super::request_id::RequestId;
 use super::routes::Matched;
 use super::App;
-use crate::capabilities::kv::host_key;
+use crate::kv::host_key;
 
 /// The `[http.rate_limits]` section.
 #[derive(Debug, Clone, Deserialize)]

@@ -316,8 +316,7 @@ impl KafkaSubscription {
     async fn committed(&self, partition: &Partition) -> Option<i64> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&partition.0, partition.1);
-        let read =
-            crate::capabilities::sql::blocking(|| self.consumer.committed_offsets(list, COMMITTED_TIMEOUT));
+        let read = crate::shards::blocking(|| self.consumer.committed_offsets(list, COMMITTED_TIMEOUT));
         match read {
             Ok(list) => list.elements().first().and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
@@ -332,7 +331,7 @@ impl KafkaSubscription {
     }
 
     async fn seek(&self, partition: &Partition, offset: i64) -> Result<(), String> {
-        crate::capabilities::sql::blocking(|| {
+        crate::shards::blocking(|| {
             self.consumer.seek(&partition.0, partition.1, Offset::Offset(offset), SEEK_TIMEOUT)
         })
         .map_err(|e| format!("seeking {}/{} back to {offset}: {e}", partition.0, partition.1))

@@ -1,24 +1,50 @@
 //! `log`: a component's log lines, written into the host's log with the
 //! component and request id attached.
 
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+
+use super::{Capability, ComponentConfig, Field, HostResources, Lent};
 use crate::bindings::log::{Host, Level};
 
-use super::Capability;
+/// The capability: it keeps nothing of its own.
+pub struct Log;
 
-/// The registry entry.
-pub const CAPABILITY: Capability = Capability {
-    name: "log",
-    interface: "payfn:host/log",
-    link: |linker| crate::bindings::log::add_to_linker::<_, super::Field<LogState>>(linker, |s| &mut s.log),
-};
+impl Capability for Log {
+    const NAME: &'static str = "log";
+    const INTERFACES: &'static [&'static str] = &["payfn:host/log"];
+    /// The component's name, which every line carries.
+    type Component = Arc<str>;
+    type State = LogState;
+
+    fn init(_host: &HostResources) -> anyhow::Result<Self> {
+        Ok(Log)
+    }
+
+    fn link<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut LogState,
+    ) -> wasmtime::Result<()> {
+        crate::bindings::log::add_to_linker::<_, Field<LogState>>(linker, get)
+    }
+
+    fn configure(&self, component: &ComponentConfig<'_>) -> anyhow::Result<Arc<str>> {
+        Ok(component.name.into())
+    }
+
+    fn instance(&self, component: &Arc<str>, lent: &mut Lent) -> LogState {
+        LogState { component: component.clone(), request_id: lent.request_id.clone() }
+    }
+}
 
 /// Longest line kept; a component cannot flood the host's log with one call.
 const MAX_LINE: usize = 4096;
 
 /// Per-invocation state: the tags every line carries.
 pub struct LogState {
-    pub component: String,
-    pub request_id: String,
+    component: Arc<str>,
+    request_id: String,
 }
 
 impl Host for LogState {

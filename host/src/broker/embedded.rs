@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 use super::positions::PartitionLag;
 use crate::bindings::kafka::{Delivery, Error, Message};
-use crate::capabilities::sql::{blocking, durable_connection, migrate_and_open_writer, Checkpointer};
+use crate::shards::{blocking, durable_connection, migrate_and_open_writer, Checkpointer};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../infra/migrations/event-log");
 

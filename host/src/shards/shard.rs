@@ -115,11 +115,6 @@ impl Shard {
         }
     }
 
-    /// The per-invocation `sql` state bound to this shard and `tx`.
-    pub fn bind(&self, tx: Option<ShardTx>) -> super::SqlState {
-        super::SqlState { shard: self.name.clone(), dialect: self.dialect(), tx }
-    }
-
     /// A one-line description for the startup summary.
     pub fn describe(&self) -> String {
         match &self.backend {

@@ -1,5 +1,6 @@
-//! `kafka`: produce to the configured broker, only to granted topics; and the
-//! consumer side the Kafka trigger reads through.
+//! The event broker (`[kafka]`): what the `kafka` capability
+//! ([`crate::capabilities::kafka`]) produces to, and the consumer side the
+//! relay, the Kafka trigger and re-drives read through.
 //!
 //! Backends: the embedded event log (durable SQLite file under the state
 //! directory; the default) and Kafka through rdkafka. The relay, the Kafka
@@ -9,7 +10,6 @@
 mod breaker;
 mod embedded;
 mod group;
-mod host;
 mod positions;
 mod range;
 mod rdkafka;
@@ -19,7 +19,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Capability;
 use crate::bindings::kafka::{Delivery, Error, Message};
 use crate::metrics::Metrics;
 pub use embedded::{EventLog, Record};
@@ -27,15 +26,6 @@ use group::KafkaSubscription;
 pub use positions::PartitionLag;
 use rdkafka::KafkaBroker;
 use runtime_config::KafkaConfig;
-
-/// The registry entry.
-pub const CAPABILITY: Capability = Capability {
-    name: "kafka",
-    interface: "payfn:host/kafka",
-    link: |linker| {
-        crate::bindings::kafka::add_to_linker::<_, super::Field<KafkaState>>(linker, |s| &mut s.kafka)
-    },
-};
 
 /// How long an idle embedded subscription waits before polling again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -123,7 +113,7 @@ impl Broker {
 
     /// Counts produce results by topic and outcome; also those that never
     /// reached the backend (a topic not granted).
-    pub(super) fn count<'a>(
+    pub(crate) fn count<'a>(
         &self,
         topics: impl Iterator<Item = &'a str>,
         results: &[Result<Delivery, Error>],
@@ -326,10 +316,4 @@ impl Subscription {
             Subscription::Kafka(kafka) => kafka.commit_batch(records),
         }
     }
-}
-
-/// Per-invocation state: the broker and the topics this component may write.
-pub struct KafkaState {
-    pub broker: Option<Broker>,
-    pub topics: Vec<String>,
 }

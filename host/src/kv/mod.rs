@@ -1,9 +1,9 @@
-//! `kv`: a key-value store with expiry, namespaced per component.
+//! The key-value store with expiry (`[kv]`: in-process memory or Redis).
 //!
-//! The host uses the same store for its own keys (rate-limit windows,
-//! idempotency locks) under a prefix no component can produce.
+//! The host keeps its own keys here (rate-limit windows, idempotency locks,
+//! under [`host_key`]), and the `kv` capability ([`crate::capabilities::kv`])
+//! serves components from it, each in a namespace of its own.
 
-mod host;
 mod memory;
 mod redis;
 pub mod runtime_config;
@@ -14,16 +14,8 @@ use std::time::Duration;
 use crate::bindings::kv::Error as KvError;
 
 use self::redis::RedisKv;
-use super::Capability;
 use memory::MemoryKv;
 use runtime_config::KvConfig;
-
-/// The registry entry.
-pub const CAPABILITY: Capability = Capability {
-    name: "kv",
-    interface: "payfn:host/kv",
-    link: |linker| crate::bindings::kv::add_to_linker::<_, super::Field<KvState>>(linker, |s| &mut s.kv),
-};
 
 /// The shared store, cheap to clone.
 #[derive(Clone)]
@@ -100,22 +92,6 @@ impl Kv {
             Backend::Memory(_) => true,
             Backend::Redis(r) => r.ping().await,
         }
-    }
-}
-
-/// Per-invocation state: the store and the component's namespace.
-pub struct KvState {
-    store: Kv,
-    namespace: String,
-}
-
-impl KvState {
-    pub fn new(store: Kv, component: &str) -> Self {
-        Self { store, namespace: format!("c:{component}:") }
-    }
-
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.namespace)
     }
 }
 
