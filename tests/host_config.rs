@@ -91,7 +91,11 @@ async fn keys_are_bound_to_the_app_state_and_production_secret() {
         .env_remove("PAYFN_KEY_SECRET")
         .output()
         .unwrap();
+    // A real key of the same merchant (not an empty one, which would be
+    // refused whatever the secret), made with another secret.
+    assert!(out.status.success(), "keys issue failed: {}", String::from_utf8_lossy(&out.stderr));
     let foreign = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(foreign.starts_with("sk_dev_12_"), "{foreign}");
     assert_ne!(foreign, key);
     let url = format!("{}/payments/pay_x", host.base);
     assert_eq!(host.client.get(&url).bearer_auth(&foreign).send().await.unwrap().status(), 401);
@@ -104,6 +108,7 @@ async fn keys_are_bound_to_the_app_state_and_production_secret() {
         .env("PAYFN_KEY_SECRET", "ab".repeat(32))
         .output()
         .unwrap();
+    assert!(out.status.success(), "keys issue failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("sk_live_12_"));
     let out = Command::new(PAYFN).args(["keys", "issue", "--merchant", "0"]).output().unwrap();
     assert!(!out.status.success());

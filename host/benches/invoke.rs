@@ -4,7 +4,8 @@
 //!   `wasi:http` component (`tests/components/noop`) through the envelope
 //!   every trigger uses: open the span, take a pool slot, build the store,
 //!   instantiate, call the handler, collect the response, drop the store,
-//!   record the metrics. This is the host's overhead per invocation, the guest doing
+//!   record the metrics. `p3-pooling` is the same no-op on WASIp3
+//!   (`tests/components/noop-p3`, spin-sdk 7, `wasi:http/handler@0.3.0`). This is the host's overhead per invocation, the guest doing
 //!   nothing; with the pooling allocator (the default) and without.
 //! - `load/noop/{compile,cached}`: turning the binary into a servable
 //!   version, from scratch (Cranelift) and from the on-disk AOT cache.
@@ -26,17 +27,22 @@ use payfn::metrics::Metrics;
 
 /// Builds the no-op component (a no-op when it is up to date) and returns its bytes.
 fn noop_component() -> Vec<u8> {
+    guest_component("test-noop", "test_noop.wasm")
+}
+
+/// Builds guest crate `package` for wasm32-wasip2 and returns `file`'s bytes.
+fn guest_component(package: &str, file: &str) -> Vec<u8> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
     let status = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "test-noop"])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package])
         .current_dir(&repo)
         .env("CARGO_TARGET_DIR", &target)
         .status()
-        .expect("run cargo build for the no-op component");
-    assert!(status.success(), "building the no-op component failed");
-    std::fs::read(target.join("wasm32-wasip2/release/test_noop.wasm")).expect("read test_noop.wasm")
+        .expect("run cargo build for a guest component");
+    assert!(status.success(), "building {package} failed");
+    std::fs::read(target.join("wasm32-wasip2/release").join(file)).expect("read the component")
 }
 
 fn spec() -> ComponentSpec {
@@ -67,14 +73,18 @@ fn request() -> http::Request<Full<Bytes>> {
 }
 
 fn invoke(c: &mut Criterion) {
-    let bytes = noop_component();
+    let p2 = noop_component();
+    // The same no-op on WASIp3 (spin-sdk 7), through the same envelope.
+    let p3 = guest_component("test-noop-p3", "test_noop_p3.wasm");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let kv = runtime.block_on(Kv::from_config(&KvConfig::Memory)).expect("memory kv");
     let mut group = c.benchmark_group("invoke/noop");
-    for (name, pooling) in [("pooling", true), ("on-demand", false)] {
+    for (name, pooling, bytes) in
+        [("pooling", true, &p2), ("on-demand", false, &p2), ("p3-pooling", true, &p3)]
+    {
         let cache = tempfile::tempdir().expect("cache dir");
         let engine = engine(EngineConfig { pooling, ..EngineConfig::default() }, cache.path(), &kv);
-        let component = engine.load_bytes(&spec(), &bytes).expect("load the no-op component");
+        let component = engine.load_bytes(&spec(), bytes).expect("load the no-op component");
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
                 let invocation = Invocation {

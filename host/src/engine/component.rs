@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::bindings::event::EventStepPre;
 use crate::bindings::timer::TimerStepPre;
@@ -36,7 +37,8 @@ pub struct ComponentSpec {
 /// The kind of trigger that runs a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TriggerKind {
-    /// `wasi:http/incoming-handler`
+    /// `wasi:http/incoming-handler@0.2` (WASIp2) or `wasi:http/handler@0.3`
+    /// (WASIp3: spin-sdk 7's `#[http_service]`)
     Http,
     /// `payfn:host/timer-handler`
     Timer,
@@ -47,6 +49,7 @@ pub enum TriggerKind {
 /// The pre-instantiated export the trigger calls.
 pub enum Entry {
     Http(ProxyPre<InvocationState>),
+    HttpP3(ServicePre<InvocationState>),
     Timer(TimerStepPre<InvocationState>),
     Event(EventStepPre<InvocationState>),
 }
@@ -140,9 +143,13 @@ impl Engine {
             }
         }
 
+        // WASIp2 and WASIp3 side by side: their interfaces differ in
+        // version, so one linker serves a component of either.
         let mut linker = Linker::new(&self.inner);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
         let component_config = ComponentConfig { name, keys: &spec.capability_keys };
         let granted = self.capabilities.grant(&spec.grants, &component_config, &mut linker)?;
         let pre = linker
@@ -150,9 +157,15 @@ impl Engine {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("component `{name}` imports something this host does not provide"))?;
         let entry = match spec.kind {
-            TriggerKind::Http => Entry::Http(ProxyPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
-                format!("component `{name}` is on an HTTP route but does not export wasi:http/incoming-handler")
-            })?),
+            TriggerKind::Http => match ServicePre::new(pre.clone()) {
+                Ok(p3) => Entry::HttpP3(p3),
+                Err(_) => Entry::Http(ProxyPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
+                    format!(
+                        "component `{name}` is on an HTTP route but exports neither \
+                         wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3"
+                    )
+                })?),
+            },
             TriggerKind::Timer => Entry::Timer(TimerStepPre::new(pre).map_err(anyhow::Error::from).with_context(|| {
                 format!("component `{name}` is on a timer trigger but does not export payfn:host/timer-handler")
             })?),

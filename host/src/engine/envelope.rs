@@ -126,23 +126,34 @@ impl<T> Outcome<T> {
 }
 
 impl Engine {
-    /// Runs the component's `wasi:http/incoming-handler` on `request`. The
-    /// guest sees the trace context of the invocation's span.
+    /// Runs the component's HTTP handler (`wasi:http/incoming-handler@0.2`
+    /// or `wasi:http/handler@0.3`) on `request`. The guest sees the trace
+    /// context of the invocation's span.
     pub async fn invoke_http(
         &self,
         invocation: Invocation<'_>,
         mut request: http::Request<Full<Bytes>>,
     ) -> Outcome<HttpOutput> {
-        let Entry::Http(pre) = &invocation.component.entry else {
-            return wrong_trigger(invocation);
-        };
-        let pre = pre.clone();
         let answered_5xx = |output: &HttpOutput| output.status.is_server_error().then_some("status_5xx");
-        self.envelope(invocation, answered_5xx, move |lent| {
-            crate::telemetry::propagate(request.headers_mut());
-            (lent, invoke::http(pre, request))
-        })
-        .await
+        match &invocation.component.entry {
+            Entry::Http(pre) => {
+                let pre = pre.clone();
+                self.envelope(invocation, answered_5xx, move |lent| {
+                    crate::telemetry::propagate(request.headers_mut());
+                    (lent, invoke::http(pre, request))
+                })
+                .await
+            }
+            Entry::HttpP3(pre) => {
+                let pre = pre.clone();
+                self.envelope(invocation, answered_5xx, move |lent| {
+                    crate::telemetry::propagate(request.headers_mut());
+                    (lent, invoke::http_p3(pre, request))
+                })
+                .await
+            }
+            _ => wrong_trigger(invocation),
+        }
     }
 
     /// Runs the component's `timer-handler` for one firing.

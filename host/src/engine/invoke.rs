@@ -16,6 +16,7 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use super::component::Entry;
@@ -115,6 +116,59 @@ pub(super) fn http(
     }
 }
 
+/// The WASIp3 HTTP export's run (`wasi:http/handler@0.3.0`): the same
+/// request in, the buffered response out. The guest writes its body from
+/// tasks of its own, which run only inside the store's event loop, so the
+/// body is collected there too.
+pub(super) fn http_p3(
+    pre: ServicePre<InvocationState>,
+    request: http::Request<Full<Bytes>>,
+) -> impl Runner<HttpOutput> {
+    move |store: &mut Store<InvocationState>| -> RunFuture<'_, HttpOutput> {
+        Box::pin(async move {
+            let service = pre.instantiate_async(&mut *store).await.map_err(instantiating)?;
+            let request = with_authority(request);
+            let (request, request_io) =
+                wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().hooks, request);
+            store
+                .run_concurrent(async move |guest| -> RunResult<HttpOutput> {
+                    let response = match service.handle(guest, request).await? {
+                        Ok(response) => response,
+                        Err(code) => {
+                            let refused = format!("the guest answered an error: {code:?}");
+                            return Ok(Err(InvokeError::Failed(refused)));
+                        }
+                    };
+                    let response = guest.with(|mut access| response.into_http(&mut access, request_io))?;
+                    let (parts, body) = response.into_parts();
+                    Ok(match body.collect().await {
+                        Ok(body) => Ok(HttpOutput {
+                            status: parts.status,
+                            headers: parts.headers,
+                            body: body.to_bytes(),
+                        }),
+                        Err(e) => Err(InvokeError::Failed(format!("response body: {e}"))),
+                    })
+                })
+                .await?
+        })
+    }
+}
+
+/// The request with an absolute URI: WASIp2 takes the authority from the
+/// `host` header, WASIp3 from the URI (and drops `host` as forbidden), so
+/// both guests see the same authority.
+fn with_authority(mut request: http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
+    let authority =
+        request.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // A host header that is no authority leaves the URI as it came.
+    if let Ok(uri) = http::Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
 /// The timer export's run: one firing, its report out.
 pub(super) fn timer(pre: TimerStepPre<InvocationState>, tick: Tick) -> impl Runner<String> {
     move |store: &mut Store<InvocationState>| -> RunFuture<'_, String> {
@@ -150,6 +204,7 @@ impl Engine {
             Lent { request_id: format!("deploy-check:{}", component.short_digest()), shard: None, tx: None };
         let entry = match &component.entry {
             Entry::Http(pre) => Entry::Http(pre.clone()),
+            Entry::HttpP3(pre) => Entry::HttpP3(pre.clone()),
             Entry::Timer(pre) => Entry::Timer(pre.clone()),
             Entry::Event(pre) => Entry::Event(pre.clone()),
         };
@@ -158,6 +213,7 @@ impl Engine {
                 Box::pin(async move {
                     match entry {
                         Entry::Http(pre) => pre.instantiate_async(&mut *store).await.map(drop),
+                        Entry::HttpP3(pre) => pre.instantiate_async(&mut *store).await.map(drop),
                         Entry::Timer(pre) => pre.instantiate_async(&mut *store).await.map(drop),
                         Entry::Event(pre) => pre.instantiate_async(&mut *store).await.map(drop),
                     }
@@ -190,6 +246,11 @@ impl Engine {
             Err(_) => Err(InvokeError::Timeout(self.config.timeout())),
             Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) => {
                 Err(InvokeError::Timeout(self.config.timeout()))
+            }
+            // Every pooled fiber stack is in use (WASIp3 stores may take
+            // more than one): the host's capacity, not the guest's fault.
+            Ok(Err(e)) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                Err(InvokeError::Unavailable(format!("{e:#}")))
             }
             Ok(Err(e)) => Err(failed(e)),
             Ok(Ok(result)) => result,

@@ -72,7 +72,11 @@ impl Engine {
             .total_core_instances(config.max_instances.saturating_mul(4))
             .total_memories(config.max_instances.saturating_mul(2))
             .total_tables(config.max_instances.saturating_mul(2))
-            .total_stacks(config.max_instances)
+            // A WASIp3 store usually runs on one fiber stack but takes
+            // another whenever a guest task waits while other work of the
+            // store must run: room for two per instance (virtual memory,
+            // touched only when used).
+            .total_stacks(config.max_instances.saturating_mul(2))
             .max_memory_size(config.memory_limit_bytes())
             // Reset a freed instance's first pages with memset instead of
             // madvise: no syscall, no TLB shootdown across cores and no page
