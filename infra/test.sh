@@ -12,6 +12,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "toolchain"
+# rust-toolchain.toml names the wasm32-wasip2 target the guest components
+# build for; rustup installs a pinned toolchain's targets only with the
+# toolchain itself, so a machine whose toolchain came first lacks it.
+rustup target add wasm32-wasip2
+
 step "services"
 # Redis (127.0.0.1:6379) backs the Redis kv/rate-limit tests. Started if it
 # is down; the run fails if it still does not answer.

@@ -59,9 +59,14 @@ fn spec() -> ComponentSpec {
 /// An engine whose components may be granted every capability, with an
 /// in-memory kv store and no broker.
 fn engine(config: EngineConfig, cache: &std::path::Path, kv: &Kv) -> Engine {
-    let capabilities =
-        Capabilities::start(&HostResources { kv: kv.clone(), broker: None }).expect("capabilities");
-    Engine::new(config, cache.into(), capabilities, Metrics::new()).expect("engine")
+    let metrics = Metrics::new();
+    let capabilities = futures::executor::block_on(Capabilities::start(&HostResources::bare(
+        kv.clone(),
+        None,
+        metrics.clone(),
+    )))
+    .expect("capabilities");
+    Engine::new(config, cache.into(), capabilities, metrics).expect("engine")
 }
 
 fn request() -> http::Request<Full<Bytes>> {

@@ -41,3 +41,25 @@ pub mod event {
         },
     });
 }
+
+/// Spin's interfaces (`wit/spin`), served by the `variables` and `key_value`
+/// capabilities. Their functions are WIT `async func`s, so their host side
+/// is `HostWithStore`: each reaches its state through the store's accessor
+/// and awaits backends outside it.
+pub mod spin_apis {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin",
+        world: "payfn:spin-apis/spin-apis",
+        imports: {
+            // Creating the stream can fail in the store (table full): a trap.
+            "spin:key-value/key-value.[method]store.get-keys": async | store | trappable,
+            default: async | store,
+        },
+        with: {
+            "spin:key-value/key-value.store": crate::capabilities::key_value::OpenStore,
+        },
+    });
+
+    pub use self::spin::key_value::key_value;
+    pub use self::spin::variables::variables;
+}

@@ -7,7 +7,9 @@
 //! `[component.NAME]` with `source` (a local path), `description`,
 //! `environment`, `[component.NAME.build]` (`command`, `workdir`, `watch`),
 //! payfn's `capabilities` (the grants) and the keys capabilities read
-//! (`kafka_topics`; each capability names its own). Anything else is refused
+//! (`kafka_topics`, `variables`, `key_value_stores`; each capability names
+//! its own), and the application-level tables capabilities read
+//! (`[variables]`). Anything else is refused
 //! with a message naming the key, rather than silently ignored.
 
 use std::collections::BTreeMap;
@@ -29,12 +31,15 @@ pub struct Manifest {
     pub timer_triggers: Vec<TimerTrigger>,
     pub kafka_triggers: Vec<KafkaTrigger>,
     pub components: BTreeMap<String, Component>,
+    /// The application-level tables capabilities read (`[variables]`), as written.
+    pub capability_keys: BTreeMap<String, toml::Value>,
     /// Which kind of trigger uses each component.
     kinds: BTreeMap<String, TriggerKind>,
 }
 
+/// Unknown top-level keys are kept for the capabilities (`[variables]`);
+/// [`Manifest::parse`] refuses those no capability reads.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawManifest {
     spin_manifest_version: u32,
     application: Application,
@@ -42,6 +47,8 @@ struct RawManifest {
     trigger: Triggers,
     #[serde(default)]
     component: BTreeMap<String, Component>,
+    #[serde(flatten)]
+    capability_keys: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +206,11 @@ impl Manifest {
         if raw.spin_manifest_version != 2 {
             bail!("`spin_manifest_version` must be 2, found {}", raw.spin_manifest_version);
         }
+        for key in raw.capability_keys.keys() {
+            if Capabilities::owner_of_app_key(key).is_none() {
+                bail!("unknown key `{key}`");
+            }
+        }
         for (name, component) in &raw.component {
             for grant in &component.capabilities {
                 if !Capabilities::NAMES.contains(&grant.as_str()) {
@@ -269,6 +281,7 @@ impl Manifest {
             timer_triggers: raw.trigger.timer,
             kafka_triggers: raw.trigger.kafka,
             components: raw.component,
+            capability_keys: raw.capability_keys,
             kinds,
         })
     }
@@ -370,6 +383,8 @@ watch = ["src/**/*.rs"]
             (GOOD.replace("component = \"capture\"", "component = \"nope\""), "nope"),
             (GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = 1"), "spin_manifest_version"),
             (GOOD.replace("command =", "comand ="), "comand"),
+            // A top-level table no capability reads.
+            (format!("{GOOD}\n[variabels]\nx = {{ default = \"1\" }}\n"), "variabels"),
             // A key no capability reads.
             (
                 GOOD.replace("capabilities = [", "kafka_topicz = [\"payments\"]\ncapabilities = ["),

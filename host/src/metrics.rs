@@ -399,6 +399,12 @@ impl Metrics {
         self.settlement_drift_amount.get_or_create(&labels).set(amount);
     }
 
+    /// Adds a metric family a capability owns (`payfn_<name>`): capabilities
+    /// register their own at start rather than being listed here.
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -19,9 +19,9 @@ use crate::shards::runtime_config::{default_shards, RoutingConfig, ShardConfig};
 use crate::triggers::http::HttpConfig;
 use crate::versions::config::ControlConfig;
 
-/// The whole runtime config.
+/// The whole runtime config. Sections it does not know are kept for the
+/// capabilities; [`RuntimeConfig::load`] refuses those no capability reads.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     #[serde(default)]
     pub http: HttpConfig,
@@ -48,6 +48,23 @@ pub struct RuntimeConfig {
     /// How fast merchant moves copy and delete (`[moves]`).
     #[serde(default)]
     pub moves: crate::moves::pace::MovesConfig,
+    /// The sections capabilities read (`[variables]`, `[key_value_store]`),
+    /// as written; each capability parses its own at start. Shown redacted:
+    /// they may hold secrets.
+    #[serde(flatten)]
+    pub capability_sections: Sections,
+}
+
+/// Capability sections of the runtime config; `Debug` shows only their
+/// names, since a variables provider's values may be secrets.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Sections(pub std::collections::BTreeMap<String, toml::Value>);
+
+impl std::fmt::Debug for Sections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -65,7 +82,18 @@ impl RuntimeConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the runtime config {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid runtime config {}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("invalid runtime config {}: {e}", path.display()))
+    }
+
+    /// Parses runtime-config text, refusing sections no one reads.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for section in config.capability_sections.0.keys() {
+            if crate::capabilities::Capabilities::owner_of_section(section).is_none() {
+                anyhow::bail!("unknown section `{section}`");
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -170,5 +198,15 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = toml::from_str::<RuntimeConfig>("[engine]\ntimeout = 5").unwrap_err().to_string();
         assert!(err.contains("timeout"), "{err}");
+        let err = RuntimeConfig::parse("[engin]\ntimeout_ms = 5").unwrap_err().to_string();
+        assert!(err.contains("unknown section `engin`"), "{err}");
+    }
+
+    #[test]
+    fn capability_sections_are_kept_and_never_shown() {
+        let config = RuntimeConfig::parse("[variables]\nvalues = { token = \"hunter2\" }").unwrap();
+        assert!(config.capability_sections.0.contains_key("variables"));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("variables") && !shown.contains("hunter2"), "{shown}");
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod backend;
 #[allow(unused_imports)]
-pub use backend::{Backend, Cell, Env, ShardDb};
+pub use backend::{Backend, Cell, Env, ShardDb, REDIS};
 
 pub const PAYFN: &str = env!("CARGO_BIN_EXE_payfn");
 

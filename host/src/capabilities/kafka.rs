@@ -22,7 +22,7 @@ impl Capability for Kafka {
     type Component = Arc<[String]>;
     type State = KafkaState;
 
-    fn init(host: &HostResources) -> anyhow::Result<Self> {
+    async fn init(host: &HostResources) -> anyhow::Result<Self> {
         Ok(Self { broker: host.broker.clone() })
     }
 

@@ -25,7 +25,7 @@ impl Capability for KeyValue {
     type Component = Arc<str>;
     type State = KvState;
 
-    fn init(host: &HostResources) -> anyhow::Result<Self> {
+    async fn init(host: &HostResources) -> anyhow::Result<Self> {
         Ok(Self { store: host.kv.clone() })
     }
 

@@ -18,7 +18,7 @@ impl Capability for Log {
     type Component = Arc<str>;
     type State = LogState;
 
-    fn init(_host: &HostResources) -> anyhow::Result<Self> {
+    async fn init(_host: &HostResources) -> anyhow::Result<Self> {
         Ok(Log)
     }
 

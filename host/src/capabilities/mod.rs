@@ -24,9 +24,12 @@
 //! rate limits and the relay.
 
 pub mod kafka;
+pub mod key_value;
 pub mod kv;
 pub mod log;
+pub mod outbound_http;
 pub mod sql;
+pub mod variables;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -38,6 +41,7 @@ use wasmtime::component::{HasData, Linker};
 use crate::bindings::sql::Dialect;
 use crate::broker::Broker;
 use crate::kv::Kv;
+use crate::metrics::Metrics;
 use crate::shards::ShardTx;
 
 /// One capability (a Spin factor, in Spin's words).
@@ -52,14 +56,24 @@ pub trait Capability: Sized + Send + Sync + 'static {
     /// transaction (DESIGN.md rule 2): the trigger then opens one before the
     /// instance.
     const HOLDS_TRANSACTION: bool = false;
+    /// Whether every component is linked to it, its permissions then coming
+    /// from its own manifest keys rather than a grant: Spin's interfaces,
+    /// since a Spin app names no grants (`variables`, `key_value_stores`
+    /// and `allowed_outbound_hosts` are its permissions, empty by default).
+    const IMPLICIT: bool = false;
+    /// The manifest's application-level tables it reads (`[variables]`).
+    const APP_KEYS: &'static [&'static str] = &[];
+    /// The runtime config's sections it reads (`[key_value_store]`).
+    const RUNTIME_SECTIONS: &'static [&'static str] = &[];
 
     /// What it keeps per component version, read once at load.
     type Component: Send + Sync + 'static;
     /// Its part of one invocation's store.
     type State: Send + 'static;
 
-    /// Starts the capability for this host.
-    fn init(host: &HostResources) -> anyhow::Result<Self>;
+    /// Starts the capability for this host (it may connect a backend of its
+    /// own, hence async).
+    fn init(host: &HostResources) -> impl std::future::Future<Output = anyhow::Result<Self>> + Send;
 
     /// Links the host implementation; `get` reaches this capability's state
     /// in the store, and nothing else.
@@ -78,13 +92,45 @@ pub trait Capability: Sized + Send + Sync + 'static {
     fn give_back(_state: Self::State, _lent: &mut Lent) {}
 }
 
-/// The host's shared backends, handed to every capability at start.
+/// The host's shared backends and the application's configuration, handed
+/// to every capability at start.
 pub struct HostResources {
     /// The key-value store (`[kv]`).
     pub kv: Kv,
     /// The event broker (`[kafka]`); `None` for an engine run without one
     /// (benchmarks of the engine alone).
     pub broker: Option<Broker>,
+    /// Where capabilities register their own metric families.
+    pub metrics: Metrics,
+    /// The manifest's application-level tables that belong to capabilities
+    /// ([`Capability::APP_KEYS`]).
+    pub app_keys: BTreeMap<String, toml::Value>,
+    /// The runtime config's sections that belong to capabilities
+    /// ([`Capability::RUNTIME_SECTIONS`]).
+    pub runtime_sections: BTreeMap<String, toml::Value>,
+}
+
+impl HostResources {
+    /// Backends only, no application configuration (engine benchmarks).
+    pub fn bare(kv: Kv, broker: Option<Broker>, metrics: Metrics) -> Self {
+        Self { kv, broker, metrics, app_keys: BTreeMap::new(), runtime_sections: BTreeMap::new() }
+    }
+
+    /// The manifest's `[key]`, if present; a value of the wrong shape is an
+    /// error naming it.
+    pub fn app_key<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        typed(self.app_keys.get(key)).with_context(|| format!("spin.toml `[{key}]`"))
+    }
+
+    /// The runtime config's `[section]`, if present; a value of the wrong
+    /// shape is an error naming it.
+    pub fn runtime_section<T: DeserializeOwned>(&self, section: &str) -> anyhow::Result<Option<T>> {
+        typed(self.runtime_sections.get(section)).with_context(|| format!("runtime config `[{section}]`"))
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Option<&toml::Value>) -> anyhow::Result<Option<T>> {
+    value.map(|v| v.clone().try_into().map_err(anyhow::Error::from)).transpose()
 }
 
 /// One component as a capability reads it at load.
@@ -99,8 +145,7 @@ impl ComponentConfig<'_> {
     /// `[component.NAME] key`, if present; a value of the wrong shape is an
     /// error naming the component and the key.
     pub fn key<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
-        let Some(value) = self.keys.get(key) else { return Ok(None) };
-        value.clone().try_into().map(Some).with_context(|| format!("`component.{}.{key}`", self.name))
+        typed(self.keys.get(key)).with_context(|| format!("`component.{}.{key}`", self.name))
     }
 }
 
@@ -160,19 +205,20 @@ macro_rules! registry {
             pub const NAMES: &'static [&'static str] = &[$(<$cap>::NAME,)*];
 
             /// Starts every capability.
-            pub fn start(host: &HostResources) -> anyhow::Result<Self> {
+            pub async fn start(host: &HostResources) -> anyhow::Result<Self> {
                 Ok(Self {
-                    $($field: <$cap>::init(host)
+                    $($field: <$cap>::init(host).await
                         .with_context(|| format!("starting capability `{}`", <$cap>::NAME))?,)*
                 })
             }
 
-            /// The grant a component import (`payfn:host/sql@0.1.0`) needs, if a
-            /// capability serves it.
-            pub fn for_import(import: &str) -> Option<&'static str> {
+            /// The capability serving a component import
+            /// (`payfn:host/sql@0.1.0`), if any: its name, and whether a
+            /// component needs it granted to import it.
+            pub fn for_import(import: &str) -> Option<(&'static str, bool)> {
                 let unversioned = import.split('@').next().unwrap_or(import);
                 $(if <$cap>::INTERFACES.contains(&unversioned) {
-                    return Some(<$cap>::NAME);
+                    return Some((<$cap>::NAME, !<$cap>::IMPLICIT));
                 })*
                 None
             }
@@ -185,6 +231,30 @@ macro_rules! registry {
                 None
             }
 
+            /// The capability that reads the manifest's `[key]`, if any.
+            pub fn owner_of_app_key(key: &str) -> Option<&'static str> {
+                $(if <$cap>::APP_KEYS.contains(&key) {
+                    return Some(<$cap>::NAME);
+                })*
+                None
+            }
+
+            /// The capability that reads the runtime config's `[section]`, if any.
+            pub fn owner_of_section(section: &str) -> Option<&'static str> {
+                $(if <$cap>::RUNTIME_SECTIONS.contains(&section) {
+                    return Some(<$cap>::NAME);
+                })*
+                None
+            }
+
+            /// Every interface served, with the version components import
+            /// (for messages naming what the host serves).
+            pub fn interfaces() -> Vec<&'static str> {
+                let mut all = Vec::new();
+                $(all.extend_from_slice(<$cap>::INTERFACES);)*
+                all
+            }
+
             /// Links every capability in `grants` into `linker` and reads its
             /// configuration of `component`.
             pub fn grant<T: HoldsStates>(
@@ -195,7 +265,7 @@ macro_rules! registry {
             ) -> anyhow::Result<Granted> {
                 let granted = |name: &str| grants.iter().any(|g| g == name);
                 Ok(Granted {
-                    $($field: if granted(<$cap>::NAME) {
+                    $($field: if <$cap>::IMPLICIT || granted(<$cap>::NAME) {
                         <$cap>::link(linker, |s: &mut T| s.states().$field.as_mut().expect(GRANTED))
                         .map_err(anyhow::Error::from)
                         .with_context(|| format!("linking capability `{}`", <$cap>::NAME))?;
@@ -238,6 +308,18 @@ registry! {
     kv: kv::KeyValue,
     log: log::Log,
     kafka: kafka::Kafka,
+    variables: variables::Variables,
+    key_value: key_value::KeyValueStores,
+    outbound_http: outbound_http::OutboundHttp,
+}
+
+impl States {
+    /// The invocation's `wasi:http` hooks, through which its outbound
+    /// requests go: the `outbound_http` capability's, present for every
+    /// invocation since it is implicit.
+    pub fn http_hooks(&mut self) -> &mut dyn wasmtime_wasi_http::WasiHttpHooks {
+        self.outbound_http.as_mut().expect(GRANTED)
+    }
 }
 
 #[cfg(test)]
@@ -246,10 +328,16 @@ mod tests {
 
     #[test]
     fn imports_map_to_their_grants_whatever_the_version() {
-        assert_eq!(Capabilities::for_import("payfn:host/sql@0.1.0"), Some("sql"));
-        assert_eq!(Capabilities::for_import("payfn:host/kafka"), Some("kafka"));
+        assert_eq!(Capabilities::for_import("payfn:host/sql@0.1.0"), Some(("sql", true)));
+        assert_eq!(Capabilities::for_import("payfn:host/kafka"), Some(("kafka", true)));
+        assert_eq!(Capabilities::for_import("spin:variables/variables@3.0.0"), Some(("variables", false)));
         assert_eq!(Capabilities::for_import("wasi:http/types@0.2.6"), None);
-        assert_eq!(Capabilities::NAMES, ["sql", "kv", "log", "kafka"]);
+        assert_eq!(
+            Capabilities::NAMES,
+            ["sql", "kv", "log", "kafka", "variables", "key_value", "outbound_http"]
+        );
+        assert_eq!(Capabilities::owner_of_app_key("variables"), Some("variables"));
+        assert_eq!(Capabilities::owner_of_section("key_value_store"), Some("key_value"));
         assert_eq!(Capabilities::owner_of_key("kafka_topics"), Some("kafka"));
         assert_eq!(Capabilities::owner_of_key("source"), None);
     }

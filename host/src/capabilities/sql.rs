@@ -22,7 +22,7 @@ impl Capability for Sql {
     type Component = ();
     type State = SqlState;
 
-    fn init(_host: &HostResources) -> anyhow::Result<Self> {
+    async fn init(_host: &HostResources) -> anyhow::Result<Self> {
         Ok(Sql)
     }
 

@@ -81,7 +81,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
 
-    let capabilities = Capabilities::start(&HostResources { kv: kv.clone(), broker: Some(broker.clone()) })?;
+    let capabilities = Capabilities::start(&HostResources {
+        kv: kv.clone(),
+        broker: Some(broker.clone()),
+        metrics: metrics.clone(),
+        app_keys: manifest.capability_keys.clone(),
+        runtime_sections: config.capability_sections.0.clone(),
+    })
+    .await?;
     let engine = Engine::new(config.engine.clone(), state_dir.join("cache"), capabilities, metrics.clone())?;
     let control = ControlStore::open(&config.control, &state_dir).await?;
     banner!(

@@ -132,13 +132,23 @@ impl Engine {
 
         for (import, _) in component.component_type().imports(&self.inner) {
             match Capabilities::for_import(import) {
-                Some(grant) if !spec.grants.iter().any(|g| g == grant) => bail!(
+                Some((grant, true)) if !spec.grants.iter().any(|g| g == grant) => bail!(
                     "component `{name}` imports `{import}`, but spin.toml does not grant `{grant}`; \
                      add it to `capabilities` in [component.{name}]"
                 ),
                 None if import.starts_with("payfn:") => {
                     bail!("component `{name}` imports `{import}`, which this host does not provide")
                 }
+                None if import.starts_with("spin:") || import.starts_with("fermyon:") => bail!(
+                    "component `{name}` imports `{import}`, a Spin interface payfn does not serve \
+                     (served: {}, and wasi:http)",
+                    Capabilities::interfaces()
+                        .iter()
+                        .filter(|i| i.starts_with("spin:"))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 _ => {}
             }
         }

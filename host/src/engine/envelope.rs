@@ -135,25 +135,15 @@ impl Engine {
         mut request: http::Request<Full<Bytes>>,
     ) -> Outcome<HttpOutput> {
         let answered_5xx = |output: &HttpOutput| output.status.is_server_error().then_some("status_5xx");
-        match &invocation.component.entry {
-            Entry::Http(pre) => {
-                let pre = pre.clone();
-                self.envelope(invocation, answered_5xx, move |lent| {
-                    crate::telemetry::propagate(request.headers_mut());
-                    (lent, invoke::http(pre, request))
-                })
-                .await
-            }
-            Entry::HttpP3(pre) => {
-                let pre = pre.clone();
-                self.envelope(invocation, answered_5xx, move |lent| {
-                    crate::telemetry::propagate(request.headers_mut());
-                    (lent, invoke::http_p3(pre, request))
-                })
-                .await
-            }
-            _ => wrong_trigger(invocation),
-        }
+        let Some(runner) = invoke::HttpRunner::of(&invocation.component.entry) else {
+            return wrong_trigger(invocation);
+        };
+        self.envelope(invocation, answered_5xx, move |lent| {
+            // Inside the invocation's span: the guest sees its traceparent.
+            crate::telemetry::propagate(request.headers_mut());
+            (lent, runner.with(request))
+        })
+        .await
     }
 
     /// Runs the component's `timer-handler` for one firing.

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use super::component::Entry;
-use super::state::{MemoryLimiter, NoOutboundHttp};
+use super::state::MemoryLimiter;
 use super::{Engine, InvocationState, LoadedComponent};
 use crate::bindings::event::exports::payfn::host::event_handler::Event;
 use crate::bindings::event::EventStepPre;
@@ -76,11 +76,37 @@ impl InvokeError {
     }
 }
 
+/// An HTTP version's export, WASIp2 or WASIp3: both take the same request
+/// and give the same buffered response.
+pub(super) enum HttpRunner {
+    P2(ProxyPre<InvocationState>),
+    P3(ServicePre<InvocationState>),
+}
+
+/// A runner of either kind, boxed.
+type BoxedRunner<T> = Box<dyn for<'s> FnOnce(&'s mut Store<InvocationState>) -> RunFuture<'s, T> + Send>;
+
+impl HttpRunner {
+    /// The HTTP export of `entry`, if it has one.
+    pub(super) fn of(entry: &Entry) -> Option<Self> {
+        match entry {
+            Entry::Http(pre) => Some(Self::P2(pre.clone())),
+            Entry::HttpP3(pre) => Some(Self::P3(pre.clone())),
+            _ => None,
+        }
+    }
+
+    /// The run of `request`.
+    pub(super) fn with(self, request: http::Request<Full<Bytes>>) -> BoxedRunner<HttpOutput> {
+        match self {
+            Self::P2(pre) => Box::new(http(pre, request)),
+            Self::P3(pre) => Box::new(http_p3(pre, request)),
+        }
+    }
+}
+
 /// The HTTP export's run: `request` in, the buffered response out.
-pub(super) fn http(
-    pre: ProxyPre<InvocationState>,
-    request: http::Request<Full<Bytes>>,
-) -> impl Runner<HttpOutput> {
+fn http(pre: ProxyPre<InvocationState>, request: http::Request<Full<Bytes>>) -> impl Runner<HttpOutput> {
     move |store: &mut Store<InvocationState>| -> RunFuture<'_, HttpOutput> {
         Box::pin(async move {
             let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -120,16 +146,15 @@ pub(super) fn http(
 /// request in, the buffered response out. The guest writes its body from
 /// tasks of its own, which run only inside the store's event loop, so the
 /// body is collected there too.
-pub(super) fn http_p3(
-    pre: ServicePre<InvocationState>,
-    request: http::Request<Full<Bytes>>,
-) -> impl Runner<HttpOutput> {
+fn http_p3(pre: ServicePre<InvocationState>, request: http::Request<Full<Bytes>>) -> impl Runner<HttpOutput> {
     move |store: &mut Store<InvocationState>| -> RunFuture<'_, HttpOutput> {
         Box::pin(async move {
             let service = pre.instantiate_async(&mut *store).await.map_err(instantiating)?;
             let request = with_authority(request);
-            let (request, request_io) =
-                wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().hooks, request);
+            let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(
+                store.data_mut().capabilities.http_hooks(),
+                request,
+            );
             store
                 .run_concurrent(async move |guest| -> RunResult<HttpOutput> {
                     let response = match service.handle(guest, request).await? {
@@ -273,7 +298,6 @@ impl Engine {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: NoOutboundHttp,
             limiter: MemoryLimiter { limit: self.config.memory_limit_bytes(), hit: false },
             capabilities: self.capabilities.instance(&component.granted, lent),
         };

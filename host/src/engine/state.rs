@@ -1,15 +1,10 @@
 //! The data of one store: the engine's core (WASI, wasi-http, the resource
 //! table, the memory limiter) and the capabilities' states.
 
-use std::future::Future;
-
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::{HoldsStates, States};
 
@@ -19,7 +14,6 @@ pub struct InvocationState {
     pub(super) wasi: WasiCtx,
     pub(super) http: WasiHttpCtx,
     pub(super) table: ResourceTable,
-    pub(super) hooks: NoOutboundHttp,
     pub(super) limiter: MemoryLimiter,
     pub(crate) capabilities: States,
 }
@@ -38,27 +32,8 @@ impl WasiView for InvocationState {
 
 impl WasiHttpView for InvocationState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
-    }
-}
-
-/// Payment steps reach the world only through granted capabilities: an
-/// outbound `wasi:http` request is refused (the WASI context likewise grants
-/// no sockets and no files).
-pub(super) struct NoOutboundHttp;
-
-type HttpResult<T> = Result<T, wasmtime_wasi_http::Error>;
-type IoFuture = Box<dyn Future<Output = HttpResult<()>> + Send>;
-type SendFuture = Box<dyn Future<Output = HttpResult<(http::Response<WasiBody>, IoFuture)>> + Send>;
-
-impl WasiHttpHooks for NoOutboundHttp {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _body_done: IoFuture,
-    ) -> SendFuture {
-        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+        // Outbound requests go through the `outbound_http` capability.
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: self.capabilities.http_hooks() }
     }
 }
 

@@ -82,6 +82,18 @@ impl MemoryKv {
         Ok(next)
     }
 
+    /// The live keys starting with `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let now = Instant::now();
+        let mut keys: Vec<String> = lock(&self.map)
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && e.live(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     pub fn delete(&self, key: &str) -> bool {
         let now = Instant::now();
         lock(&self.map).remove(key).is_some_and(|e| e.live(now))
@@ -113,5 +125,17 @@ mod tests {
         assert!(!kv.set_nx("l", vec![], Duration::from_secs(1)));
         assert!(kv.delete("l"));
         assert!(kv.set_nx("l", vec![], Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn keys_are_listed_by_prefix_and_without_expired_ones() {
+        let kv = MemoryKv::start();
+        kv.set("s:default:b", vec![], None);
+        kv.set("s:default:a", vec![], None);
+        kv.set("s:default:gone", vec![], Some(Duration::from_millis(1)));
+        kv.set("s:defaults:x", vec![], None);
+        kv.set("c:x:a", vec![], None);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(kv.keys("s:default:"), ["s:default:a", "s:default:b"]);
     }
 }

@@ -78,6 +78,14 @@ impl Kv {
         }
     }
 
+    /// The live keys starting with `prefix`, sorted.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        match &*self.0 {
+            Backend::Memory(m) => Ok(m.keys(prefix)),
+            Backend::Redis(r) => r.keys(prefix).await,
+        }
+    }
+
     /// Sets `key` only if absent; true when this call set it (a lock).
     pub async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, KvError> {
         match &*self.0 {

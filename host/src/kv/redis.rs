@@ -165,6 +165,28 @@ impl RedisKv {
         Ok(removed > 0)
     }
 
+    /// The keys starting with `prefix` (without the configured prefix),
+    /// sorted; SCAN in pages, so a large keyspace never blocks Redis.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        let mut c = self.conn();
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let (next, page): (u64, Vec<String>) = self.run(cmd.query_async(&mut c)).await?;
+            keys.extend(page.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup(); // SCAN may return a key twice.
+        Ok(keys)
+    }
+
     pub async fn set_nx(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, KvError> {
         let mut c = self.conn();
         let mut cmd = redis::cmd("SET");
@@ -177,5 +199,25 @@ impl RedisKv {
         let mut c = self.conn();
         let pong: Result<String, _> = self.run(redis::cmd("PING").query_async(&mut c)).await;
         pong.is_ok()
+    }
+}
+
+/// `text` with Redis glob metacharacters escaped, so it matches literally.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_metacharacters_match_literally() {
+        assert_eq!(super::glob_escape("s:a*b?[c]:"), "s:a\\*b\\?\\[c\\]:");
     }
 }
