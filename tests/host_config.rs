@@ -9,16 +9,9 @@ use support::{manifest, test_component, Host, PAYFN};
 
 /// Runs `payfn up` on a manifest that must be refused; returns its stderr.
 fn refused(manifest_text: &str) -> String {
-    support::build_components();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spin.toml"), manifest_text).unwrap();
-    let out = Command::new(PAYFN)
-        .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(dir.path().join("spin.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "payfn up should have refused the manifest");
-    String::from_utf8_lossy(&out.stderr).to_string()
+    support::refused_start(dir.path(), &[])
 }
 
 #[test]

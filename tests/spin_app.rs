@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{wasm_dir, Host, PAYFN};
+use support::{wasm_dir, Host};
 
 /// A Spin manifest as `spin new` would write it, plus the app's variables
 /// and stores: no `capabilities`, nothing payfn-specific.
@@ -233,19 +232,12 @@ async fn a_plain_spin_app_runs_unmodified_on_redis() {
 
 /// Runs `payfn up` on the Spin manifest, which must fail; returns stderr.
 fn refused(runtime_config: &str, env: &[(&str, &str)]) -> String {
-    support::build_components();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spin.toml"), spin_manifest(9)).unwrap();
     std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).unwrap();
-    let out = Command::new(PAYFN)
-        .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(dir.path().join("spin.toml"))
-        .env_remove("SPIN_VARIABLE_TOKEN")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "payfn up should have refused to start");
-    String::from_utf8_lossy(&out.stderr).to_string()
+    // The test's own environment has no SPIN_VARIABLE_TOKEN.
+    assert!(std::env::var_os("SPIN_VARIABLE_TOKEN").is_none());
+    support::refused_start(dir.path(), env)
 }
 
 #[test]
@@ -300,7 +292,6 @@ async fn an_outbound_call_to_a_silent_host_times_out() {
 
 #[test]
 fn a_spin_interface_payfn_does_not_serve_is_named_at_start() {
-    support::build_components();
     let dir = tempfile::tempdir().unwrap();
     // What a spin-sdk app using SQLite imports; the check comes before
     // anything else about the component.
@@ -310,13 +301,7 @@ fn a_spin_interface_payfn_does_not_serve_is_named_at_start() {
                     [[trigger.http]]\nroute = \"/...\"\ncomponent = \"db\"\n\
                     [component.db]\nsource = \"uses-sqlite.wasm\"\n";
     std::fs::write(dir.path().join("spin.toml"), manifest).unwrap();
-    let out = Command::new(PAYFN)
-        .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
-        .arg(dir.path().join("spin.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = support::refused_start(dir.path(), &[]);
     assert!(err.contains("`spin:sqlite/sqlite@3.1.0`, a Spin interface payfn does not serve"), "{err}");
     assert!(err.contains("spin:variables/variables") && err.contains("spin:key-value/key-value"), "{err}");
 }

@@ -51,6 +51,21 @@ pub fn build_components() {
     });
 }
 
+/// Runs `payfn up` on the app in `dir` (its `spin.toml`, and its
+/// `runtime-config.toml` if written) with `env` added, which must refuse to
+/// start; returns what it printed on stderr.
+pub fn refused_start(dir: &Path, env: &[(&str, &str)]) -> String {
+    build_components();
+    let out = Command::new(PAYFN)
+        .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(dir.join("spin.toml"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run payfn up");
+    assert!(!out.status.success(), "payfn up should have refused to start");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
 /// The payments manifest with extra routes and components appended; sources
 /// are absolute so the manifest can live in a temporary directory.
 pub fn manifest(extra: &str) -> String {
