@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::{settled, unpublished, wait_for, Backend, Host, SHARDS};
 
 const SETTLE: Duration = Duration::from_secs(60);
-const RELAY_ENV: &str = r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#;
+const RELAY_ENV: &str = r#"topic = "payments", retry_budget = "10", backoff_base_ms = "1000""#;
 
 /// The development admin token of `host`.
 fn token(host: &Host) -> String {
@@ -141,7 +141,7 @@ async fn status_reports_shards_consumer_lag_and_settlement_per_day() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_redrive_deploy_and_roll_back_from_the_console() {
     let manifest = support::manifest("")
-        .replace(RELAY_ENV, r#"TOPIC = "payments", RETRY_BUDGET = "3", BACKOFF_BASE_MS = "500""#);
+        .replace(RELAY_ENV, r#"topic = "payments", retry_budget = "3", backoff_base_ms = "500""#);
     let host = Backend::Mariadb.start_with(&manifest, "").await;
     let m = host.merchant(2);
     let id = m.authorize(5000).await;

@@ -147,7 +147,7 @@ async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
 #[tokio::test]
 async fn stale_authorizations_expire_through_the_void_path() {
     let manifest = support::manifest("")
-        .replace(r#"MAX_AGE_SECS = "604800""#, r#"MAX_AGE_SECS = "2""#)
+        .replace(r#"max_age_secs = "604800""#, r#"max_age_secs = "2""#)
         .replace("interval_ms = 60000", "interval_ms = 200");
     let host = Host::start_with(&manifest, "");
     let m = host.merchant(1);
@@ -181,8 +181,8 @@ async fn stale_authorizations_expire_through_the_void_path() {
 async fn rows_that_cannot_be_published_are_dead_lettered_after_the_budget() {
     // The relay told to publish to a topic it is not granted: every attempt fails.
     let manifest = support::manifest("").replace(
-        r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#,
-        r#"TOPIC = "elsewhere", RETRY_BUDGET = "3", BACKOFF_BASE_MS = "50""#,
+        r#"topic = "payments", retry_budget = "10", backoff_base_ms = "1000""#,
+        r#"topic = "elsewhere", retry_budget = "3", backoff_base_ms = "50""#,
     );
     let host = Host::start_with(&manifest, "");
     host.merchant(1).authorize(100).await;

@@ -14,7 +14,7 @@ use support::{
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
-const RELAY_ENV: &str = r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#;
+const RELAY_ENV: &str = r#"topic = "payments", retry_budget = "10", backoff_base_ms = "1000""#;
 /// Group (re)formation: joins, tansu's 3 s follower pauses, and the 6 s
 /// session timeout of `Kafka::runtime_config_with` before a dead member's
 /// partitions move.
@@ -88,7 +88,7 @@ async fn payments_flow_through_kafka_exactly_once(backend: Backend) {
 
 /// The relay's retry budget, shortened: three refusals 50 ms and 100 ms
 /// apart dead-letter a row within a second.
-const SHORT_BUDGET: &str = r#"TOPIC = "payments", RETRY_BUDGET = "3", BACKOFF_BASE_MS = "50""#;
+const SHORT_BUDGET: &str = r#"topic = "payments", retry_budget = "3", backoff_base_ms = "50""#;
 
 /// A broker away for many times the whole retry budget: every attempt
 /// meanwhile is refused as unavailable, which is backlog, so no row spends

@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::{metric, settled, unpublished, wait_for, Host, SHARDS};
 
 const SETTLE: Duration = Duration::from_secs(60);
-const RELAY_ENV: &str = r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#;
+const RELAY_ENV: &str = r#"topic = "payments", retry_budget = "10", backoff_base_ms = "1000""#;
 
 /// The payments manifest with the relay firing every `interval_ms`.
 fn manifest(interval_ms: u64, relay_env: &str) -> String {
@@ -113,7 +113,7 @@ async fn a_payments_events_go_out_in_one_firing_in_commit_order() {
 #[tokio::test]
 async fn a_refused_event_holds_the_rest_of_its_payment_until_it_goes_out() {
     // Refusals back off 1 s, 2 s, 4 s...; the budget outlasts the test.
-    let env = r#"TOPIC = "payments", RETRY_BUDGET = "10", BACKOFF_BASE_MS = "1000""#;
+    let env = r#"topic = "payments", retry_budget = "10", backoff_base_ms = "1000""#;
     let host = Host::start_with(&manifest(2000, env), "");
     let mut attempt = 0;
     let (id, capture_payload) = loop {

@@ -305,3 +305,23 @@ fn a_spin_interface_payfn_does_not_serve_is_named_at_start() {
     assert!(err.contains("`spin:sqlite/sqlite@3.1.0`, a Spin interface payfn does not serve"), "{err}");
     assert!(err.contains("spin:variables/variables") && err.contains("spin:key-value/key-value"), "{err}");
 }
+
+/// A WASIp2 step on payfn-sdk reads its variables the way a Spin app does
+/// (synchronously, through `payfn_sdk::variables`), over the HTTP trigger's
+/// WASIp2 path.
+#[tokio::test]
+async fn a_wasip2_step_reads_its_variables() {
+    let probe = support::test_component("/test/kv-a", "kv-a", "test_kv_probe.wasm", r#"["kv", "log"]"#);
+    let manifest = support::manifest(&format!(
+        "{probe}[component.kv-a.variables]\ngreeting = \"hello {{{{ region }}}}\"\n\n\
+         [variables]\nregion = {{ default = \"eu\" }}\n"
+    ));
+    let host = Host::start_with_env(&manifest, "", &[("SPIN_VARIABLE_REGION", "ap-northeast-2")]);
+    let m = host.merchant(1);
+    let ask = |name: &str| format!(r#"{{"op":"variable","key":"{name}"}}"#);
+    let reply = m.post("/test/kv-a", &ask("greeting")).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.bytes));
+    assert_eq!(reply.json()["result"]["Ok"], "hello ap-northeast-2");
+    let undefined = m.post("/test/kv-a", &ask("region")).await.json();
+    assert!(undefined["result"]["Err"].as_str().unwrap_or("").contains("Undefined"), "{undefined}");
+}

@@ -1,5 +1,5 @@
 //! Authorization expiry, run by a timer trigger once per shard: voids
-//! authorizations older than `MAX_AGE_SECS` (default 7 days, as card
+//! authorizations older than its variable `max_age_secs` (default 7 days, as card
 //! networks and Stripe do) through the same state change, ledger posting
 //! and outbox event as a requested void (`reason: "expired"`).
 //!
@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use payfn_sdk::bindings::exports::payfn::host::timer_handler::Tick;
 use payfn_sdk::sql;
-use payfn_sdk::ApiError;
+use payfn_sdk::{variables, ApiError};
 use payments::{steps, store, Status};
 
 payfn_sdk::timer_step!(on_tick);
@@ -24,10 +24,7 @@ fn on_tick(tick: Tick) -> Result<String, String> {
 }
 
 fn expire(tick: &Tick) -> Result<String, ApiError> {
-    let max_age = std::env::var("MAX_AGE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(DEFAULT_MAX_AGE, Duration::from_secs);
+    let max_age = Duration::from_secs(variables::parse_or("max_age_secs", DEFAULT_MAX_AGE.as_secs()));
     let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH);
     // Timestamps are RFC 3339 UTC with milliseconds: they compare as text.
     let cutoff = humantime::format_rfc3339_millis(cutoff).to_string();

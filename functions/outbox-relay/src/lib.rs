@@ -11,7 +11,7 @@
 //!    published, not dead-lettered) by id, an index range scan whatever the
 //!    backlog behind it.
 //! 3. plans it ([`plan`]): per aggregate the run of its rows in id order,
-//!    held back behind a row in backoff; snapshot events (`SNAPSHOT_TYPES`)
+//!    held back behind a row in backoff; snapshot events (`snapshot_types`)
 //!    coalesced to their aggregate's newest row.
 //! 4. produces in waves: wave `k` holds the `k`-th row of every run whose
 //!    earlier rows were acknowledged, so a failed message stops the rest of
@@ -23,11 +23,11 @@
 //!    unreachable (or a producer whose breaker is open) is backlog: nothing
 //!    is written, no budget is spent, and the next firing tries again.
 //!
-//! Configuration (component environment): `TOPIC` (default `payments`),
-//! `RETRY_BUDGET` (refusals before dead-lettering, default 10),
-//! `BACKOFF_BASE_MS` (default 1000; doubles per refusal, capped at 5 min),
-//! `SNAPSHOT_TYPES` (comma-separated event types that coalesce, default
-//! `settlement.updated`; empty for none).
+//! Configuration (the component's variables, `[component.NAME.variables]`):
+//! `topic` (default `payments`), `retry_budget` (refusals before
+//! dead-lettering, default 10), `backoff_base_ms` (default 1000; doubles per
+//! refusal, capped at 5 min), `snapshot_types` (comma-separated event types
+//! that coalesce, default `settlement.updated`; empty for none).
 
 mod plan;
 
@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use payfn_sdk::bindings::exports::payfn::host::timer_handler::Tick;
 use payfn_sdk::kafka::{self, Error, Message};
 use payfn_sdk::sql::{self, Batch, Value};
-use payfn_sdk::ApiError;
+use payfn_sdk::{variables, ApiError};
 use plan::Pending;
 
 payfn_sdk::timer_step!(on_tick);
@@ -50,7 +50,7 @@ fn on_tick(tick: Tick) -> Result<String, String> {
     relay(&tick).map_err(|e| format!("{}: {}", e.code, e.message))
 }
 
-/// The relay's settings, from the component environment.
+/// The relay's settings, from the component's variables.
 struct Config {
     topic: String,
     budget: i64,
@@ -59,15 +59,12 @@ struct Config {
 }
 
 impl Config {
-    fn from_env() -> Self {
-        fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-            std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-        }
-        let snapshot_types = std::env::var("SNAPSHOT_TYPES").unwrap_or_else(|_| "settlement.updated".into());
+    fn from_variables() -> Self {
+        let snapshot_types = variables::parse_or("snapshot_types", "settlement.updated".to_string());
         Config {
-            topic: std::env::var("TOPIC").unwrap_or_else(|_| "payments".to_string()),
-            budget: env_or("RETRY_BUDGET", 10),
-            backoff_base_ms: env_or("BACKOFF_BASE_MS", 1000),
+            topic: variables::parse_or("topic", "payments".to_string()),
+            budget: variables::parse_or("retry_budget", 10),
+            backoff_base_ms: variables::parse_or("backoff_base_ms", 1000),
             snapshot_types: snapshot_types
                 .split(',')
                 .map(str::trim)
@@ -131,7 +128,7 @@ fn relay(tick: &Tick) -> Result<String, ApiError> {
     if !take_lease()? {
         return Ok(format!("shard {}: another relay holds the lease", tick.shard));
     }
-    let config = Config::from_env();
+    let config = Config::from_variables();
     let window = read_window(tick.batch_size)?;
     if window.is_empty() {
         return Ok(String::new());

@@ -15,6 +15,7 @@ pub mod kv;
 pub mod log;
 pub mod outbox;
 pub mod sql;
+pub mod variables;
 
 pub use error::ApiError;
 

@@ -13,13 +13,13 @@
 //! as the relay's coalescing would have published anyway
 //! (docs/API-NOTES.md, "Events").
 //!
-//! Configuration: `FEE_BPS`, the fee in basis points of captured volume
+//! Configuration: `fee_bps`, the fee in basis points of captured volume
 //! (default 250 = 2.5 %).
 
 use payfn_sdk::bindings::exports::payfn::host::event_handler::{Event, Refusal};
 use payfn_sdk::outbox::{self, Event as OutboxEvent};
 use payfn_sdk::sql::Batch;
-use payfn_sdk::ApiError;
+use payfn_sdk::{variables, ApiError};
 use payments::clock;
 use payments::settlement::{self, Change, Key, Settlement};
 use serde_json::{json, Value};
@@ -88,7 +88,7 @@ fn read(event: &Event) -> Result<Option<Settling>, ApiError> {
 /// Folds each row's changes into it, writes the rows and their
 /// `settlement.updated` events.
 fn settle(rows: &[(Key, Vec<Settling>)]) -> Result<(), ApiError> {
-    let fee_bps: i64 = std::env::var("FEE_BPS").ok().and_then(|v| v.parse().ok()).unwrap_or(250);
+    let fee_bps: i64 = variables::parse_or("fee_bps", 250);
     let keys: Vec<Key> = rows.iter().map(|(key, _)| key.clone()).collect();
     let mut locked = settlement::load_many(&keys)?;
     let now = clock::now();

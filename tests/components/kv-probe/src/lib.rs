@@ -1,9 +1,9 @@
 //! Test component: runs one kv operation from the request body and answers
 //! its result, logging it through the `log` capability.
-//! Body: `{"op": "get|set|incr|delete", "key": "...", "value": "...", "ttlMs": n, "delta": n}`.
+//! Body: `{"op": "get|set|incr|delete|variable", "key": "...", "value": "...", "ttlMs": n, "delta": n}`.
 
 use payfn_sdk::http::{Request, Response};
-use payfn_sdk::{kv, log, ApiError};
+use payfn_sdk::{kv, log, variables, ApiError};
 use serde_json::{json, Value};
 
 payfn_sdk::http_step!(handle);
@@ -20,6 +20,8 @@ fn handle(req: &Request) -> Result<Response, ApiError> {
         }
         "incr" => json!(kv::incr(&key, body.get("delta").and_then(Value::as_i64).unwrap_or(1))?),
         "delete" => json!(kv::delete(&key)?),
+        // A WASIp2 step reading a Spin variable (synchronously).
+        "variable" => json!(variables::get(&key).map_err(|e| format!("{e:?}"))),
         other => return Err(ApiError::invalid_field("invalid_field", "op", format!("unknown op `{other}`"))),
     };
     log::info(&format!("kv-probe {} {key} -> {result}", field("op")));
