@@ -26,8 +26,12 @@ async fn a_shard_down_fails_only_its_merchants(backend: Backend) {
     even.authorize(500).await;
 
     env.set_shard_outage("shard-2", true);
-    // The proxy drops open connections within 50 ms.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Down as the host sees it (readiness checks every shard), not after a
+    // sleep that may or may not have let the proxy drop its connections.
+    wait_for(Duration::from_secs(10), "the host to see shard-2 down", || async {
+        ready(&host).await.1["shards"]["shard-2"] == "down"
+    })
+    .await;
     let started = std::time::Instant::now();
     odd.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#)
         .await

@@ -56,8 +56,13 @@ async fn redis_down_fails_open_or_closed_per_route_and_never_hangs() {
     let id = m.authorize(1000).await;
 
     redis.set_outage(true);
-    // The proxy drops open connections within 50 ms.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Down as the host sees it (its readiness pings Redis): the proxy has
+    // dropped the connections, whatever the scheduling.
+    support::wait_for(std::time::Duration::from_secs(10), "the host to see Redis down", || async {
+        let ready = host.client.get(format!("{}/health/ready", host.base)).send().await.unwrap();
+        ready.json::<serde_json::Value>().await.unwrap()["kv"] == "down"
+    })
+    .await;
     let started = std::time::Instant::now();
     // Fail open: reads and writes without an idempotency key carry on.
     assert_eq!(m.get(&format!("/payments/{id}")).await.status, 200);

@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = payfn::cli::Cli::parse();
+    payfn::tls::install_provider();
     if let Err(e) = payfn::logging::init(args.log_format) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod backend;
+pub mod tls;
 #[allow(unused_imports)]
 pub use backend::{Backend, Cell, Env, ShardDb, REDIS};
 
@@ -247,10 +248,10 @@ impl Host {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    // Text logs end the address with a space, JSON logs with a quote.
-                    let addr = addr.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default();
-                    let _ = tx.send(addr.to_string());
+                if let Some(url) = line.split("payfn listening on ").nth(1) {
+                    // Text logs end the URL with a space, JSON logs with a quote.
+                    let url = url.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default();
+                    let _ = tx.send(url.to_string());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -268,15 +269,15 @@ impl Host {
             }
             _ => wait(),
         };
-        let addr = match started {
-            Ok(addr) => addr,
+        let base = match started {
+            Ok(base) => base,
             Err(_) => {
                 let _ = child.kill();
                 panic!("payfn did not start:\n{}", log.lock().unwrap());
             }
         };
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-        Host { child, app, _dir: dir, env: None, base: format!("http://{addr}"), client, log }
+        Host { child, app, _dir: dir, env: None, base, client, log }
     }
 
     /// What the host has written to stderr so far.
@@ -625,9 +626,16 @@ pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
 /// so an outage loses connections but not the broker's data.
 pub struct Kafka {
     child: Child,
-    /// Where clients connect: the proxy.
+    /// Where clients connect: the proxy (or, over TLS, the terminator).
     pub port: u16,
     proxy: Proxy,
+    /// The host name clients use: `localhost` over TLS (the certificate's
+    /// name), else 127.0.0.1.
+    host: &'static str,
+    /// librdkafka settings every client of this broker needs (TLS).
+    pub client_settings: Vec<(String, String)>,
+    /// Over TLS: the terminator in front of the proxy.
+    pub tls: Option<tls::TlsTerminator>,
 }
 
 /// A TCP proxy to a local port that the test can cut (every connection
@@ -654,6 +662,17 @@ impl Proxy {
 
 impl Kafka {
     pub async fn start() -> Kafka {
+        Self::start_on(None).await
+    }
+
+    /// A broker reached over TLS only: librdkafka (OpenSSL) ->
+    /// `security.protocol = SSL` -> a terminator with `pki`'s certificate ->
+    /// the proxy -> tansu, which advertises the terminator.
+    pub async fn start_tls(pki: &tls::Pki) -> Kafka {
+        Self::start_on(Some(pki)).await
+    }
+
+    async fn start_on(pki: Option<&tls::Pki>) -> Kafka {
         let tansu =
             Command::new(repo().join("infra/kafka/broker.sh")).arg("path").output().expect("broker.sh path");
         assert!(tansu.status.success(), "tansu is not installed: {}", String::from_utf8_lossy(&tansu.stderr));
@@ -665,11 +684,19 @@ impl Kafka {
             let broker_port =
                 std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let proxy = Proxy::start(broker_port).await;
+            let terminator = match pki {
+                Some(pki) => Some(tls::TlsTerminator::start(proxy.port, pki.server_config()).await),
+                None => None,
+            };
+            let (host, port) = match &terminator {
+                Some(t) => ("localhost", t.port),
+                None => ("127.0.0.1", proxy.port),
+            };
             let log = tempfile::NamedTempFile::new().expect("broker log");
             let mut child = Command::new(&bin)
                 .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
-                // Clients are told to come back through the proxy.
-                .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", proxy.port)])
+                // Clients are told to come back through the proxy (or the terminator).
+                .args(["--advertised-listener-url", &format!("tcp://{host}:{port}")])
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdout(Stdio::null())
                 .stderr(log.reopen().expect("broker log"))
@@ -692,7 +719,14 @@ impl Kafka {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             if up && matches!(child.try_wait(), Ok(None)) {
-                return Kafka { child, port: proxy.port, proxy };
+                let client_settings = match pki {
+                    Some(pki) => vec![
+                        ("security.protocol".to_string(), "SSL".to_string()),
+                        ("ssl.ca.location".to_string(), pki.ca.display().to_string()),
+                    ],
+                    None => Vec::new(),
+                };
+                return Kafka { child, port, proxy, host, client_settings, tls: terminator };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -715,12 +749,16 @@ impl Kafka {
     /// `[kafka] assignment`, with a short session timeout (6 s) so a killed
     /// host's partitions move to the others within seconds.
     pub fn runtime_config_with(&self, partitions: u32, assignment: &str) -> String {
-        format!(
-            "[kafka]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\npartitions = {partitions}\n\
+        let mut text = format!(
+            "[kafka]\nbackend = \"kafka\"\nbrokers = \"{}:{}\"\npartitions = {partitions}\n\
              assignment = \"{assignment}\"\n\
              [kafka.settings]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
-            self.port
-        )
+            self.host, self.port
+        );
+        for (name, value) in &self.client_settings {
+            text.push_str(&format!("{name:?} = {value:?}\n"));
+        }
+        text
     }
 
     /// Cuts (true) or restores (false) every connection to the broker.
@@ -736,13 +774,16 @@ impl Kafka {
     ) -> Vec<(Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::{Headers, Message};
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", format!("{}:{}", self.host, self.port))
             .set("group.id", format!("test-reader-{}", uuid_like()))
             .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+            .set("enable.auto.commit", "false");
+        for (name, value) in &self.client_settings {
+            config.set(name, value);
+        }
+        let consumer: StreamConsumer = config.create().expect("consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -962,10 +1003,16 @@ pub async fn check_kv_semantics(host: &Host) {
     assert_eq!(kv("/test/kv-a", r#"{"op":"incr","key":"n"}"#).await, json!(1));
     assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(true));
     assert_eq!(kv("/test/kv-a", r#"{"op":"delete","key":"k"}"#).await, json!(false));
-    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":200}"#).await;
+    // A TTL long enough that the first read always lands inside it, then
+    // expiry observed by polling (not a sleep that must outlast it).
+    kv("/test/kv-a", r#"{"op":"set","key":"t","value":"x","ttlMs":3000}"#).await;
+    let set_at = std::time::Instant::now();
     assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!("x"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await, json!(null), "expired");
+    wait_for(Duration::from_secs(15), "the key with a 3 s TTL to expire", || async {
+        kv("/test/kv-a", r#"{"op":"get","key":"t"}"#).await.is_null()
+    })
+    .await;
+    assert!(set_at.elapsed() >= Duration::from_millis(2900), "expired early: {:?}", set_at.elapsed());
     // incr on a non-integer is the guest's error, not a host failure.
     kv("/test/kv-a", r#"{"op":"set","key":"s","value":"text"}"#).await;
     assert_eq!(m.post("/test/kv-a", r#"{"op":"incr","key":"s"}"#).await.status, 500);

@@ -65,6 +65,7 @@ impl Broker {
             KafkaConfig::Kafka {
                 brokers,
                 settings,
+                settings_env,
                 partitions,
                 assignment,
                 replication_factor,
@@ -72,9 +73,10 @@ impl Broker {
             } => {
                 let replication =
                     runtime_config::Replication::new(*replication_factor, *min_insync_replicas)?;
+                let settings = runtime_config::resolve_settings(settings, settings_env)?;
                 Backend::Kafka(Box::new(KafkaBroker::connect(
                     brokers,
-                    settings,
+                    &settings,
                     *partitions,
                     *assignment,
                     replication,
@@ -87,7 +89,7 @@ impl Broker {
     pub fn describe(&self) -> String {
         match &*self.0 {
             Backend::Embedded(log) => format!("embedded event log {}", log.path().display()),
-            Backend::Kafka(kafka) => format!("kafka {}", kafka.brokers()),
+            Backend::Kafka(kafka) => format!("kafka {} ({})", kafka.brokers(), kafka.security_protocol()),
         }
     }
 

@@ -96,6 +96,12 @@ impl KafkaBroker {
         &self.brokers
     }
 
+    /// `security.protocol` as configured (librdkafka's default: PLAINTEXT),
+    /// for the start-up summary: whether the link is encrypted.
+    pub fn security_protocol(&self) -> &str {
+        self.settings.get("security.protocol").map_or("PLAINTEXT", String::as_str)
+    }
+
     /// Whether the cluster answers a metadata request now, and how many
     /// brokers it lists; plus the producer breaker's state.
     pub async fn health(&self) -> Result<String, String> {

@@ -22,9 +22,16 @@ pub enum KafkaConfig {
         /// `host:port,host:port`
         brokers: String,
         /// Extra librdkafka settings (`security.protocol`, `sasl.*`,
-        /// `message.timeout.ms`...), applied to every client.
+        /// `ssl.ca.location`, `message.timeout.ms`...), applied to every
+        /// client. Values of secret settings (`sasl.password`...) are never
+        /// shown; put them in `settings_env` instead of the file.
         #[serde(default)]
         settings: BTreeMap<String, String>,
+        /// librdkafka settings whose values come from the environment:
+        /// setting name -> variable name (`"sasl.password" =
+        /// "KAFKA_PASSWORD"`). A variable that is not set refuses the start.
+        #[serde(default)]
+        settings_env: BTreeMap<String, String>,
         /// Partitions of the topics payfn creates at start.
         #[serde(default = "default_partitions")]
         partitions: u32,
@@ -136,6 +143,28 @@ impl Replication {
     }
 }
 
+/// `settings` with every `settings_env` entry filled in from the
+/// environment; the error names the setting and the variable, never a value.
+pub fn resolve_settings(
+    settings: &BTreeMap<String, String>,
+    settings_env: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut resolved = settings.clone();
+    for (setting, var) in settings_env {
+        anyhow::ensure!(
+            !settings.contains_key(setting),
+            "runtime config: [kafka] `{setting}` is in both settings and settings_env; keep one"
+        );
+        let value = std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "runtime config: [kafka] settings_env: `{setting}` names `{var}`, which is not set"
+            )
+        })?;
+        resolved.insert(setting.clone(), value);
+    }
+    Ok(resolved)
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig::Embedded { path: None, partitions: default_partitions() }
@@ -211,6 +240,21 @@ mod tests {
         assert!(err.contains("min_insync_replicas = 0"), "{err}");
         let err = replication("replication_factor = -1").unwrap_err().to_string();
         assert!(err.contains("replication_factor") || err.contains("-1"), "{err}");
+    }
+
+    #[test]
+    fn settings_env_fills_settings_from_the_environment() {
+        let settings = BTreeMap::from([("security.protocol".to_string(), "SASL_SSL".to_string())]);
+        let env = |var: &str| BTreeMap::from([("sasl.password".to_string(), var.to_string())]);
+        std::env::set_var("PAYFN_TEST_KAFKA_PASSWORD", "hunter2");
+        let resolved = resolve_settings(&settings, &env("PAYFN_TEST_KAFKA_PASSWORD")).unwrap();
+        assert_eq!(resolved.get("sasl.password").map(String::as_str), Some("hunter2"));
+        assert_eq!(resolved.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        let err = resolve_settings(&settings, &env("PAYFN_TEST_KAFKA_UNSET")).unwrap_err().to_string();
+        assert!(err.contains("sasl.password") && err.contains("PAYFN_TEST_KAFKA_UNSET"), "{err}");
+        let both = BTreeMap::from([("sasl.password".to_string(), "x".to_string())]);
+        let err = resolve_settings(&both, &env("PAYFN_TEST_KAFKA_PASSWORD")).unwrap_err().to_string();
+        assert!(err.contains("both") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]

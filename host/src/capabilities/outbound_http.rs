@@ -10,7 +10,8 @@
 //!   `HttpRequestDenied`, logged with the component and the destination
 //!   (scheme, host and port only: a URL's path and query may carry secrets).
 //! - Requests share one pooled client per host, so connections are reused
-//!   across invocations; timeouts come from `[outbound_http]` (a guest may
+//!   across invocations; `https` is verified against the system's roots
+//!   plus `[outbound_http] ca_files` (tls/mod.rs); timeouts come from `[outbound_http]` (a guest may
 //!   ask for shorter ones); the invocation's `traceparent` goes along while
 //!   tracing is exported; `payfn_outbound_requests_total` and
 //!   `payfn_outbound_request_duration_seconds` count per destination.
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use http::uri::Scheme;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -47,7 +49,7 @@ pub struct OutboundHttp {
 
 /// What every invocation's requests share.
 struct Shared {
-    client: Client<HttpConnector, WasiBody>,
+    client: Client<HttpsConnector<HttpConnector>, WasiBody>,
     config: OutboundConfig,
     requests: Family<RequestLabels, Counter>,
     duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
@@ -85,6 +87,9 @@ pub struct OutboundConfig {
     pub idle_timeout: Duration,
     /// Idle connections kept per destination.
     pub max_idle_per_host: usize,
+    /// PEM files of CAs trusted for `https` besides the system's roots
+    /// (a private CA in front of an acquirer or a test double).
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for OutboundConfig {
@@ -95,6 +100,7 @@ impl Default for OutboundConfig {
             between_bytes_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_idle_per_host: 32,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -128,6 +134,15 @@ impl Capability for OutboundHttp {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        // The TLS connector takes https; plain http goes straight through.
+        connector.enforce_http(false);
+        // No ALPN here: the connector sets it from the HTTP versions enabled.
+        let tls = crate::tls::client_config(&config.ca_files, &[]).context("[outbound_http] ca_files")?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(config.max_idle_per_host)
@@ -348,16 +363,6 @@ impl WasiHttpHooks for OutboundState {
             count("not_allowed", "denied");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         };
-        if scheme == "https" {
-            // TLS on outbound links comes with the TLS work (issue 19, part 6).
-            tracing::warn!(
-                component = %self.permission.component,
-                destination = %format!("{scheme}://{host}:{port}"),
-                "outbound https is not served yet"
-            );
-            count(&allowed.text, "error");
-            return Box::new(async { Err(HttpError::HttpProtocolError) });
-        }
         let destination = allowed.text.clone();
         let shared = self.shared.clone();
         let limits = Limits::of(&shared.config, options);
@@ -380,7 +385,12 @@ impl WasiHttpHooks for OutboundState {
                 }
                 Ok(Err(e)) => {
                     count(&destination, if e.is_connect() { "connect_error" } else { "error" });
-                    return Err(classify(&e));
+                    let error = classify(&e);
+                    if matches!(error, HttpError::TlsCertificateError | HttpError::TlsProtocolError) {
+                        // The guest sees only the code; the operator needs the why.
+                        tracing::warn!(%destination, "outbound TLS failed: {}", source_chain(&e));
+                    }
+                    return Err(error);
                 }
                 Ok(Ok(response)) => response,
             };
@@ -399,6 +409,16 @@ impl WasiHttpHooks for OutboundState {
 fn classify(error: &hyper_util::client::legacy::Error) -> HttpError {
     if error.is_connect() {
         let text = format!("{error:?}");
+        // rustls' verdicts, as they surface through the connector.
+        if text.contains("InvalidCertificate") || text.contains("certificate") {
+            return HttpError::TlsCertificateError;
+        }
+        if text.contains("AlertReceived")
+            || text.contains("PeerIncompatible")
+            || text.contains("InvalidMessage")
+        {
+            return HttpError::TlsProtocolError;
+        }
         if text.contains("ConnectionRefused") {
             return HttpError::ConnectionRefused;
         }
@@ -408,6 +428,18 @@ fn classify(error: &hyper_util::client::legacy::Error) -> HttpError {
         return HttpError::DestinationUnavailable;
     }
     HttpError::InternalError(Some(error.to_string()))
+}
+
+/// `error` and its sources, one line.
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// The timeouts of one request: the host's, or a guest's shorter ones.

@@ -1,6 +1,7 @@
 //! `payfn up`: load everything, print a summary, serve until interrupted.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +44,13 @@ pub struct UpArgs {
     /// Address to listen on (overrides `[http] listen`); port 0 picks one.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// HTTPS: the listener's certificate chain (PEM, leaf first); overrides
+    /// `[http] tls_cert`. Needs `--tls-key`.
+    #[arg(long, env = "SPIN_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key of `--tls-cert` (PEM); overrides `[http] tls_key`.
+    #[arg(long, env = "SPIN_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Rebuild a component when a file matching its `watch` globs changes
     /// and swap it in place (the host keeps running).
     #[arg(long)]
@@ -77,6 +85,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     banner!("  events          {}", broker.describe());
 
     let listen = args.listen.unwrap_or(config.http.listen);
+    let tls = listener_tls(&args, &config.http)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
@@ -186,12 +196,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {admin_listen} ([admin] listen)"))?;
             banner!(
-                "  admin           http://{}/admin/ (console; API under /admin/v1; {})",
+                "  admin           {scheme}://{}/admin/ (console; API under /admin/v1; {})",
                 admin_listener.local_addr()?,
                 admin.describe()
             );
+            let admin_tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin_listener, admin_routes).await {
+                if let Err(e) = serve(admin_listener, admin_tls, admin_routes, std::future::pending()).await {
                     tracing::error!("admin listener stopped: {e}");
                 }
             });
@@ -199,7 +210,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         None => {
             banner!(
-                "  admin           http://{address}/admin/ (console; API under /admin/v1; {})",
+                "  admin           {scheme}://{address}/admin/ (console; API under /admin/v1; {})",
                 admin.describe()
             );
             Some(admin_routes)
@@ -209,15 +220,50 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         banner!("  dev API key     merchant 1: {}", app.keys.issue(1));
         banner!("                  (more: payfn keys issue --merchant ID)");
     }
-    banner!("payfn listening on http://{address} (ready in {:.1?})", started.elapsed());
+    banner!("payfn listening on {scheme}://{address} (ready in {:.1?})", started.elapsed());
 
-    axum::serve(listener, http::router(app, admin_on_main))
-        .with_graceful_shutdown(shutdown_signal())
+    serve(listener, tls, http::router(app, admin_on_main), shutdown_signal())
         .await
         .context("serving HTTP")?;
     crate::telemetry::shutdown();
     banner!("payfn stopped");
     Ok(())
+}
+
+/// The listener's TLS config, from `--tls-cert`/`--tls-key` or `[http]`;
+/// `None` for plain HTTP. Half a pair is refused rather than served plain.
+fn listener_tls(args: &UpArgs, http: &http::HttpConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let cert = args.tls_cert.as_ref().or(http.tls_cert.as_ref());
+    let key = args.tls_key.as_ref().or(http.tls_key.as_ref());
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => crate::tls::server_config(cert, key)
+            .map(Some)
+            .context("HTTPS listener (--tls-cert / --tls-key, or [http] tls_cert / tls_key)"),
+        (Some(_), None) => {
+            anyhow::bail!("a TLS certificate was given without its key (--tls-key or [http] tls_key)")
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("a TLS key was given without its certificate (--tls-cert or [http] tls_cert)")
+        }
+    }
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is set, until
+/// `shutdown` completes (then in-flight requests finish).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => {
+            let listener = crate::tls::listener::TlsListener::new(listener, tls)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, finish in-flight requests.

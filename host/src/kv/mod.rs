@@ -32,8 +32,10 @@ impl Kv {
     pub async fn from_config(config: &KvConfig) -> anyhow::Result<Self> {
         Ok(match config {
             KvConfig::Memory => Kv(Arc::new(Backend::Memory(MemoryKv::start()))),
-            KvConfig::Redis { url, prefix, timeout_ms } => {
-                let redis = RedisKv::connect(url, prefix, Duration::from_millis(*timeout_ms)).await?;
+            KvConfig::Redis { url, url_env, ca_file, prefix, timeout_ms } => {
+                let url = runtime_config::redis_url(url.as_ref(), url_env.as_ref())?;
+                let timeout = Duration::from_millis(*timeout_ms);
+                let redis = RedisKv::connect(&url, ca_file.as_deref(), prefix, timeout).await?;
                 Kv(Arc::new(Backend::Redis(Box::new(redis))))
             }
         })

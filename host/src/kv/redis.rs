@@ -25,6 +25,7 @@ return value
 ";
 
 pub struct RedisKv {
+    /// The URL without its password, for the summary and logs.
     url: String,
     prefix: String,
     timeout: Duration,
@@ -49,16 +50,37 @@ fn config(timeout: Duration) -> ConnectionManagerConfig {
 }
 
 impl RedisKv {
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+    /// Connects to `url` (`rediss://`: over TLS, trusting `ca_file` if
+    /// given, else the system's roots). Errors show the URL without its
+    /// password.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let shown = crate::secrets::redact_url(url);
+        let client = match ca_file {
+            None => redis::Client::open(url),
+            Some(ca) => {
+                let root_cert =
+                    std::fs::read(ca).map_err(|e| anyhow::anyhow!("[kv] ca_file {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+                )
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("[kv] Redis URL {shown}: {e}"))?;
         let connection = tokio::time::timeout(
             timeout * 5,
             ConnectionManager::new_with_config(client.clone(), config(timeout)),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("Redis at {url} did not answer"))??;
+        .map_err(|_| anyhow::anyhow!("Redis at {shown} did not answer"))?
+        .map_err(|e| anyhow::anyhow!("Redis at {shown}: {e}"))?;
         Ok(Self {
-            url: url.to_string(),
+            url: shown,
             prefix: prefix.to_string(),
             timeout,
             client,

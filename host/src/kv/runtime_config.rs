@@ -1,5 +1,7 @@
 //! The `[kv]` section of the runtime config.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Which store backs `kv`, rate limits and idempotency locks.
@@ -11,8 +13,15 @@ pub enum KvConfig {
     Memory,
     /// Redis, shared by every host.
     Redis {
-        /// `redis://host:port/db`
-        url: String,
+        /// `redis://host:port/db`, or `rediss://` for TLS; a password goes
+        /// in the URL (`rediss://:secret@host:6380/0`), so prefer `url_env`.
+        url: Option<String>,
+        /// The name of an environment variable holding the URL instead.
+        /// Exactly one of `url` / `url_env`.
+        url_env: Option<String>,
+        /// `rediss://` only: a PEM file of the CA to trust instead of the
+        /// system's roots (a private CA).
+        ca_file: Option<PathBuf>,
         /// Prepended to every key: one namespace per application.
         #[serde(default = "default_prefix")]
         prefix: String,
@@ -20,6 +29,18 @@ pub enum KvConfig {
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
     },
+}
+
+/// The Redis URL, from `url` or the variable `url_env` names.
+pub fn redis_url(url: Option<&String>, url_env: Option<&String>) -> anyhow::Result<String> {
+    match (url, url_env) {
+        (Some(url), None) => Ok(url.clone()),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("runtime config: [kv] url_env names `{var}`, which is not set")),
+        _ => {
+            anyhow::bail!("runtime config: [kv] backend = \"redis\" needs exactly one of `url` and `url_env`")
+        }
+    }
 }
 
 fn default_prefix() -> String {

@@ -134,7 +134,7 @@ where
         let shard = Self {
             pool,
             warm: Arc::new(warm),
-            display: redact(&url),
+            display: crate::secrets::redact_url(&url),
             readiness: Arc::new(RwLock::new(Readiness::Pending("connecting".into()))),
         };
         let (first_attempt, attempted) = tokio::sync::oneshot::channel();
@@ -461,29 +461,6 @@ impl<D: Driver> Drop for ServerTx<D> {
 
 fn map<D: Driver>(e: sqlx::Error) -> SqlError {
     errors::map(e, D::classify)
-}
-
-/// `scheme://user:secret@host/db` -> `scheme://user@host/db`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(redact("mysql://payfn:s3cret@db-1:3306/payfn"), "mysql://payfn@db-1:3306/payfn");
-        assert_eq!(redact("postgres://localhost/payfn"), "postgres://localhost/payfn");
-    }
 }
 
 /// `ServerTx` against the machine's MariaDB (127.0.0.1:3306, root) and

@@ -159,7 +159,7 @@ impl ControlStore {
         sqlx::any::install_default_drivers();
         let (url, describe) = match config.server_url()? {
             Some(url) => {
-                let describe = redact(&url);
+                let describe = crate::secrets::redact_url(&url);
                 (url, describe)
             }
             None => {
@@ -640,20 +640,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// A URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,11 +698,5 @@ mod tests {
         let promoted = next_active("authorize", Some(&running), &activate("b"), 3, "t").unwrap();
         assert_eq!((promoted.digest.as_str(), promoted.previous_digest.as_deref()), ("b", Some("a")));
         assert_eq!(promoted.canary_digest, None);
-    }
-
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(redact("mysql://root:secret@db:3306/c"), "mysql://root:***@db:3306/c");
-        assert_eq!(redact("postgres://u@db/c"), "postgres://u@db/c");
     }
 }

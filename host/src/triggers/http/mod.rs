@@ -21,6 +21,7 @@ pub use rate_limit::RateLimitConfig;
 pub use routes::RouteTable;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::middleware::from_fn_with_state;
@@ -46,6 +47,11 @@ pub struct HttpConfig {
     /// Largest request body accepted (413 `body_too_large` beyond).
     pub max_body_bytes: usize,
     pub rate_limits: RateLimitConfig,
+    /// HTTPS: the certificate chain (PEM, leaf first); with `tls_key`.
+    /// `payfn up --tls-cert` (or `SPIN_TLS_CERT`) overrides it.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key of `tls_cert` (PEM); `--tls-key` overrides it.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -54,6 +60,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             max_body_bytes: 64 * 1024,
             rate_limits: RateLimitConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
