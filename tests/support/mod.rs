@@ -667,7 +667,9 @@ impl Kafka {
 
     /// A broker reached over TLS only: librdkafka (OpenSSL) ->
     /// `security.protocol = SSL` -> a terminator with `pki`'s certificate ->
-    /// the proxy -> tansu, which advertises the terminator.
+    /// the proxy -> tansu, which advertises the terminator. (tansu 0.6 has
+    /// `--cert` and `--key`, but declares them mutually exclusive, so it
+    /// cannot end TLS itself.)
     pub async fn start_tls(pki: &tls::Pki) -> Kafka {
         Self::start_on(Some(pki)).await
     }
