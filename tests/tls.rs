@@ -66,6 +66,27 @@ async fn the_listener_takes_its_certificate_from_the_runtime_config() {
     assert!(host.base.starts_with("https://"), "{}", host.base);
     host.client = pki.client();
     host.merchant(2).authorize(700).await;
+
+    // The CLI reaches the admin API over HTTPS too, trusting the private CA
+    // given with --admin-ca, and refuses the listener without it.
+    let versions = |ca: Option<&Path>| {
+        let mut command = Command::new(support::PAYFN);
+        command
+            .args(["versions", "--json", "--manifest"])
+            .arg(host.app.join("spin.toml"))
+            .args(["--admin-url", &host.base])
+            .env_remove("PAYFN_ADMIN_TOKEN")
+            .env_remove("PAYFN_ADMIN_CA");
+        if let Some(ca) = ca {
+            command.arg("--admin-ca").arg(ca);
+        }
+        command.output().expect("payfn versions")
+    };
+    let trusted = versions(Some(&pki.ca));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("authorize"));
+    let untrusted = versions(None);
+    assert!(!untrusted.status.success(), "the admin API was reached without trusting its CA");
 }
 
 #[test]

@@ -19,6 +19,10 @@ pub struct AdminArgs {
     /// listen`, from the runtime config.
     #[arg(long, env = "PAYFN_ADMIN_URL")]
     admin_url: Option<String>,
+    /// A PEM file of the CA that signed an HTTPS admin listener's
+    /// certificate, trusted besides the system's roots (a private CA).
+    #[arg(long, env = "PAYFN_ADMIN_CA", value_name = "PEM")]
+    admin_ca: Option<std::path::PathBuf>,
     /// The admin token; default: the state directory's development token.
     #[arg(long, env = "PAYFN_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -45,7 +49,9 @@ impl Client {
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{addr}")
+                // Both listeners serve TLS when the runtime config gives a certificate.
+                let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
             }
         };
         let token = match &args.token {
@@ -64,7 +70,14 @@ impl Client {
                     .to_string()
             }
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(ca) = &args.admin_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("--admin-ca {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--admin-ca {}: not a PEM certificate", ca.display()))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build()?;
         Ok(Self { base, token, http, json: args.json })
     }
 
