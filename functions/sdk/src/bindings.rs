@@ -1,9 +1,10 @@
-//! wit-bindgen output for the `payfn:host/step` world (every import and
-//! export), kept in one module.
+//! wit-bindgen output for the `payfn:host/guest` world (payfn's imports,
+//! the timer and event exports), kept in one module. HTTP, variables,
+//! key-value and outbound HTTP are spin-sdk's.
 #![allow(missing_docs, clippy::all)]
 
 wit_bindgen::generate!({
-    world: "payfn:host/step",
+    world: "payfn:host/guest",
     path: "../../wit",
     generate_all,
     pub_export_macro: true,

@@ -1,9 +1,10 @@
-//! One buffered request in, one JSON response out, over `wasi:http`.
+//! One buffered request in, one JSON response out, over spin-sdk's HTTP
+//! types (`wasi:http/handler@0.3.0`).
 
-use crate::bindings::wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
-use crate::bindings::wasi::io::streams::StreamError;
+use bytes::Bytes;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{FullBody, HeaderMap, HeaderName, HeaderValue, StatusCode};
+
 use crate::error::ApiError;
 
 /// Header carrying the authenticated merchant id; set only by the host.
@@ -12,9 +13,6 @@ pub const MERCHANT_HEADER: &str = "payfn-merchant-id";
 pub const REQUEST_ID_HEADER: &str = "payfn-request-id";
 /// Prefix of the headers carrying the route's path parameters.
 pub const PARAM_HEADER_PREFIX: &str = "payfn-param-";
-
-/// Largest chunk `blocking-write-and-flush` accepts.
-const WRITE_CHUNK: usize = 4096;
 
 /// A request as a step sees it: fully read, headers lower-cased.
 #[derive(Debug, Clone)]
@@ -74,48 +72,19 @@ impl Request {
         }
     }
 
-    fn read(request: IncomingRequest) -> Result<Self, ApiError> {
-        let method = match request.method() {
-            Method::Get => "GET".to_string(),
-            Method::Post => "POST".to_string(),
-            Method::Put => "PUT".to_string(),
-            Method::Delete => "DELETE".to_string(),
-            Method::Patch => "PATCH".to_string(),
-            Method::Head => "HEAD".to_string(),
-            Method::Options => "OPTIONS".to_string(),
-            Method::Connect => "CONNECT".to_string(),
-            Method::Trace => "TRACE".to_string(),
-            Method::Other(other) => other,
-        };
-        let path = request.path_with_query().unwrap_or_default();
-        let headers = request
-            .headers()
-            .entries()
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
+    async fn read(request: spin_sdk::http::Request) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let method = parts.method.as_str().to_string();
+        let path = parts.uri.path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        // Header names arrive lower-cased (the `http` crate's rule).
+        let headers = parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = read_body(&request)?;
+        let body = body.bytes().await.map_err(|_| ApiError::internal("request body unreadable"))?.to_vec();
         Ok(Self { method, path, headers, body })
     }
-}
-
-fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, ApiError> {
-    let unreadable = || ApiError::internal("request body unreadable");
-    let body = request.consume().map_err(|()| unreadable())?;
-    let mut bytes = Vec::new();
-    {
-        // The stream is a child of the body and must be dropped first.
-        let stream = body.stream().map_err(|()| unreadable())?;
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(_)) => return Err(unreadable()),
-            }
-        }
-    }
-    drop(body);
-    Ok(bytes)
 }
 
 /// Set `PAYFN_BUILD_ID` when building (a commit, a CI run number) and every
@@ -138,37 +107,25 @@ impl Response {
         Self { status, body }
     }
 
-    fn send(self, out: ResponseOutparam) {
-        let headers = Fields::new();
-        // Only fails for forbidden or malformed header names; this one is neither.
-        let _ = headers.append("content-type", b"application/json");
-        if let Some(build) = BUILD_ID {
-            let _ = headers.append("build-id", build.as_bytes());
+    /// The response as spin-sdk answers it: status, headers, body.
+    pub fn into_parts(self) -> (StatusCode, HeaderMap, FullBody<Bytes>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("content-type"), HeaderValue::from_static("application/json"));
+        if let Some(build) = BUILD_ID.and_then(|b| HeaderValue::from_str(b).ok()) {
+            headers.insert(HeaderName::from_static("build-id"), build);
         }
-        let response = OutgoingResponse::new(headers);
-        let _ = response.set_status_code(self.status);
-        let Ok(body) = response.body() else { return };
-        ResponseOutparam::set(out, Ok(response));
-        if let Ok(stream) = body.write() {
-            for chunk in self.body.chunks(WRITE_CHUNK) {
-                if stream.blocking_write_and_flush(chunk).is_err() {
-                    // The caller went away; nothing left to tell anyone.
-                    return;
-                }
-            }
-        }
-        let _ = OutgoingBody::finish(body, None);
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, headers, FullBody::new(Bytes::from(self.body)))
     }
 }
 
-/// Reads the request, runs `handler` and sends its response. Errors the
-/// handler returns become the API.md envelope.
-pub fn serve(
-    request: IncomingRequest,
-    out: ResponseOutparam,
+/// Reads the request, runs `handler` and answers with its response.
+/// Errors the handler returns become the API.md envelope.
+pub async fn serve(
+    request: spin_sdk::http::Request,
     handler: fn(&Request) -> Result<Response, ApiError>,
-) {
-    let response = match Request::read(request) {
+) -> (StatusCode, HeaderMap, FullBody<Bytes>) {
+    let response = match Request::read(request).await {
         Ok(request) => handler(&request).unwrap_or_else(|e| {
             if e.status >= 500 {
                 // The caller sees a generic envelope; operators need the detail.
@@ -178,12 +135,7 @@ pub fn serve(
         }),
         Err(e) => e.to_response(""),
     };
-    response.send(out);
-}
-
-/// Answers 404 on a component that serves no HTTP route.
-pub fn refuse(out: ResponseOutparam) {
-    ApiError::not_found("route_not_found", "this component serves no HTTP route").to_response("").send(out);
+    response.into_parts()
 }
 
 fn percent_decode(s: &str) -> String {

@@ -1,11 +1,15 @@
-//! Guest-side helpers shared by every payfn component.
+//! Guest-side helpers shared by every payfn component, on spin-sdk.
 //!
 //! A payment step is a plain function from [`http::Request`] to
-//! [`http::Response`]; [`http_step!`] exports it as
-//! `wasi:http/incoming-handler`; [`timer_step!`], [`event_step!`] and
-//! [`event_batch_step!`] do the same for timer- and Kafka-triggered steps. The modules wrap the host capabilities the
-//! step's manifest entry grants: [`sql`] (the shard transaction), [`kv`] and
-//! [`log`]. [`outbox`] writes events in the same transaction as the rows.
+//! [`http::Response`]; [`http_step!`] serves it through spin-sdk's
+//! `#[http_service]` (`wasi:http/handler@0.3.0`), so a step crate depends on
+//! `spin-sdk` beside this one. [`timer_step!`], [`event_step!`] and
+//! [`event_batch_step!`] export payfn's own timer and event handlers, for
+//! which Spin has no interface. Spin's variables, key-value and outbound
+//! HTTP are spin-sdk's ([`spin`]; [`variables`] waits for a synchronous
+//! step); payfn's capabilities are here: [`sql`] (the shard transaction),
+//! [`kv`] (TTLs, counters, locks), [`kafka`] and [`log`]. [`outbox`] writes
+//! events in the same transaction as the rows.
 
 pub mod bindings;
 pub mod error;
@@ -17,15 +21,30 @@ pub mod outbox;
 pub mod sql;
 pub mod variables;
 
+/// spin-sdk, as this SDK uses it: `spin::key_value`, `spin::http::send`...
+pub use spin_sdk as spin;
+
 pub use error::ApiError;
 
-/// Exports `handler: fn(&http::Request) -> Result<http::Response, ApiError>`
-/// as this component's `wasi:http/incoming-handler`.
+/// Serves `handler: fn(&http::Request) -> Result<http::Response, ApiError>`
+/// as this component's `wasi:http/handler@0.3.0`, through spin-sdk's
+/// `#[http_service]` (the step crate depends on `spin-sdk`).
 #[macro_export]
 macro_rules! http_step {
     ($handler:path) => {
+        // spin-sdk's export links only for wasm32; elsewhere (the
+        // workspace's `cargo test`) the handler is only type-checked.
+        #[cfg(target_family = "wasm")]
+        #[::spin_sdk::http_service]
+        async fn payfn_http_step(
+            request: ::spin_sdk::http::Request,
+        ) -> impl ::spin_sdk::http::IntoResponse {
+            $crate::http::serve(request, $handler).await
+        }
+        #[cfg(not(target_family = "wasm"))]
+        const _: fn(&$crate::http::Request) -> Result<$crate::http::Response, $crate::ApiError> = $handler;
+
         $crate::__step!(
-            http: |request, response_out| $crate::http::serve(request, response_out, $handler);
             timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
             events: |_events| Err($crate::bindings::exports::payfn::host::event_handler::Refusal {
                 event: None,
@@ -41,7 +60,6 @@ macro_rules! http_step {
 macro_rules! timer_step {
     ($handler:path) => {
         $crate::__step!(
-            http: |_request, response_out| $crate::http::refuse(response_out);
             timer: |tick| $handler(tick);
             events: |_events| Err($crate::bindings::exports::payfn::host::event_handler::Refusal {
                 event: None,
@@ -58,7 +76,6 @@ macro_rules! timer_step {
 macro_rules! event_step {
     ($handler:path) => {
         $crate::__step!(
-            http: |_request, response_out| $crate::http::refuse(response_out);
             timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
             events: |events| $crate::each_event(events, $handler);
         );
@@ -73,7 +90,6 @@ macro_rules! event_step {
 macro_rules! event_batch_step {
     ($handler:path) => {
         $crate::__step!(
-            http: |_request, response_out| $crate::http::refuse(response_out);
             timer: |_tick| Err($crate::NOT_THIS_TRIGGER.to_string());
             events: |events| $handler(events);
         );
@@ -103,20 +119,10 @@ pub const NOT_THIS_TRIGGER: &str = "this component does not serve that trigger";
 #[macro_export]
 macro_rules! __step {
     (
-        http: |$req:pat_param, $out:pat_param| $http:expr;
         timer: |$tick:pat_param| $timer:expr;
         events: |$events:pat_param| $on_events:expr;
     ) => {
         struct PayfnStep;
-
-        impl $crate::bindings::exports::wasi::http::incoming_handler::Guest for PayfnStep {
-            fn handle(
-                $req: $crate::bindings::wasi::http::types::IncomingRequest,
-                $out: $crate::bindings::wasi::http::types::ResponseOutparam,
-            ) {
-                $http
-            }
-        }
 
         impl $crate::bindings::exports::payfn::host::timer_handler::Guest for PayfnStep {
             fn on_tick(

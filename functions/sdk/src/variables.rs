@@ -4,22 +4,15 @@
 //! here rather than from the environment, so operators set them the way
 //! they set any Spin app's: `SPIN_VARIABLE_<NAME>` or the runtime config.
 
-mod wit {
-    #![allow(missing_docs, clippy::all)]
-    wit_bindgen::generate!({
-        world: "payfn:spin-apis/step-variables",
-        path: "../../wit/spin",
-        generate_all,
-    });
-}
+pub use spin_sdk::variables::Error;
 
-pub use wit::spin::variables::variables::Error;
-
-/// The value of variable `name`. `get` is an async function of the host's:
-/// a step is synchronous, so it waits for the answer here.
+/// The value of variable `name`, from spin-sdk. Its `get` is async; the
+/// timer and event steps that read settings are synchronous, so it is
+/// waited for here. (An HTTP step is async: await
+/// `spin_sdk::variables::get` there.)
 pub fn get(name: &str) -> Result<String, Error> {
     let name = name.to_string();
-    wit_bindgen::block_on(async move { wit::spin::variables::variables::get(name).await })
+    wit_bindgen::block_on(async move { spin_sdk::variables::get(name).await })
 }
 
 /// Variable `name` parsed as `T`, or `default` when the component does not
