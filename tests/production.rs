@@ -26,10 +26,10 @@ async fn a_shard_down_fails_only_its_merchants(backend: Backend) {
     even.authorize(500).await;
 
     env.set_shard_outage("shard-2", true);
-    // Down as the host sees it (readiness checks every shard), not after a
-    // sleep that may or may not have let the proxy drop its connections.
-    wait_for(Duration::from_secs(10), "the host to see shard-2 down", || async {
-        ready(&host).await.1["shards"]["shard-2"] == "down"
+    // Every connection to shard-2 dropped (the proxy's count, not a sleep
+    // that may or may not have let it), and the host sees it down.
+    wait_for(Duration::from_secs(10), "the proxy to drop shard-2's connections", || async {
+        env.shard_connections("shard-2") == 0 && ready(&host).await.1["shards"]["shard-2"] == "down"
     })
     .await;
     let started = std::time::Instant::now();

@@ -239,9 +239,16 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invocation_in_flight_finishes_on_its_version_which_is_freed_after() {
     let slow = builds("test_slow.wasm");
+    // The invocation on A waits until the test releases it (TEST-AUDIT 13):
+    // however long the deploys take, it is still running when C arrives.
     let host = Host::start_with(
-        &support::manifest(&support::test_component("/test/slow", "slow", "test_slow.wasm", r#"["log"]"#)),
-        "",
+        &support::manifest(&support::test_component(
+            "/test/slow",
+            "slow",
+            "test_slow.wasm",
+            r#"["log", "kv"]"#,
+        )),
+        "[engine]\ntimeout_ms = 30000\n",
     );
     let c_file = host.app.join("test_slow_c.wasm");
     std::fs::write(&c_file, with_custom_section(&std::fs::read(&slow.b_file).unwrap(), "payfn-test-c"))
@@ -252,13 +259,17 @@ async fn an_invocation_in_flight_finishes_on_its_version_which_is_freed_after() 
     assert_eq!(served_by(&m.get("/test/slow?ms=0").await, &slow), Ok('a'));
     let before = loaded().await;
 
-    // A 2.5 s invocation on A.
+    // An invocation on A that lasts until the swaps are done.
     let in_flight = {
         let m = host.merchant(1);
-        async move { m.get("/test/slow?ms=2500").await }
+        async move { m.get("/test/slow?until=swapped").await }
     };
     let swaps = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A is running before the first deploy: it serves the request.
+        support::wait_for(Duration::from_secs(10), "the invocation on A to start", || async {
+            m.get("/test/slow?started=swapped").await.json()["started"] == true
+        })
+        .await;
         let out = host.admin(&["deploy", "slow", &slow.b_file]).await;
         assert!(out.ok, "{}", out.stderr);
         assert_eq!(served_by(&m.get("/test/slow?ms=0").await, &slow), Ok('b'), "new requests see B");
@@ -269,11 +280,12 @@ async fn an_invocation_in_flight_finishes_on_its_version_which_is_freed_after() 
         // A is neither serving nor the rollback target (B is): only the
         // invocation still running holds it.
         assert_eq!(loaded().await, before + 2.0, "A, B and C loaded while A finishes");
+        assert_eq!(m.get("/test/slow?release=swapped").await.status, 200);
     };
     let (reply, ()) = tokio::join!(in_flight, swaps);
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.bytes));
     assert_eq!(served_by(&reply, &slow), Ok('a'), "the invocation finished on the version it started on");
-    assert_eq!(reply.json()["slept_ms"], 2500);
+    assert_eq!(reply.json()["released"], "swapped");
     support::wait_for(Duration::from_secs(5), "A to be released", || async {
         loaded().await == before + 1.0
     })

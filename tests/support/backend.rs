@@ -182,6 +182,12 @@ impl Env {
         proxy.set_outage(down);
     }
 
+    /// Connections open to `shard` through its proxy now.
+    pub fn shard_connections(&self, shard: &str) -> usize {
+        let (_, _, proxy) = self.shards.iter().find(|(n, _, _)| n == shard).expect("a server shard");
+        proxy.live()
+    }
+
     /// A direct connection to `shard` (server backends).
     pub async fn shard(&self, shard: &str) -> Option<ShardDb> {
         let (_, url, _) = self.shards.iter().find(|(n, _, _)| n == shard)?;

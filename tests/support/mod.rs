@@ -643,6 +643,8 @@ pub struct Kafka {
 pub struct Proxy {
     pub port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections open through the proxy now.
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -650,8 +652,15 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
         let port = listener.local_addr().expect("addr").port();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(proxy_loop(listener, target_port, cut.clone()));
-        Proxy { port, cut }
+        let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(proxy_loop(listener, target_port, cut.clone(), live.clone()));
+        Proxy { port, cut, live }
+    }
+
+    /// Connections open through the proxy now: 0 after a cut means every
+    /// connection the service behind it had has been dropped.
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Cuts (true) or restores (false) every connection.
@@ -825,10 +834,20 @@ fn uuid_like() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }
 
+/// Decrements the proxy's live count when a connection ends.
+struct LiveGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn proxy_loop(
     listener: tokio::net::TcpListener,
     broker_port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::Ordering;
     loop {
@@ -846,7 +865,11 @@ async fn proxy_loop(
             continue;
         }
         let cut = cut.clone();
+        // Counted from accept to close, so a test can wait for a cut to take.
+        live.fetch_add(1, Ordering::SeqCst);
+        let open = LiveGuard(live.clone());
         tokio::spawn(async move {
+            let _open = open;
             let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else {
                 return;
             };
