@@ -1,4 +1,5 @@
-//! Keeping secrets out of logs, banners and error messages.
+//! Where secrets come from, and keeping them out of logs, banners and
+//! error messages.
 //!
 //! Invariant: a password, key or token from the runtime config or the
 //! environment is never written to a log line, the start-up summary, the
@@ -17,6 +18,25 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// A backend URL given as `url` or as `url_env` (the name of an
+/// environment variable holding it, so a password stays out of files):
+/// `None` when neither is given. `place` names the section in errors
+/// (`[kv]`, `[control]`, ``shard `a`:``); no error shows a value.
+pub fn url_or_env(
+    place: &str,
+    url: Option<&String>,
+    url_env: Option<&String>,
+) -> anyhow::Result<Option<String>> {
+    match (url, url_env) {
+        (None, None) => Ok(None),
+        (Some(url), None) => Ok(Some(url.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("runtime config: {place} url_env names `{var}`, which is not set")),
+        (Some(_), Some(_)) => anyhow::bail!("runtime config: {place} takes `url` or `url_env`, not both"),
     }
 }
 

@@ -33,7 +33,9 @@ impl Kv {
         Ok(match config {
             KvConfig::Memory => Kv(Arc::new(Backend::Memory(MemoryKv::start()))),
             KvConfig::Redis { url, url_env, ca_file, prefix, timeout_ms } => {
-                let url = runtime_config::redis_url(url.as_ref(), url_env.as_ref())?;
+                let url = crate::secrets::url_or_env("[kv]", url.as_ref(), url_env.as_ref())?.ok_or_else(|| {
+                    anyhow::anyhow!("runtime config: [kv] backend = \"redis\" needs exactly one of `url` and `url_env`")
+                })?;
                 let timeout = Duration::from_millis(*timeout_ms);
                 let redis = RedisKv::connect(&url, ca_file.as_deref(), prefix, timeout).await?;
                 Kv(Arc::new(Backend::Redis(Box::new(redis))))

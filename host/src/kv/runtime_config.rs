@@ -31,18 +31,6 @@ pub enum KvConfig {
     },
 }
 
-/// The Redis URL, from `url` or the variable `url_env` names.
-pub fn redis_url(url: Option<&String>, url_env: Option<&String>) -> anyhow::Result<String> {
-    match (url, url_env) {
-        (Some(url), None) => Ok(url.clone()),
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| anyhow::anyhow!("runtime config: [kv] url_env names `{var}`, which is not set")),
-        _ => {
-            anyhow::bail!("runtime config: [kv] backend = \"redis\" needs exactly one of `url` and `url_env`")
-        }
-    }
-}
-
 fn default_prefix() -> String {
     "payfn:".to_string()
 }

@@ -92,13 +92,10 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The connection URL, from `url` or the variable `url_env` names.
     pub fn url(&self, shard: &str) -> anyhow::Result<String> {
-        match (&self.url, &self.url_env) {
-            (Some(url), None) => Ok(url.clone()),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                anyhow::anyhow!("runtime config: shard `{shard}`: url_env names `{var}`, which is not set")
-            }),
-            _ => anyhow::bail!("runtime config: shard `{shard}` needs exactly one of `url` and `url_env`"),
-        }
+        crate::secrets::url_or_env(&format!("shard `{shard}`:"), self.url.as_ref(), self.url_env.as_ref())?
+            .ok_or_else(|| {
+                anyhow::anyhow!("runtime config: shard `{shard}` needs exactly one of `url` and `url_env`")
+            })
     }
 }
 

@@ -33,16 +33,7 @@ impl Default for ControlConfig {
 impl ControlConfig {
     /// The server URL, if the store is on a server rather than a file.
     pub fn server_url(&self) -> anyhow::Result<Option<String>> {
-        match (&self.url, &self.url_env) {
-            (None, None) => Ok(None),
-            (Some(url), None) => Ok(Some(url.clone())),
-            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
-                anyhow::anyhow!("runtime config: [control] url_env names `{var}`, which is not set")
-            }),
-            (Some(_), Some(_)) => {
-                anyhow::bail!("runtime config: [control] takes `url` or `url_env`, not both")
-            }
-        }
+        crate::secrets::url_or_env("[control]", self.url.as_ref(), self.url_env.as_ref())
     }
 
     pub fn sync_interval(&self) -> Duration {
