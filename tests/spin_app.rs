@@ -5,12 +5,10 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use support::{wasm_dir, Host};
+use support::{wasm_dir, Host, Upstream};
 
 /// A Spin manifest as `spin new` would write it, plus the app's variables
 /// and stores: no `capabilities`, nothing payfn-specific.
@@ -54,51 +52,6 @@ key_value_stores = ["default"]
     )
 }
 
-/// A local HTTP/1.1 server the app calls out to: answers `pong` to every
-/// request, keeps connections alive, and records how many it accepted and
-/// the request heads it read.
-struct Upstream {
-    port: u16,
-    connections: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (connections, heads) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let (count, seen) = (connections.clone(), heads.clone());
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Ok(n) = socket.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                        // GETs only: a head ends the request.
-                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = buffer.drain(..end + 4).collect();
-                            seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
-                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong";
-                            if socket.write_all(reply).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Upstream { port, connections, heads }
-    }
-}
-
 /// A trace collector that takes and drops every export, so the host
 /// exports spans (and propagates `traceparent`) without a real backend.
 async fn trace_sink() -> String {
@@ -123,7 +76,7 @@ fn runtime_config(kv_section: &str) -> String {
 /// Runs the app's checks on a host whose `[kv]` is `kv_section` (empty:
 /// in-process memory); with a Redis prefix, also checks where the keys land.
 async fn a_plain_spin_app_runs_unmodified(kv_section: &str, redis_prefix: Option<&str>) {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start("pong").await;
     let traces = trace_sink().await;
     let host = Host::start_with_env(
         &spin_manifest(upstream.port),

@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use support::tls::Pki;
-use support::{manifest, wait_for, wasm_dir, Host, Kafka, SHARDS};
+use support::tls::{Pki, TlsTerminator};
+use support::{manifest, wait_for, wasm_dir, Host, Kafka, Upstream, SHARDS};
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
@@ -25,6 +23,15 @@ fn path(p: &Path) -> &str {
 
 fn text(reply: &support::Reply) -> String {
     String::from_utf8_lossy(&reply.bytes).into_owned()
+}
+
+/// A command's stdout, trimmed, when it succeeded; its stderr when not.
+fn stdout_or_stderr(out: std::process::Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
 }
 
 /// A port free a moment ago, for a server that takes its port as an argument.
@@ -107,39 +114,12 @@ fn half_a_certificate_pair_is_refused_with_the_missing_half_named() {
     assert!(err.contains("does not go with the key"), "{err}");
 }
 
-/// An HTTPS server answering `pong over tls` to every GET; counts handshakes.
-async fn https_upstream(pki: &Pki) -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
-    let handshakes = Arc::new(AtomicUsize::new(0));
-    let count = handshakes.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(socket).await else { return };
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = tls.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buffer.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\npong over tls";
-                        if tls.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, handshakes)
+/// An HTTPS server answering `pong over tls` to every GET: an [`Upstream`]
+/// behind a [`TlsTerminator`], which counts the handshakes.
+async fn https_upstream(pki: &Pki) -> (u16, Arc<AtomicUsize>, Upstream) {
+    let plain = Upstream::start("pong over tls").await;
+    let tls = TlsTerminator::start(plain.port, pki.server_config()).await;
+    (tls.port, tls.handshakes, plain)
 }
 
 /// The spin-sdk test app, allowed to call `https://localhost:{port}`.
@@ -165,7 +145,7 @@ allowed_outbound_hosts = ["https://localhost:{port}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_https_reaches_a_server_the_configured_ca_vouches_for() {
     let pki = Pki::new();
-    let (port, handshakes) = https_upstream(&pki).await;
+    let (port, handshakes, _upstream) = https_upstream(&pki).await;
     let call = format!("/spin/outbound?url=https://localhost:{port}/ping");
 
     let config = format!("[outbound_http]\nca_files = [{:?}]\n", path(&pki.ca));
@@ -259,12 +239,7 @@ impl TlsPostgres {
     /// psql on `db` with this `sslmode`; its stdout, or its error.
     fn psql(&self, db: &str, sslmode: &str, sql: &str) -> Result<String, String> {
         let conn = format!("host=127.0.0.1 port={} user=postgres dbname={db} sslmode={sslmode}", self.port);
-        let out = Command::new("psql").args([conn.as_str(), "-tAc", sql]).output().expect("psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        stdout_or_stderr(Command::new("psql").args([conn.as_str(), "-tAc", sql]).output().expect("psql"))
     }
 
     fn url(&self, db: &str, ca: &Path) -> String {
@@ -413,12 +388,7 @@ impl TlsMariadb {
         let mut command = Command::new("mariadb");
         command.args(["--no-defaults", "-h", "127.0.0.1", "-P", &self.port.to_string(), "-u", "root", "-N"]);
         command.arg(if tls { "--ssl" } else { "--skip-ssl" });
-        let out = command.args(["-e", sql]).output().expect("mariadb");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        stdout_or_stderr(command.args(["-e", sql]).output().expect("mariadb"))
     }
 
     fn url(&self, db: &str, ca: &Path) -> String {
@@ -489,11 +459,7 @@ impl TlsRedis {
             .args(args)
             .output()
             .expect("redis-cli");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        stdout_or_stderr(out)
     }
 }
 

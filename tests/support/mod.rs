@@ -1192,3 +1192,57 @@ pub async fn assert_acknowledged_committed(host: &Host, acked: &Acknowledged, at
     let missing: Vec<&String> = acked.keys().filter(|id| !stored.contains(*id)).collect();
     assert!(missing.is_empty(), "acknowledged but not committed: {missing:?}");
 }
+
+/// A local HTTP/1.1 server components call out to: answers `body` to every
+/// GET, keeps connections alive, and records how many it accepted and the
+/// request heads it read.
+pub struct Upstream {
+    pub port: u16,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    pub async fn start(body: &'static str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, heads) = (
+            std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+        );
+        let (count, seen) = (connections.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        // GETs only: a head ends the request.
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buffer.drain(..end + 4).collect();
+                            seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                            let reply =
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                            if tokio::io::AsyncWriteExt::write_all(&mut socket, reply.as_bytes())
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { port, connections, heads }
+    }
+}
