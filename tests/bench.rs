@@ -47,23 +47,37 @@ async fn the_full_flow_counts_what_the_host_committed() {
     .await;
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "full", "{summary}");
-    // 50 iterations a second for 2 s, three requests each.
-    assert_eq!(summary["iterations"], 100, "{summary}");
-    assert_eq!(summary["dropped_iterations"], 0, "{summary}");
+    // Accounting, not speed (docs/BENCHMARKS.md holds the speed): 50
+    // iterations a second for 2 s are scheduled, each sent or dropped; each
+    // sent one is three requests, one per step.
+    let sent = summary["iterations"].as_i64().expect("iterations");
+    let dropped = summary["dropped_iterations"].as_i64().expect("dropped_iterations");
+    assert_eq!(sent + dropped, 100, "{summary}");
+    assert!(sent >= 10, "the run sent iterations: {summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
-    assert_eq!(summary["requests"], 300, "{summary}");
+    assert_eq!(summary["requests"], 3 * sent, "{summary}");
     for step in ["authorize", "capture", "refund"] {
-        assert_eq!(summary["steps"][step]["count"], 100, "{summary}");
+        assert_eq!(summary["steps"][step]["count"], sent, "{summary}");
         assert!(summary["steps"][step]["p99_ms"].as_f64().unwrap() > 0.0, "{summary}");
     }
-    // 300 HTTP requests cost the load generator some CPU, and at most what
-    // two cores can give (the machine has two).
+    // The HTTP requests cost the load generator some CPU, and it says how much.
     let cores = summary["load_generator_cores"].as_f64().expect("the load generator's CPU is reported");
-    assert!(cores > 0.0 && cores <= 2.0, "{summary}");
-    // Both shards took them, and every one is in the shards.
-    assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await, 100);
-    assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM refunds").await, 100);
-    assert_eq!(count(&host, &["shard-1"], "SELECT COUNT(*) FROM payments").await, 50);
+    assert!(cores > 0.0, "{summary}");
+    // Every sent iteration is in the shards, each on its merchant's shard
+    // (even merchants on shard-1, odd ones on shard-2), and both took some.
+    assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await, sent);
+    assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM refunds").await, sent);
+    let h = &host;
+    let on = |shard, parity| {
+        let sql = format!("SELECT COUNT(*) FROM payments WHERE merchant_id % 2 = {parity}");
+        async move { count(h, &[shard], &sql).await }
+    };
+    assert_eq!(
+        (on("shard-1", 1).await, on("shard-2", 0).await),
+        (0, 0),
+        "a payment on another merchant's shard"
+    );
+    assert!(on("shard-1", 0).await > 0 && on("shard-2", 1).await > 0, "both shards took payments");
     support::assert_money_invariants(&host, SHARDS).await;
 
     // The pipeline was sampled while the load ran, and waited for after it.
@@ -121,18 +135,26 @@ async fn refusals_and_overload_are_counted_not_hidden() {
         tokio::time::sleep(std::time::Duration::from_secs(61 - second)).await;
     }
     let summary = bench(&host, &["--rate", "40", "--duration", "1s", "--merchants", "2"]).await;
-    assert_eq!(summary["iterations"], 40, "{summary}");
-    assert_eq!(summary["error_kinds"]["authorize 429"], 20, "{summary}");
-    assert_eq!(summary["errors"], 20, "{summary}");
+    let sent = summary["iterations"].as_i64().expect("iterations");
+    let dropped = summary["dropped_iterations"].as_i64().expect("dropped_iterations");
+    assert_eq!(sent + dropped, 40, "{summary}");
+    // Each refusal is counted as an error of its kind, and what was not
+    // refused is in the shards: at most the two merchants' budgets.
+    let refused = summary["error_kinds"]["authorize 429"].as_i64().unwrap_or(0);
+    assert!(refused > 0, "the run went over the budget of 20: {summary}");
+    assert_eq!(summary["errors"], refused, "{summary}");
+    let created = count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await;
+    assert_eq!(created, sent - refused, "{summary}");
+    assert!(created <= 20, "{created} created on a budget of 10 per merchant");
 
-    // One iteration in flight at most, at a rate a single slot cannot keep:
-    // the rest are dropped and counted.
+    // One iteration in flight at most, and one due every 10 µs, less than
+    // any request over TCP takes: the rest are dropped and counted.
     let host = Host::start_with(&support::manifest(""), NO_LIMITS);
-    let summary = bench(&host, &["--rate", "2000", "--duration", "1s", "--max-in-flight", "1"]).await;
+    let summary = bench(&host, &["--rate", "100000", "--duration", "1s", "--max-in-flight", "1"]).await;
     let (sent, dropped) =
         (summary["iterations"].as_u64().unwrap(), summary["dropped_iterations"].as_u64().unwrap());
-    assert_eq!(sent + dropped, 2000, "{summary}");
-    assert!(dropped > 0, "{summary}");
+    assert_eq!(sent + dropped, 100_000, "{summary}");
+    assert!(sent > 0 && dropped > 0, "{summary}");
     assert_eq!(count(&host, SHARDS, "SELECT COUNT(*) FROM payments").await, sent as i64);
 }
 
@@ -167,7 +189,10 @@ async fn the_noop_scenario_drives_the_bare_wasi_http_component() {
     let reply = host.merchant(1).get("/noop").await;
     assert_eq!((reply.status, reply.bytes.as_slice()), (200, b"ok".as_slice()));
     let summary = bench(&host, &["--scenario", "noop", "--rate", "200", "--duration", "1s"]).await;
-    assert_eq!(summary["requests"], 200, "{summary}");
+    let sent = summary["iterations"].as_i64().expect("iterations");
+    assert_eq!(sent + summary["dropped_iterations"].as_i64().expect("dropped"), 200, "{summary}");
+    assert!(sent > 0, "{summary}");
+    assert_eq!(summary["requests"], sent, "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
-    assert_eq!(summary["steps"]["noop"]["count"], 200, "{summary}");
+    assert_eq!(summary["steps"]["noop"]["count"], sent, "{summary}");
 }

@@ -88,7 +88,17 @@ async fn capture_and_void_race_one_wins(backend: Backend) {
             async move { m.post(&path, "{}").await }
         }))
         .await;
-        assert_eq!(replies.iter().filter(|r| r.status == 200).count(), 1);
+        let winners: Vec<_> = replies.iter().enumerate().filter(|(_, r)| r.status == 200).collect();
+        assert_eq!(winners.len(), 1, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+        // Every loser lost to the winner's state change, not to an error.
+        for loser in replies.iter().filter(|r| r.status != 200) {
+            loser.assert_error(409, "invalid_state");
+        }
+        // The payment is in the state the winner's step left it in.
+        let (at, winner) = winners[0];
+        let expected = if at % 2 == 0 { "CAPTURED" } else { "VOIDED" };
+        assert_eq!(winner.json()["status"], expected, "{:?}", winner.json());
+        assert_eq!(m.get(&format!("/payments/{id}")).await.json()["status"], expected);
     }
     assert_money_invariants(&host, &["shard-1", "shard-2"]).await;
 }

@@ -134,11 +134,18 @@ async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_
 
 #[tokio::test]
 async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
-    let host = Host::start();
+    let mut host = Host::start();
     take_payments(&host, 2).await;
-    // Kill mid-flow: payments taken, relay and settlement still catching up.
-    let host = host.restart();
+    // SIGKILL mid-flow: payments taken, relay and settlement still catching
+    // up; read with the host dead, the shards show the work it cut off.
+    host.kill();
+    let cut_off = support::pending_work(&host, SHARDS).await;
+    assert!(cut_off > 0, "the first kill interrupted no relay or settlement work");
+    let mut host = host.restart();
     take_payments(&host, 2).await;
+    host.kill();
+    let cut_off = support::pending_work(&host, SHARDS).await;
+    assert!(cut_off > 0, "the second kill interrupted no relay or settlement work");
     let host = host.restart();
     wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host, SHARDS)).await;
     assert_money_invariants(&host, SHARDS).await;
@@ -227,6 +234,7 @@ async fn the_trace_context_travels_from_the_request_to_the_settlement_logs() {
         .iter()
         .map(support::Cell::text)
         .collect();
+    assert!(!events.is_empty(), "the authorization wrote its outbox row");
     assert!(events.iter().all(|t| t.len() == 55 && t.starts_with("00-") && t != trace), "{events:?}");
 }
 

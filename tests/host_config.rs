@@ -198,8 +198,10 @@ async fn dashboards_and_alerts_query_exported_metrics_and_labels() {
     .unwrap();
     support::append_event(&log, partition, &value, headers).await;
     support::wait_for(settle, "a dead-lettered and a duplicate event", || async {
+        // The counters exist at 0 from the start: wait for the events.
         let text = host.metrics().await;
-        text.contains("payfn_events_dead_lettered_total{") && text.contains("payfn_events_duplicate_total{")
+        support::metric(&text, "payfn_events_dead_lettered_total", &[]) >= 1.0
+            && support::metric(&text, "payfn_events_duplicate_total", &[]) >= 1.0
     })
     .await;
 

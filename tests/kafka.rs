@@ -162,10 +162,18 @@ async fn two_hosts_relaying_one_shard_never_publish_twice(backend: Backend) {
 }
 
 async fn a_killed_host_loses_nothing_and_counts_nothing_twice_on_kafka(backend: Backend) {
-    let host = backend.start().await;
+    let mut host = backend.start().await;
     take_payments(&host, 2).await;
-    let host = host.restart();
+    // SIGKILL mid-flow: payments taken, relay and settlement still catching
+    // up; read with the host dead, the shards show the work it cut off.
+    host.kill();
+    let cut_off = support::pending_work(&host, SHARDS).await;
+    assert!(cut_off > 0, "the first kill interrupted no relay or settlement work");
+    let mut host = host.restart();
     take_payments(&host, 2).await;
+    host.kill();
+    let cut_off = support::pending_work(&host, SHARDS).await;
+    assert!(cut_off > 0, "the second kill interrupted no relay or settlement work");
     let host = host.restart();
     wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host, SHARDS)).await;
     assert_money_invariants(&host, SHARDS).await;
@@ -310,12 +318,14 @@ async fn two_hosts_split_the_partitions_and_the_survivor_of_a_sigkill_takes_them
     assert!(!handled_first.is_empty() && !handled_second.is_empty(), "{handled_first:?} {handled_second:?}");
     assert!(handled_first.keys().all(|p| split.0.contains(p)), "{handled_first:?} outside {:?}", split.0);
     assert!(handled_second.keys().all(|p| split.1.contains(p)), "{handled_second:?} outside {:?}", split.1);
+    // The counter is exported from the trigger's start: a missing line is a
+    // failure, not a zero.
     let duplicates = |metrics: String| {
         metrics
             .lines()
             .find_map(|l| l.strip_prefix("payfn_events_duplicate_total{component=\"settlement\"} "))
             .and_then(|n| n.trim().parse::<i64>().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no settlement duplicate counter in\n{metrics}"))
     };
     assert_eq!(
         duplicates(first.metrics().await) + duplicates(second.metrics().await),
@@ -384,6 +394,7 @@ async fn the_survivor_of_a_sigkilled_group_leader_takes_its_partitions_over() {
     })
     .await;
     wait_for(SETTLE, "settlement by the survivor", || settled(&second, SHARDS)).await;
+    assert_money_invariants(&second, SHARDS).await;
 }
 
 /// The payments manifest with the Kafka trigger's `max_attempts` at 2.

@@ -107,14 +107,19 @@ async fn payfn_migrate_brings_a_database_up_to_date(backend: Backend) {
     assert!(out.status.success(), "{printed}");
     // Every dialect has the same numbered migrations.
     let latest = std::fs::read_dir(support::repo().join("infra/migrations/sqlite")).unwrap().count();
-    assert!(printed.contains(&format!("{latest} migrations applied, latest {latest}")), "{printed}");
-    // Idempotent: a second run applies nothing new.
+    let applied = format!("  {latest} migrations applied now, {latest} in all, latest {latest}\n");
+    assert_eq!(printed.matches(&applied).count(), 2, "both shards migrated from nothing: {printed}");
+    // Idempotent: a second run applies nothing new, and says so.
     let again = std::process::Command::new(support::PAYFN)
         .args(["migrate", "--manifest"])
         .arg(host.app.join("spin.toml"))
         .output()
         .expect("payfn migrate");
-    assert!(again.status.success());
+    let printed = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(again.status.success(), "{printed}");
+    let current = format!("  up to date: {latest} migrations, latest {latest}\n");
+    assert_eq!(printed.matches(&current).count(), 2, "both shards already up to date: {printed}");
+    assert!(!printed.contains("applied now"), "{printed}");
 
     wait_for(Duration::from_secs(40), "the shards to notice the migration", || async {
         m.post("/payments/authorize", r#"{"amount":700,"currency":"KRW"}"#).await.status == 201
@@ -154,27 +159,38 @@ async fn a_host_killed_under_load_loses_nothing_acknowledged(backend: Backend) {
     let first = backend.start_with(&manifest(""), "[kafka]\nassignment = \"all-partitions\"\n").await;
     let second = first.another();
     let third = first.another();
-    let acked: support::Acknowledged = Arc::default();
+    // Each host's clients record what it acknowledged, so the kill can wait
+    // for work on the victim itself.
+    let [on_first, on_second, on_third]: [support::Acknowledged; 3] = Default::default();
     let work = async {
         futures::future::join3(
-            futures::future::join_all((1..=4).map(|m| support::load(&first, m, 15, acked.clone()))),
-            futures::future::join_all((1..=4).map(|m| support::load(&second, m, 1_000, acked.clone()))),
-            futures::future::join_all((1..=4).map(|m| support::load(&third, m, 15, acked.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&first, m, 15, on_first.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&second, m, 1_000, on_second.clone()))),
+            futures::future::join_all((1..=4).map(|m| support::load(&third, m, 15, on_third.clone()))),
         )
         .await
     };
     let kill = async {
-        wait_for(Duration::from_secs(60), "load on the second host", || async {
-            acked.lock().unwrap().len() >= 40
+        wait_for(Duration::from_secs(60), "the second host to acknowledge 20 payments", || async {
+            on_second.lock().unwrap().len() >= 20
         })
         .await;
         // SIGKILL while its requests are in flight.
         let killed = std::process::Command::new("kill").args(["-9", &second.pid().to_string()]).status();
         assert!(killed.is_ok_and(|s| s.success()));
     };
-    futures::future::join(work, kill).await;
+    let ((firsts, seconds, thirds), ()) = futures::future::join(work, kill).await;
+    // The victim's four clients were mid-run (1,000 rounds each) and lost
+    // their connection; the others ran to the end. Nobody was refused.
+    assert!(seconds.iter().all(|r| r.cut_off), "the kill cut every client of the victim off: {seconds:?}");
+    assert!(firsts.iter().chain(&thirds).all(|r| !r.cut_off), "{firsts:?} {thirds:?}");
+    let refused: Vec<&String> =
+        firsts.iter().chain(&seconds).chain(&thirds).flat_map(|r| &r.refused).collect();
+    assert!(refused.is_empty(), "refused under load: {refused:?}");
+    assert_eq!(on_first.lock().unwrap().len() + on_third.lock().unwrap().len(), 2 * 4 * 15);
 
-    support::assert_acknowledged_committed(&first, &acked, 40).await;
+    let acked = support::all_acknowledged(&[&on_first, &on_second, &on_third]);
+    support::assert_acknowledged_committed(&first, &acked, 20 + 2 * 4 * 15).await;
 
     let restarted = second.restart();
     let converged = tokio::time::timeout(SETTLE, async {

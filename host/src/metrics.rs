@@ -92,6 +92,8 @@ pub struct Metrics {
     outbox_pending: Family<ShardLabel, Gauge>,
     outbox_dead: Family<ShardLabel, Gauge>,
     outbox_oldest_age: Family<ShardLabel, Gauge<f64, AtomicU64>>,
+    group_commits: Family<ShardLabel, Counter>,
+    group_commit_members: Family<ShardLabel, Counter>,
     partition_owned: Family<PartitionLabels, Gauge>,
     partition_records: Family<PartitionLabels, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
@@ -144,6 +146,18 @@ impl Metrics {
             "outbox_oldest_pending_age_seconds",
             "Age of the oldest outbox row not yet published nor dead-lettered, per shard (0: none pending), read at scrape time",
             outbox_oldest_age.clone(),
+        );
+        let group_commits = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "shard_group_commits",
+            "COMMITs of a SQLite shard's write groups since the host started (one fsync each), per shard",
+            group_commits.clone(),
+        );
+        let group_commit_members = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "shard_group_commit_members",
+            "Write invocations those COMMITs acknowledged, per shard: divided by shard_group_commits, the mean group size",
+            group_commit_members.clone(),
         );
         registry.register("invocations", "Component invocations", invocations.clone());
         registry.register("invocation_errors", "Invocations that failed, by kind", errors.clone());
@@ -263,6 +277,8 @@ impl Metrics {
             outbox_pending,
             outbox_dead,
             outbox_oldest_age,
+            group_commits,
+            group_commit_members,
             partition_owned,
             partition_records,
             consumer_lag,
@@ -355,6 +371,24 @@ impl Metrics {
     /// Sets the age of `shard`'s oldest pending outbox row (0: none pending).
     pub fn outbox_oldest_age(&self, shard: &str, seconds: f64) {
         self.outbox_oldest_age.get_or_create(&ShardLabel { shard: shard.to_string() }).set(seconds);
+    }
+
+    /// Brings `shard`'s group-commit counters up to the writer's own counts
+    /// (read at scrape time; they only grow).
+    pub fn group_commits(&self, shard: &str, commits: u64, members: u64) {
+        let label = ShardLabel { shard: shard.to_string() };
+        for (family, now) in [(&self.group_commits, commits), (&self.group_commit_members, members)] {
+            let counter = family.get_or_create(&label);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Creates the per-component event counters at zero when a Kafka
+    /// trigger starts, so that "none yet" reads as 0, not as a missing line.
+    pub fn event_consumer_started(&self, component: &str) {
+        let label = ComponentLabel { component: component.to_string() };
+        let _ = self.duplicates.get_or_create(&label);
+        let _ = self.dead_lettered.get_or_create(&label);
     }
 
     /// Marks `topic`/`partition` as owned (or no longer) by `group`'s consumer on this host.

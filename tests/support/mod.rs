@@ -622,6 +622,16 @@ pub async fn unpublished(host: &Host, shards: &[&str]) -> i64 {
     count(host, shards, "SELECT COUNT(*) FROM outbox WHERE published = 0").await
 }
 
+/// Work the asynchronous half has yet to do on `shards`: outbox rows not
+/// published, and capture and refund events not settled. Read after a
+/// SIGKILL, it shows what the kill interrupted.
+pub async fn pending_work(host: &Host, shards: &[&str]) -> i64 {
+    let unsettled = "SELECT COUNT(*) FROM outbox o \
+         WHERE o.event_type IN ('payment.captured', 'payment.refunded') \
+         AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = o.event_id)";
+    unpublished(host, shards).await + count(host, shards, unsettled).await
+}
+
 /// A tansu broker (in-memory storage) behind a TCP proxy the test can cut,
 /// so an outage loses connections but not the broker's data.
 pub struct Kafka {
@@ -1141,27 +1151,56 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// What a client was told: payment id -> (authorized amount, captured).
 pub type Acknowledged = std::sync::Arc<Mutex<std::collections::HashMap<String, (i64, bool)>>>;
 
+/// What one load client saw besides its acknowledgements.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Answers other than the 201 and 200 a round expects, as
+    /// `"authorize 503"`: refusals are counted, never skipped silently.
+    pub refused: Vec<String>,
+    /// The host stopped answering before the rounds were done (a request
+    /// got no answer at all).
+    pub cut_off: bool,
+}
+
 /// Authorize-and-capture rounds through `host` until it stops answering
-/// or `rounds` are done, recording every 2xx.
-pub async fn load(host: &Host, merchant: i64, rounds: i64, acked: Acknowledged) {
+/// or `rounds` are done, recording every 2xx in `acked`.
+pub async fn load(host: &Host, merchant: i64, rounds: i64, acked: Acknowledged) -> LoadReport {
     let m = host.merchant(merchant);
+    let mut report = LoadReport::default();
     for i in 0..rounds {
         let amount = 1_000 + i;
         let body = format!(r#"{{"amount":{amount},"currency":"KRW"}}"#);
-        let Some(reply) = m.try_send("POST", "/payments/authorize", Some(&body), &[]).await else { return };
+        let Some(reply) = m.try_send("POST", "/payments/authorize", Some(&body), &[]).await else {
+            report.cut_off = true;
+            return report;
+        };
         if reply.status != 201 {
+            report.refused.push(format!("authorize {}", reply.status));
             continue;
         }
         let id = reply.json()["id"].as_str().expect("id").to_string();
         acked.lock().unwrap().insert(id.clone(), (amount, false));
         let Some(reply) = m.try_send("POST", &format!("/payments/{id}/capture"), Some("{}"), &[]).await
         else {
-            return;
+            report.cut_off = true;
+            return report;
         };
         if reply.status == 200 {
             acked.lock().unwrap().insert(id, (amount, true));
+        } else {
+            report.refused.push(format!("capture {}", reply.status));
         }
     }
+    report
+}
+
+/// The acknowledgements of several clients' maps in one.
+pub fn all_acknowledged(maps: &[&Acknowledged]) -> Acknowledged {
+    let all: Acknowledged = Default::default();
+    for map in maps {
+        all.lock().unwrap().extend(map.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    all
 }
 
 /// Every payment and capture in `acked` (at least `at_least` of them) is

@@ -26,11 +26,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let state_dir = args.app.state_dir();
     for shard in &config.shards {
         eprintln!("migrating shard `{}`", shard.name);
-        let applied = shards::migrate(shard, &state_dir, args.create)
+        let migrated = shards::migrate(shard, &state_dir, args.create)
             .await
             .map_err(|e| e.context(format!("shard `{}`", shard.name)))?;
-        let latest = applied.last().map_or("none".to_string(), i64::to_string);
-        eprintln!("  {} migrations applied, latest {latest}", applied.len());
+        let latest = migrated.all.last().map_or("none".to_string(), i64::to_string);
+        let all = migrated.all.len();
+        match migrated.now.len() {
+            0 => eprintln!("  up to date: {all} migrations, latest {latest}"),
+            now => eprintln!("  {now} migrations applied now, {all} in all, latest {latest}"),
+        }
     }
     eprintln!("migrating the control store");
     if let (true, Some(url)) = (args.create, config.control.server_url()?) {

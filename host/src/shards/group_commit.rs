@@ -25,6 +25,7 @@
 //! publishes what it reads: DESIGN.md's "no event published without a
 //! committed row").
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +45,29 @@ pub struct GroupWriter {
     flush: Arc<Notify>,
     flusher: tokio::task::JoinHandle<()>,
     acquire_timeout: Duration,
+    /// Members waiting for the writer now (the flusher not counted).
+    queued: AtomicUsize,
+    counts: Arc<GroupCounts>,
+}
+
+/// What the writer has committed since it opened: how many COMMITs, and how
+/// many members they acknowledged. Members over commits is the mean group
+/// size, the whole point of grouping (exported as metrics).
+#[derive(Debug, Default)]
+pub struct GroupCounts {
+    commits: AtomicU64,
+    members: AtomicU64,
+}
+
+impl GroupCounts {
+    /// `(commits, members acknowledged by them)`.
+    pub fn get(&self) -> (u64, u64) {
+        // Members first, commits after (a commit counts itself the other
+        // way round): both only grow, so the pair never shows more members
+        // per commit than there were.
+        let members = self.members.load(Ordering::Acquire);
+        (self.commits.load(Ordering::Acquire), members)
+    }
 }
 
 /// The writer connection and the group open on it.
@@ -54,6 +78,7 @@ struct Group {
     /// Members whose writes are released into the open transaction, each
     /// waiting to hear how its COMMIT went.
     waiting: Vec<oneshot::Sender<Result<(), SqlError>>>,
+    counts: Arc<GroupCounts>,
 }
 
 /// One write invocation's hold on the writer: its savepoint is open.
@@ -75,10 +100,24 @@ impl GroupWriter {
     /// Takes `conn` (migrated, WAL, `synchronous = FULL`) as the writer and
     /// starts its flusher task.
     pub fn new(conn: Connection, acquire_timeout: Duration) -> Self {
-        let group = Arc::new(Mutex::new(Group { conn, open: false, waiting: Vec::new() }));
+        let counts = Arc::new(GroupCounts::default());
+        let group =
+            Arc::new(Mutex::new(Group { conn, open: false, waiting: Vec::new(), counts: counts.clone() }));
         let flush = Arc::new(Notify::new());
         let flusher = tokio::spawn(flusher(Arc::downgrade(&group), flush.clone()));
-        Self { group, flush, flusher, acquire_timeout }
+        Self { group, flush, flusher, acquire_timeout, queued: AtomicUsize::new(0), counts }
+    }
+
+    /// How many would-be members are waiting for the writer now (tests
+    /// queue members behind a held writer with it instead of sleeping).
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The COMMITs so far and the members they acknowledged.
+    pub fn counts(&self) -> &GroupCounts {
+        &self.counts
     }
 
     /// Waits for the writer (FIFO), joins the open group or opens one, and
@@ -101,6 +140,15 @@ impl GroupWriter {
     }
 
     async fn writer(&self) -> Result<OwnedMutexGuard<Group>, SqlError> {
+        /// Counts the wait out however it ends (a caller may be cancelled).
+        struct Queued<'a>(&'a AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let _queued = Queued(&self.queued);
         tokio::time::timeout(self.acquire_timeout, self.group.clone().lock_owned())
             .await
             .map_err(|_| SqlError::Unavailable("the shard's writer stayed busy; try again".into()))
@@ -216,6 +264,12 @@ impl Group {
         match blocking(|| self.conn.execute_batch("COMMIT")) {
             Ok(()) => {
                 self.open = false;
+                // Counted when it acknowledged someone (a group whose every
+                // member rolled back commits nothing).
+                if !self.waiting.is_empty() {
+                    self.counts.commits.fetch_add(1, Ordering::AcqRel);
+                    self.counts.members.fetch_add(self.waiting.len() as u64, Ordering::AcqRel);
+                }
                 for member in self.waiting.drain(..) {
                     let _ = member.send(Ok(()));
                 }
@@ -281,6 +335,17 @@ mod tests {
         (GroupWriter::new(conn, Duration::from_secs(5)), path)
     }
 
+    /// Waits until `n` would-be members queue for the writer.
+    async fn queued(writer: &GroupWriter, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while writer.queued() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} queued for the writer, not {n}", writer.queued()));
+    }
+
     fn insert(member: &mut Member, id: i64, parent: Option<i64>) {
         member
             .conn()
@@ -298,24 +363,37 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_members_share_commits_and_each_is_durable_when_acknowledged() {
+        const MEMBERS: i64 = 64;
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer(dir.path());
         let writer = Arc::new(writer);
-        let members = (0..64).map(|id| {
-            let writer = writer.clone();
-            let path = path.clone();
-            tokio::spawn(async move {
-                let mut member = writer.begin().await.unwrap();
-                insert(&mut member, id, None);
-                member.commit().await.unwrap();
-                // Acknowledged: another connection must see it now.
-                assert!(durable_ids(&path).contains(&id), "row {id} acknowledged but not durable");
+        // The first member holds the writer until every other one queued
+        // behind it, so they all run before the flusher gets the writer.
+        let mut first = writer.begin().await.unwrap();
+        insert(&mut first, 0, None);
+        let members: Vec<_> = (1..MEMBERS)
+            .map(|id| {
+                let writer = writer.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let mut member = writer.begin().await.unwrap();
+                    insert(&mut member, id, None);
+                    member.commit().await.unwrap();
+                    // Acknowledged: another connection must see it now.
+                    assert!(durable_ids(&path).contains(&id), "row {id} acknowledged but not durable");
+                })
             })
-        });
+            .collect();
+        queued(&writer, MEMBERS as usize - 1).await;
+        first.commit().await.unwrap();
         for member in futures::future::join_all(members).await {
             member.unwrap();
         }
-        assert_eq!(durable_ids(&path), (0..64).collect::<Vec<_>>());
+        assert_eq!(durable_ids(&path), (0..MEMBERS).collect::<Vec<_>>());
+        // One fsync for all: the queue was in place before the flusher
+        // asked for the writer (FIFO), so the first COMMIT took everyone.
+        let (commits, members) = writer.counts().get();
+        assert_eq!((commits, members), (1, MEMBERS as u64), "members share commits");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +423,7 @@ mod tests {
                 seen
             }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued(&writer, 1).await;
         first.commit().await.unwrap();
         assert_eq!(relay.await.unwrap(), vec![1]);
     }
@@ -398,7 +476,7 @@ mod tests {
                 bad.commit().await
             }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued(&writer, 1).await;
         let good = good.commit().await;
         let bad = bad.await.unwrap();
         assert!(good.is_err(), "a member of a failed group must not be acknowledged: {good:?}");

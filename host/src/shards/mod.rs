@@ -23,7 +23,7 @@ mod warm;
 
 #[cfg(test)]
 pub use shard::test_shard;
-pub use shard::{migrate, Shard, ShardSet, ShardTx};
+pub use shard::{migrate, Migrated, Shard, ShardSet, ShardTx};
 // The embedded event log (kafka/embedded.rs) keeps a SQLite file the way
 // the shards do.
 pub(crate) use checkpoint::Checkpointer;

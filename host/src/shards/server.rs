@@ -316,17 +316,35 @@ where
     Ok(())
 }
 
-/// Runs the dialect's migrations on `url` and lists what is applied.
-pub async fn migrate<D: Driver>(name: &str, config: &ServerConfig) -> anyhow::Result<Vec<i64>>
+/// Runs the dialect's migrations on `url`: what was applied before, and
+/// what is applied now.
+pub async fn migrate<D: Driver>(name: &str, config: &ServerConfig) -> anyhow::Result<super::Migrated>
 where
     <D::Db as Database>::Connection: Migrate,
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
 {
     let url = config.url(name)?;
     let pool = D::pool(&url, config)?;
+    let before = applied_versions::<D>(&pool).await?;
     run_migrations::<D>(&pool).await?;
+    let all = applied_versions::<D>(&pool).await?;
+    Ok(super::Migrated::between(&before, all))
+}
+
+/// The migration versions applied to the database (none on a new one).
+async fn applied_versions<D: Driver>(pool: &Pool<D::Db>) -> anyhow::Result<Vec<i64>>
+where
+    <D::Db as Database>::Connection: Migrate,
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+{
     let mut conn = pool.acquire().await?;
+    conn.ensure_migrations_table().await?;
     let applied = conn.list_applied_migrations().await?.into_iter().map(|m| m.version).collect();
+    // Without autocommit (MariaDB) the read opened a transaction: end it, so
+    // the connection does not read this snapshot again from the pool.
+    if D::begin_statement(true).is_none() {
+        Executor::execute(&mut *conn, "COMMIT").await?;
+    }
     Ok(applied)
 }
 

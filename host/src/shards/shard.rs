@@ -96,6 +96,15 @@ impl Shard {
         }
     }
 
+    /// On SQLite, `(COMMITs, members acknowledged)` of its group writer
+    /// (group_commit.rs); the servers commit each transaction on its own.
+    pub fn group_commits(&self) -> Option<(u64, u64)> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s.group_commits()),
+            Backend::Mysql(_) | Backend::Postgres(_) => None,
+        }
+    }
+
     /// How many of its connections are in use.
     pub fn pool_use(&self) -> super::PoolUse {
         match &self.backend {
@@ -424,15 +433,34 @@ fn sqlite_path(config: &ShardConfig, path: Option<&Path>, state_dir: &Path) -> s
     }
 }
 
+/// What [`migrate`] did to one shard's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The versions this run applied (none: it was up to date).
+    pub now: Vec<i64>,
+    /// Every version applied, this run's included, in order.
+    pub all: Vec<i64>,
+}
+
+impl Migrated {
+    /// From the versions applied `before` the run and `all` after it.
+    pub fn between(before: &[i64], all: Vec<i64>) -> Self {
+        let now = all.iter().copied().filter(|v| !before.contains(v)).collect();
+        Self { now, all }
+    }
+}
+
 /// Applies the shard's migrations (creating the database first when
 /// `create` is set and it does not exist) and returns the applied versions.
-pub async fn migrate(config: &ShardConfig, state_dir: &Path, create: bool) -> anyhow::Result<Vec<i64>> {
+pub async fn migrate(config: &ShardConfig, state_dir: &Path, create: bool) -> anyhow::Result<Migrated> {
     use sqlx::migrate::MigrateDatabase;
     let name = &config.name;
     match &config.backend {
         BackendConfig::Sqlite { path, readers } => {
-            let shard = SqliteShard::open(&sqlite_path(config, path.as_deref(), state_dir), *readers).await?;
-            shard.applied_migrations().await
+            let file = sqlite_path(config, path.as_deref(), state_dir);
+            let before = super::sqlite::applied_in(&file)?;
+            let shard = SqliteShard::open(&file, *readers).await?;
+            Ok(Migrated::between(&before, shard.applied_migrations().await?))
         }
         BackendConfig::Mysql(server) => {
             if create && !sqlx::MySql::database_exists(&server.url(name)?).await? {

@@ -64,6 +64,26 @@ pub(crate) async fn migrate_and_open_writer(path: &Path, migrator: &Migrator) ->
     Ok(writer)
 }
 
+/// The migration versions applied to the file at `path`; none if there is
+/// no file yet, or no migration table in it.
+pub(crate) fn applied_in(path: &Path) -> anyhow::Result<Vec<i64>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = connect(path, true)?;
+    let has_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")?;
+    let versions = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    Ok(versions)
+}
+
 /// Opens a shard connection with the same settings as [`durable_options`],
 /// foreign keys on and a statement deadline.
 pub(crate) fn connect(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
@@ -155,6 +175,11 @@ impl SqliteShard {
             Ok(mut tx) => query(tx.conn(), "SELECT 1", Vec::new()).is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// `(COMMITs, members acknowledged)` of the writer's groups so far.
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.writer.counts().get()
     }
 
     /// The writer and the readers: how many are in a transaction now.

@@ -76,6 +76,7 @@ pub struct KafkaContext {
 /// Starts the consumer task of `trigger`.
 pub fn start(context: &KafkaContext, trigger: &KafkaTrigger, slot: Arc<ComponentSlot>) -> anyhow::Result<()> {
     let subscription = context.broker.subscribe(&trigger.group, &trigger.topics, &context.metrics)?;
+    context.metrics.event_consumer_started(&slot.spec.name);
     let consumer =
         Consumer { context: context.clone(), trigger: trigger.clone(), slot, waiting: Default::default() };
     tokio::spawn(consumer.run(subscription));

@@ -56,6 +56,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     // several hosts share them.
     let now = std::time::SystemTime::now();
     for shard in app.shards.iter() {
+        if let Some((commits, members)) = shard.group_commits() {
+            app.metrics.group_commits(&shard.name, commits, members);
+        }
         match outbox_counts(shard).await {
             Ok(outbox) => {
                 app.metrics.outbox(&shard.name, outbox.pending, outbox.dead_lettered);
