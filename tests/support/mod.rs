@@ -632,6 +632,52 @@ pub async fn pending_work(host: &Host, shards: &[&str]) -> i64 {
     unpublished(host, shards).await + count(host, shards, unsettled).await
 }
 
+/// The event ids of the outbox rows of `shards` that the relay sends (see
+/// [`outbox_rows_sent`]).
+pub async fn sent_event_ids(host: &Host, shards: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for shard in shards {
+        let mut db = host.shard(shard).await;
+        ids.extend(
+            db.column("SELECT event_id FROM outbox WHERE superseded_by IS NULL").await.iter().map(Cell::text),
+        );
+        db.close().await;
+    }
+    ids
+}
+
+/// The `eventId`s of event values (as on the topic).
+pub fn event_ids<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> std::collections::BTreeSet<String> {
+    values
+        .into_iter()
+        .map(|v| {
+            let event: serde_json::Value = serde_json::from_slice(v).expect("an event is JSON");
+            event["eventId"].as_str().expect("an event carries its eventId").to_string()
+        })
+        .collect()
+}
+
+/// Outbox rows of `shards` the relay has published (or, superseded,
+/// marked published).
+pub async fn published(host: &Host, shards: &[&str]) -> i64 {
+    count(host, shards, "SELECT COUNT(*) FROM outbox WHERE published = 1").await
+}
+
+/// SIGKILLs `host` as soon as its relay has published some rows beyond
+/// the `published_before` it had (so a relay firing has just committed, and
+/// the settlement of what it sent, and the relay's next firing, are still
+/// to come), and returns the work the kill cut off: [`pending_work`], read
+/// with the host dead.
+pub async fn kill_mid_relay(host: &mut Host, published_before: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while published(host, SHARDS).await <= published_before {
+        assert!(std::time::Instant::now() < deadline, "the relay never published the new rows");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.kill();
+    pending_work(host, SHARDS).await
+}
+
 /// A tansu broker (in-memory storage) behind a TCP proxy the test can cut,
 /// so an outage loses connections but not the broker's data.
 pub struct Kafka {
