@@ -134,17 +134,7 @@ async fn an_event_the_component_fails_on_is_dead_lettered_and_its_batch_settles_
 
 #[tokio::test]
 async fn a_killed_host_loses_nothing_and_counts_nothing_twice() {
-    let mut host = Host::start();
-    for round in 1..=2 {
-        // SIGKILL mid-flow: payments taken, the relay has just published
-        // some of them, settlement and the next relay firing still to come;
-        // read with the host dead, the shards show the work it cut off.
-        let before = support::published(&host, SHARDS).await;
-        take_payments(&host, 2).await;
-        let cut_off = support::kill_mid_relay(&mut host, before).await;
-        assert!(cut_off > 0, "kill {round} interrupted no relay or settlement work");
-        host = host.restart();
-    }
+    let host = support::kill_mid_relay_twice(Host::start()).await;
     wait_for(SETTLE, "settlement after two SIGKILLs", || settled(&host, SHARDS)).await;
     wait_for(SETTLE, "every row published", || async { unpublished(&host, SHARDS).await == 0 }).await;
     // Nothing lost on the way to the log. Delivery is at least once

@@ -663,6 +663,19 @@ pub async fn published(host: &Host, shards: &[&str]) -> i64 {
     count(host, shards, "SELECT COUNT(*) FROM outbox WHERE published = 1").await
 }
 
+/// Twice: takes payments on `host`, SIGKILLs it mid-flow ([`kill_mid_relay`]),
+/// asserts the kill cut work off, and restarts it. Returns the restarted host.
+pub async fn kill_mid_relay_twice(mut host: Host) -> Host {
+    for round in 1..=2 {
+        let before = published(&host, SHARDS).await;
+        take_payments(&host, 2).await;
+        let cut_off = kill_mid_relay(&mut host, before).await;
+        assert!(cut_off > 0, "kill {round} interrupted no relay or settlement work");
+        host = host.restart();
+    }
+    host
+}
+
 /// SIGKILLs `host` as soon as its relay has published some rows beyond
 /// the `published_before` it had (so a relay firing has just committed, and
 /// the settlement of what it sent, and the relay's next firing, are still
