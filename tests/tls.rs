@@ -3,7 +3,8 @@
 //! that refuses plain connections: the HTTPS listener, outbound HTTPS from
 //! a Spin app, PostgreSQL and MariaDB shards (servers of the test's own,
 //! `hostssl` / `require_secure_transport`), Redis (`rediss://`, its TLS
-//! port only) and Kafka (librdkafka over `security.protocol = SSL`).
+//! port only) and Kafka (librdkafka over `security.protocol = SSL`, and
+//! `SASL_SSL` with SCRAM-SHA-512 against a broker that requires it).
 //! Secrets come from the environment and are checked to stay out of the log.
 
 mod support;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::tls::{Pki, TlsTerminator};
-use support::{manifest, wait_for, wasm_dir, Host, Kafka, Upstream, SHARDS};
+use support::{manifest, wait_for, wasm_dir, Host, Kafka, Sasl, Upstream, KAFKA_PASSWORD_ENV, SHARDS};
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
@@ -519,4 +520,40 @@ async fn events_reach_kafka_over_tls() {
         support::unpublished(&host, SHARDS).await == 0
     })
     .await;
+}
+
+const KAFKA_PASSWORD: &str = "kafka-scram-Secret-6f0b";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_kafka_over_sasl_ssl_and_a_wrong_password_is_refused() {
+    let pki = Pki::new();
+    let kafka = Kafka::start_sasl(&pki, &Sasl { user: "payfn", password: KAFKA_PASSWORD }).await;
+    let config = kafka.runtime_config();
+    assert!(!config.contains(KAFKA_PASSWORD), "the password belongs in the environment:\n{config}");
+
+    // With the password from the environment: events reach the topic.
+    let host = Host::start_with_env(&manifest(""), &config, &[(KAFKA_PASSWORD_ENV, KAFKA_PASSWORD)]);
+    assert!(host.log().contains("(SASL_SSL)"), "{}", host.log());
+    let id = host.merchant(1).authorize(4300).await;
+    let records = kafka.read_all("payments", 1).await;
+    let values: Vec<String> =
+        records.iter().map(|(_, v, _)| String::from_utf8_lossy(v).into_owned()).collect();
+    assert!(values.iter().any(|v| v.contains(&id)), "{values:?}");
+    wait_for(Duration::from_secs(30), "the outbox to drain", || async {
+        support::unpublished(&host, SHARDS).await == 0
+    })
+    .await;
+    assert!(!host.log().contains(KAFKA_PASSWORD), "the Kafka password reached the log:\n{}", host.log());
+
+    // With a wrong one the broker refuses the host, which will not start
+    // and says why; neither password is printed.
+    let wrong = "not-the-Password-91c2";
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("spin.toml"), manifest("")).expect("manifest");
+    std::fs::write(dir.path().join("runtime-config.toml"), &config).expect("runtime config");
+    let err = support::refused_start(dir.path(), &[(KAFKA_PASSWORD_ENV, wrong)]);
+    // The error that stops it names the cause, not only "transport failure".
+    let reason = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(reason.contains("SASL authentication error"), "{err}");
+    assert!(!err.contains(wrong) && !err.contains(KAFKA_PASSWORD), "a password reached the log:\n{err}");
 }

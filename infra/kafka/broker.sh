@@ -2,21 +2,28 @@
 # A local Kafka-protocol broker for development and tests: tansu, from
 # crates.io, installed once into a cache outside the repo.
 #
-#   infra/kafka/broker.sh install         # install (about 10 minutes the first time)
+#   infra/kafka/broker.sh install         # install (about 16 minutes the first time on 2 cores)
 #   infra/kafka/broker.sh path            # print the binary's path (installs if needed)
 #   infra/kafka/broker.sh start [PORT]    # run in the foreground on 127.0.0.1:PORT (default 9092), in-memory storage
 set -euo pipefail
 version=0.6.0
+# dynostore: the memory:// storage the tests and `start` use. libsql: the
+# sqlite:// storage, the one engine of tansu 0.6 that keeps SCRAM
+# credentials without DDL applied by hand (dynostore's upsert is a no-op),
+# which the SASL_SSL test needs.
+features=dynostore,libsql
 root="${PAYFN_TOOLS:-$HOME/.cache/payfn/tools}"
 bin="$root/bin/tansu"
+# The binary's version says nothing of its features: a stamp beside it does.
+stamp="$root/bin/tansu.features"
+
+installed() {
+  [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version" \
+    && [ "$(cat "$stamp" 2>/dev/null)" = "$features" ]
+}
 
 install() {
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
-    return
-  fi
-  # A tansu already built by `cargo install` on this machine is reused.
-  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$version"; then
-    mkdir -p "$root/bin" && cp "$(command -v tansu)" "$bin"
+  if installed; then
     return
   fi
   # One install at a time: tests start brokers in parallel, and two
@@ -25,11 +32,12 @@ install() {
   mkdir -p "$root"
   exec 9>"$root/.install.lock"
   flock 9
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
+  if installed; then
     return
   fi
-  echo "installing tansu $version into $root (cached for later runs)..." >&2
-  cargo install tansu --version "$version" --locked --features dynostore,postgres --root "$root" >&2
+  echo "installing tansu $version ($features) into $root (cached for later runs)..." >&2
+  cargo install tansu --version "$version" --locked --features "$features" --root "$root" --force >&2
+  echo "$features" >"$stamp"
 }
 
 case "${1:-start}" in

@@ -705,7 +705,22 @@ pub struct Kafka {
     pub client_settings: Vec<(String, String)>,
     /// Over TLS: the terminator in front of the proxy.
     pub tls: Option<tls::TlsTerminator>,
+    /// With SASL: the password, which a host's runtime config takes from the
+    /// environment variable [`KAFKA_PASSWORD_ENV`] rather than its file.
+    pub password: Option<String>,
+    /// With SASL: the broker's SQLite storage (removed with it).
+    _data: Option<tempfile::TempDir>,
 }
+
+/// SCRAM credentials a broker requires of every client.
+pub struct Sasl<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+}
+
+/// The environment variable a host started on [`Kafka::runtime_config`] of
+/// a SASL broker reads the password from (`[kafka] settings_env`).
+pub const KAFKA_PASSWORD_ENV: &str = "PAYFN_TEST_KAFKA_PASSWORD";
 
 /// A TCP proxy to a local port that the test can cut (every connection
 /// dropped, new ones refused) and restore: an outage of the service behind it.
@@ -740,7 +755,7 @@ impl Proxy {
 
 impl Kafka {
     pub async fn start() -> Kafka {
-        Self::start_on(None).await
+        Self::start_on(None, None).await
     }
 
     /// A broker reached over TLS only: librdkafka (OpenSSL) ->
@@ -749,14 +764,25 @@ impl Kafka {
     /// `--cert` and `--key`, but declares them mutually exclusive, so it
     /// cannot end TLS itself.)
     pub async fn start_tls(pki: &tls::Pki) -> Kafka {
-        Self::start_on(Some(pki)).await
+        Self::start_on(Some(pki), None).await
     }
 
-    async fn start_on(pki: Option<&tls::Pki>) -> Kafka {
+    /// A broker reached over TLS that also requires SASL SCRAM-SHA-512 as
+    /// `sasl`'s user. tansu 0.6 keeps SCRAM credentials only in a database
+    /// storage (its memory:// one drops them), so this broker stores in an
+    /// SQLite file; the user is created through the broker while it runs
+    /// without authentication, then it restarts with `--authentication`.
+    pub async fn start_sasl(pki: &tls::Pki, sasl: &Sasl<'_>) -> Kafka {
+        Self::start_on(Some(pki), Some(sasl)).await
+    }
+
+    async fn start_on(pki: Option<&tls::Pki>, sasl: Option<&Sasl<'_>>) -> Kafka {
         let tansu =
             Command::new(repo().join("infra/kafka/broker.sh")).arg("path").output().expect("broker.sh path");
         assert!(tansu.status.success(), "tansu is not installed: {}", String::from_utf8_lossy(&tansu.stderr));
         let bin = String::from_utf8(tansu.stdout).expect("path").trim().to_string();
+        let data = sasl.map(|_| tempfile::tempdir().expect("broker storage"));
+        let storage = if data.is_some() { "sqlite://tansu.db" } else { "memory://tansu/" };
         // The broker's port is picked free and then released, so another
         // process may take it before tansu binds it: tansu then exits, and we
         // try again on a new port.
@@ -773,40 +799,63 @@ impl Kafka {
                 None => ("127.0.0.1", proxy.port),
             };
             let log = tempfile::NamedTempFile::new().expect("broker log");
-            let mut child = Command::new(&bin)
-                .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
-                // Clients are told to come back through the proxy (or the terminator).
-                .args(["--advertised-listener-url", &format!("tcp://{host}:{port}")])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(log.reopen().expect("broker log"))
-                .spawn()
-                .expect("spawn tansu");
-            let mut up = false;
-            for _ in 0..200 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
+            let spawn = |authentication: bool| {
+                let mut command = Command::new(&bin);
+                command
+                    .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{broker_port}")])
+                    // Clients are told to come back through the proxy (or the terminator).
+                    .args(["--advertised-listener-url", &format!("tcp://{host}:{port}")])
+                    .args(["--storage-engine", storage])
+                    .stdout(Stdio::null())
+                    .stderr(log.reopen().expect("broker log"));
+                if authentication {
+                    command.arg("--authentication");
                 }
-                if tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.is_ok() {
-                    up = true;
-                    break;
+                if let Some(data) = &data {
+                    // sqlite://tansu.db is a path under the working directory.
+                    command.current_dir(data.path());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                command.spawn().expect("spawn tansu")
+            };
+            let mut child = spawn(false);
+            let mut up = listening(&mut child, broker_port).await;
+            if let (true, Some(sasl)) = (up, sasl) {
+                let created = Command::new(&bin)
+                    .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{broker_port}")])
+                    .args([sasl.user, sasl.password])
+                    .output()
+                    .expect("tansu user create");
+                assert!(
+                    created.status.success(),
+                    "tansu user create: {}",
+                    String::from_utf8_lossy(&created.stderr)
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                child = spawn(true);
+                up = listening(&mut child, broker_port).await;
             }
-            // Connected, and still alive a moment later: the process that
-            // listens is tansu, not whoever took the port first.
             if up {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if up && matches!(child.try_wait(), Ok(None)) {
-                let client_settings = match pki {
-                    Some(pki) => vec![
-                        ("security.protocol".to_string(), "SSL".to_string()),
-                        ("ssl.ca.location".to_string(), pki.ca.display().to_string()),
-                    ],
-                    None => Vec::new(),
+                let mut client_settings = Vec::new();
+                if let Some(pki) = pki {
+                    let protocol = if sasl.is_some() { "SASL_SSL" } else { "SSL" };
+                    client_settings.push(("security.protocol".to_string(), protocol.to_string()));
+                    client_settings.push(("ssl.ca.location".to_string(), pki.ca.display().to_string()));
+                }
+                if let Some(sasl) = sasl {
+                    client_settings.push(("sasl.mechanism".to_string(), "SCRAM-SHA-512".to_string()));
+                    client_settings.push(("sasl.username".to_string(), sasl.user.to_string()));
+                }
+                return Kafka {
+                    child,
+                    port,
+                    proxy,
+                    host,
+                    client_settings,
+                    tls: terminator,
+                    password: sasl.map(|s| s.password.to_string()),
+                    _data: data,
                 };
-                return Kafka { child, port, proxy, host, client_settings, tls: terminator };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -829,9 +878,13 @@ impl Kafka {
     /// `[kafka] assignment`, with a short session timeout (6 s) so a killed
     /// host's partitions move to the others within seconds.
     pub fn runtime_config_with(&self, partitions: u32, assignment: &str) -> String {
+        let secret = match self.password {
+            Some(_) => format!("settings_env = {{ \"sasl.password\" = \"{KAFKA_PASSWORD_ENV}\" }}\n"),
+            None => String::new(),
+        };
         let mut text = format!(
             "[kafka]\nbackend = \"kafka\"\nbrokers = \"{}:{}\"\npartitions = {partitions}\n\
-             assignment = \"{assignment}\"\n\
+             assignment = \"{assignment}\"\n{secret}\
              [kafka.settings]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
             self.host, self.port
         );
@@ -863,6 +916,9 @@ impl Kafka {
         for (name, value) in &self.client_settings {
             config.set(name, value);
         }
+        if let Some(password) = &self.password {
+            config.set("sasl.password", password);
+        }
         let consumer: StreamConsumer = config.create().expect("consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         let mut out = Vec::new();
@@ -890,6 +946,23 @@ impl Kafka {
             }
         }
     }
+}
+
+/// Waits until `child` listens on `port`, and is still alive a moment later
+/// (the process that listens is tansu, not whoever took the port first);
+/// false if it exited or never listened.
+async fn listening(child: &mut Child, port: u16) -> bool {
+    for _ in 0..200 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return matches!(child.try_wait(), Ok(None));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 impl Drop for Kafka {

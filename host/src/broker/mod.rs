@@ -13,6 +13,7 @@ mod group;
 mod positions;
 mod range;
 mod rdkafka;
+mod reports;
 pub mod runtime_config;
 
 use std::path::Path;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -17,6 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use super::breaker::Breaker;
 use super::group::{GroupContext, KafkaSubscription};
 use super::positions::{LagReader, PartitionLag};
+use super::reports::Reports;
 use super::runtime_config::{Assignment, Replication};
 use super::Record;
 use crate::bindings::kafka::{Delivery, Error, Message};
@@ -40,8 +40,10 @@ pub struct KafkaBroker {
     settings: BTreeMap<String, String>,
     /// Replaced after a fatal producer error (e.g. fenced): librdkafka
     /// requires a new instance then, and the relay retries what failed.
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<FutureProducer<Reports>>,
     producer_config: ClientConfig,
+    /// librdkafka's last report (producer and admin clients), for errors.
+    reports: Reports,
     breaker: Breaker,
     partitions: u32,
     /// Replication of the topics payfn creates.
@@ -75,7 +77,9 @@ impl KafkaBroker {
                 "reconnect.backoff.max.ms",
                 settings.get("reconnect.backoff.max.ms").map_or("1000", String::as_str),
             );
-        let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let reports = Reports::default();
+        let producer: FutureProducer<Reports> =
+            config.create_with_context(reports.clone()).context("creating the Kafka producer")?;
         let producer_config = config.clone();
         Ok(Self {
             brokers: brokers.to_string(),
@@ -83,6 +87,7 @@ impl KafkaBroker {
             settings: settings.clone(),
             producer: RwLock::new(producer),
             producer_config,
+            reports,
             breaker: Breaker::default(),
             partitions,
             replication,
@@ -114,7 +119,10 @@ impl KafkaBroker {
         .map_err(|e| e.to_string())?;
         match metadata {
             Ok(brokers) => Ok(format!("{brokers} broker(s) answer; producer breaker {breaker}")),
-            Err(e) => Err(format!("metadata request failed: {e}; producer breaker {breaker}")),
+            Err(e) => Err(format!(
+                "metadata request failed: {}; producer breaker {breaker}",
+                self.reports.explain(e)
+            )),
         }
     }
 
@@ -134,10 +142,10 @@ impl KafkaBroker {
     /// the cluster's broker count if it has fewer brokers (with a warning).
     /// Existing topics are left as they are; their replication factor is logged.
     pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.brokers, &self.settings)
-            .create()
+        let admin: AdminClient<Reports> = client_config(&self.brokers, &self.settings)
+            .create_with_context(self.reports.clone())
             .context("creating the Kafka admin client")?;
-        let (brokers, existing) = tokio::task::block_in_place(|| cluster(&admin))?;
+        let (brokers, existing) = tokio::task::block_in_place(|| cluster(&admin, &self.reports))?;
         let missing: Vec<&String> = topics.iter().filter(|t| !existing.contains_key(*t)).collect();
         for topic in topics {
             if let Some(factor) = existing.get(topic) {
@@ -252,7 +260,8 @@ impl KafkaBroker {
         // instance gets a new producer id. (Seen with tansu 0.6 after an outage.)
         if producer_broken || producer.client().fatal_error().is_some() {
             tracing::warn!("the Kafka producer was fenced or failed fatally; replacing it");
-            match self.producer_config.create::<FutureProducer>() {
+            match self.producer_config.create_with_context::<_, FutureProducer<Reports>>(self.reports.clone())
+            {
                 Ok(fresh) => *self.producer.write().unwrap_or_else(|p| p.into_inner()) = fresh,
                 Err(e) => tracing::error!(error = %e, "could not recreate the Kafka producer"),
             }
@@ -388,11 +397,13 @@ fn consumer_config(brokers: &str, settings: &BTreeMap<String, String>) -> Client
 
 /// The cluster's broker count and its topics with their replication factor
 /// (replicas of their first partition), from one metadata request. Blocking.
-fn cluster(admin: &AdminClient<DefaultClientContext>) -> anyhow::Result<(usize, BTreeMap<String, usize>)> {
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .context("reading the Kafka cluster's metadata (brokers and topics)")?;
+fn cluster(
+    admin: &AdminClient<Reports>,
+    reports: &Reports,
+) -> anyhow::Result<(usize, BTreeMap<String, usize>)> {
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(|e| {
+        anyhow::anyhow!("reading the Kafka cluster's metadata (brokers and topics): {}", reports.explain(e))
+    })?;
     let topics = metadata
         .topics()
         .iter()
