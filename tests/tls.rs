@@ -500,6 +500,22 @@ async fn redis_is_reached_over_rediss_with_the_password_from_the_environment() {
     assert!(!log.contains(REDIS_PASSWORD), "the Redis password reached the log:\n{log}");
 }
 
+/// Asserts the `payments` topic holds an event of payment `id`.
+async fn assert_on_topic(kafka: &Kafka, id: &str) {
+    let records = kafka.read_all("payments", 1).await;
+    let values: Vec<String> =
+        records.iter().map(|(_, v, _)| String::from_utf8_lossy(v).into_owned()).collect();
+    assert!(values.iter().any(|v| v.contains(id)), "{values:?}");
+}
+
+/// Waits until `host`'s outbox holds nothing unpublished.
+async fn drained(host: &Host) {
+    wait_for(Duration::from_secs(30), "the outbox to drain", || async {
+        support::unpublished(host, SHARDS).await == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_kafka_over_tls() {
     let pki = Pki::new();
@@ -507,19 +523,13 @@ async fn events_reach_kafka_over_tls() {
     let host = Host::start_with(&manifest(""), &kafka.runtime_config());
     assert!(host.log().contains("(SSL)"), "{}", host.log());
     let id = host.merchant(1).authorize(4200).await;
-    let records = kafka.read_all("payments", 1).await;
-    let values: Vec<String> =
-        records.iter().map(|(_, v, _)| String::from_utf8_lossy(v).into_owned()).collect();
-    assert!(values.iter().any(|v| v.contains(&id)), "{values:?}");
+    assert_on_topic(&kafka, &id).await;
     let terminator = kafka.tls.as_ref().expect("TLS");
     assert!(
         terminator.handshakes.load(Ordering::SeqCst) >= 2,
         "the host and the reader both came through TLS"
     );
-    wait_for(Duration::from_secs(30), "the outbox to drain", || async {
-        support::unpublished(&host, SHARDS).await == 0
-    })
-    .await;
+    drained(&host).await;
 }
 
 const KAFKA_PASSWORD: &str = "kafka-scram-Secret-6f0b";
@@ -535,14 +545,8 @@ async fn events_reach_kafka_over_sasl_ssl_and_a_wrong_password_is_refused() {
     let host = Host::start_with_env(&manifest(""), &config, &[(KAFKA_PASSWORD_ENV, KAFKA_PASSWORD)]);
     assert!(host.log().contains("(SASL_SSL)"), "{}", host.log());
     let id = host.merchant(1).authorize(4300).await;
-    let records = kafka.read_all("payments", 1).await;
-    let values: Vec<String> =
-        records.iter().map(|(_, v, _)| String::from_utf8_lossy(v).into_owned()).collect();
-    assert!(values.iter().any(|v| v.contains(&id)), "{values:?}");
-    wait_for(Duration::from_secs(30), "the outbox to drain", || async {
-        support::unpublished(&host, SHARDS).await == 0
-    })
-    .await;
+    assert_on_topic(&kafka, &id).await;
+    drained(&host).await;
     assert!(!host.log().contains(KAFKA_PASSWORD), "the Kafka password reached the log:\n{}", host.log());
 
     // With a wrong one the broker refuses the host, which will not start
