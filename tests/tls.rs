@@ -560,4 +560,13 @@ async fn events_reach_kafka_over_sasl_ssl_and_a_wrong_password_is_refused() {
     let reason = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(reason.contains("SASL authentication error"), "{err}");
     assert!(!err.contains(wrong) && !err.contains(KAFKA_PASSWORD), "a password reached the log:\n{err}");
+    // Logged once, as payfn's report: librdkafka's own line of the same
+    // failure is kept for debug level.
+    assert!(
+        err.lines().any(|l| l.contains("payfn::kafka") && l.contains("SASL authentication error")),
+        "the refusal was not reported:\n{err}"
+    );
+    let echoes: Vec<&str> =
+        err.lines().filter(|l| l.contains("librdkafka") && l.contains("SASL authentication error")).collect();
+    assert!(echoes.is_empty(), "librdkafka's log repeats the report:\n{}", echoes.join("\n"));
 }

@@ -29,6 +29,12 @@ pub fn wasm_dir() -> PathBuf {
 
 /// Builds the product components (through `payfn build`, as a user would)
 /// and the test components, once per test binary.
+///
+/// The test components are built as their own selection (`-p 'test-*'`),
+/// never together with the steps: cargo unifies features over what one
+/// command selects, so a workspace-wide build compiles the steps anew, and
+/// each `payfn build` (one step per command) then compiled them back,
+/// about 45 s per test binary.
 pub fn build_components() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -40,10 +46,22 @@ pub fn build_components() {
             .status()
             .expect("run payfn build");
         assert!(status.success(), "payfn build failed");
+        for entry in std::fs::read_dir(repo().join("tests/components")).expect("read tests/components") {
+            let manifest = entry.expect("read tests/components").path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+            let package = text.parse::<toml::Table>().ok().and_then(|t| t.get("package").cloned());
+            let name = package.as_ref().and_then(|p| p.get("name")).and_then(|n| n.as_str());
+            assert!(
+                name.is_some_and(|n| n.starts_with("test-")),
+                "{}: a test component's package is named `test-…`, or the tests do not build it",
+                manifest.display()
+            );
+        }
         let status = Command::new("cargo")
             .args(["build", "--release", "--target", "wasm32-wasip2"])
-            // Every guest crate, so a new test component needs no list here.
-            .args(["--workspace", "--exclude", "payfn"])
+            // Every test component (all are named `test-…`), so a new one
+            // needs no list here.
+            .args(["-p", "test-*"])
             .current_dir(repo())
             .env("CARGO_TARGET_DIR", &target)
             .status()

@@ -33,11 +33,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::rdkafka::record_of;
+use super::reports::Reports;
 use super::Record;
 use crate::metrics::Metrics;
 
@@ -62,16 +64,23 @@ impl Owned {
 }
 
 /// What one group consumer owns, kept up to date by the rebalance callbacks,
-/// and where commit results land.
+/// and where commit results land. librdkafka's reports go to the client's
+/// shared [`Reports`], as the producer's do.
 pub struct GroupContext {
     group: String,
     owned: Arc<Owned>,
     metrics: Metrics,
+    reports: Reports,
 }
 
 impl GroupContext {
-    pub fn new(group: &str, metrics: &Metrics) -> Self {
-        Self { group: group.to_string(), owned: Arc::default(), metrics: metrics.clone() }
+    pub fn new(group: &str, metrics: &Metrics, reports: &Reports) -> Self {
+        Self {
+            group: group.to_string(),
+            owned: Arc::default(),
+            metrics: metrics.clone(),
+            reports: reports.clone(),
+        }
     }
 
     /// Replaces what this member owns with `now`: partitions kept keep their
@@ -99,7 +108,15 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.reports.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        self.reports.log(level, facility, line);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// Forgets revoked partitions before librdkafka unassigns them: from here
@@ -382,6 +399,21 @@ fn describe_set<'a>(set: impl Iterator<Item = &'a Partition>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    #[test]
+    fn a_consumers_reports_land_with_the_clients() {
+        let reports = Reports::default();
+        let context = GroupContext::new("settlement", &Metrics::default(), &reports);
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            "sasl_ssl://broker:9093/bootstrap: SASL authentication error",
+        );
+        assert_eq!(
+            reports.cause().as_deref(),
+            Some("Global error: Authentication (Local: Authentication failure): sasl_ssl://broker:9093/bootstrap: SASL authentication error")
+        );
+    }
 
     fn reading(next: i64) -> Reading {
         Reading { epoch: 1, next, rewind: None }

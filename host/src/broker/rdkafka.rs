@@ -323,7 +323,7 @@ impl KafkaBroker {
     ) -> anyhow::Result<KafkaSubscription> {
         let mut config = consumer_config(&self.brokers, &self.settings);
         config.set("group.id", group).set("enable.auto.commit", "false").set("auto.offset.reset", "earliest");
-        let context = GroupContext::new(group, metrics);
+        let context = GroupContext::new(group, metrics, &self.reports);
         match self.assignment {
             Assignment::Group => {
                 if !self.settings.contains_key("partition.assignment.strategy") {

@@ -9,11 +9,18 @@
 //! [`REPEAT_EVERY`]: librdkafka repeats a refused handshake every 50–100 ms.
 //! librdkafka's reports never hold a password (it names settings, never
 //! prints their values), so they are logged as they come.
+//!
+//! librdkafka also writes each broker failure as a log line of facility
+//! `FAIL`, word for word the report it hands to the error callback (its
+//! `rd_kafka_broker_set_error` does both). Those lines go to debug level
+//! (target `librdkafka`), so a failure is logged once, as a report; its
+//! other log lines keep their level.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 
@@ -21,6 +28,8 @@ use rdkafka::ClientContext;
 const REPEAT_EVERY: Duration = Duration::from_secs(10);
 /// The kind that only says the others' consequence.
 const ALL_BROKERS_DOWN: &str = "AllBrokersDown";
+/// librdkafka's log facility for a broker failure, which it also reports.
+const FAILURE_FACILITY: &str = "FAIL";
 
 /// A client context that logs librdkafka's reports and keeps the last of
 /// each kind.
@@ -89,6 +98,28 @@ impl ClientContext for Reports {
         let report = format!("{error}: {reason}");
         if self.keep(&kind, report.clone()) {
             tracing::warn!(target: "payfn::kafka", "kafka: {report}");
+        }
+    }
+
+    /// librdkafka's log lines, at their level, except broker failures: those
+    /// are reported to [`Self::error`] too, which logs them throttled.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
+        if facility == FAILURE_FACILITY {
+            tracing::debug!(target: "librdkafka", "{facility} {line}");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{facility} {line}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{facility} {line}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "{facility} {line}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{facility} {line}"),
         }
     }
 }
