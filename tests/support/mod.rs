@@ -49,8 +49,8 @@ pub fn build_components() {
         for entry in std::fs::read_dir(repo().join("tests/components")).expect("read tests/components") {
             let manifest = entry.expect("read tests/components").path().join("Cargo.toml");
             let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
-            let package = text.parse::<toml::Table>().ok().and_then(|t| t.get("package").cloned());
-            let name = package.as_ref().and_then(|p| p.get("name")).and_then(|n| n.as_str());
+            let table = text.parse::<toml::Table>().ok();
+            let name = table.as_ref().and_then(|t| t.get("package")?.get("name")?.as_str());
             assert!(
                 name.is_some_and(|n| n.starts_with("test-")),
                 "{}: a test component's package is named `test-…`, or the tests do not build it",

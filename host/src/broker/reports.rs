@@ -104,17 +104,12 @@ impl ClientContext for Reports {
     /// librdkafka's log lines, at their level, except broker failures: those
     /// are reported to [`Self::error`] too, which logs them throttled.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
-        if facility == FAILURE_FACILITY {
-            tracing::debug!(target: "librdkafka", "{facility} {line}");
-            return;
-        }
+        let level = if facility == FAILURE_FACILITY { RDKafkaLogLevel::Debug } else { level };
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "{facility} {line}")
-            }
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "{facility} {line}"),
             RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{facility} {line}"),
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", "{facility} {line}")
