@@ -516,6 +516,14 @@ async fn a_freeze_a_host_never_confirms_rolls_back() {
         move_record(&host, id).await["step"] == "frozen"
     })
     .await;
+    // The record says frozen once the mover wrote it; this host applies
+    // the freeze at its next control sync (up to a sync interval later,
+    // and until then it serves the merchant on the source, which the
+    // cut-over waits for). A read refused shows the freeze has landed.
+    wait_for(Duration::from_secs(30), "the host to apply the freeze", || async {
+        host.merchant(3).get(&format!("/payments/{open}")).await.status == 503
+    })
+    .await;
     // Frozen, the merchant's writes wait, then get a bounded 503.
     let refused = host.merchant(3).post(&format!("/payments/{open}/capture"), "{}").await;
     assert_eq!((refused.status, refused.code().as_str()), (503, "merchant_moving"));

@@ -974,13 +974,39 @@ async fn listening(child: &mut Child, port: u16) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        // A connect alone is not enough: the port was picked free and then
+        // released, and another process (a host, a proxy, another test's
+        // broker) may hold it now while this tansu fails to bind it.
+        if owns_listener(child.id(), port) {
             return matches!(child.try_wait(), Ok(None));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
+/// (Linux: the listening entry of /proc/net/tcp, matched by inode against
+/// the process's open descriptors).
+fn owns_listener(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [_, address, _, state, _, _, _, _, _, inode, ..] if address == local && state == LISTEN => {
+                Some(inode.to_string())
+            }
+            _ => None,
+        }
+    });
+    let Some(inode) = inode else { return false };
+    let socket = std::path::PathBuf::from(format!("socket:[{inode}]"));
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == socket))
+    })
 }
 
 impl Drop for Kafka {
