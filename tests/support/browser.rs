@@ -35,13 +35,7 @@ impl Browser {
                 "{binary} is missing: install Debian's chromium and chromium-driver (see .ci/run)"
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chromedriver");
+        let (mut driver, port) = start_driver().await;
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
@@ -142,4 +136,32 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
     }
+}
+
+/// chromedriver on a port picked free and then released: another process
+/// may take the port first (chromedriver then exits, or serves only IPv6),
+/// so it counts as started only once it holds the IPv4 listener itself,
+/// and a new port is tried otherwise.
+async fn start_driver() -> (Child, u16) {
+    for _attempt in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        for _ in 0..200 {
+            if !matches!(driver.try_wait(), Ok(None)) {
+                break;
+            }
+            if crate::support::owns_listener(driver.id(), port) {
+                return (driver, port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = driver.kill();
+        let _ = driver.wait();
+    }
+    panic!("chromedriver did not start on a free port in 5 attempts");
 }

@@ -987,8 +987,9 @@ async fn listening(child: &mut Child, port: u16) -> bool {
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
 /// (Linux: the listening entry of /proc/net/tcp, matched by inode against
-/// the process's open descriptors).
-fn owns_listener(pid: u32, port: u16) -> bool {
+/// the process's open descriptors). For servers started on a port picked
+/// free and then released, which another process may have taken since.
+pub fn owns_listener(pid: u32, port: u16) -> bool {
     const LISTEN: &str = "0A";
     let local = format!("0100007F:{port:04X}");
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
