@@ -151,14 +151,8 @@ async fn start_driver() -> (Child, u16) {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
-        for _ in 0..200 {
-            if !matches!(driver.try_wait(), Ok(None)) {
-                break;
-            }
-            if crate::support::owns_listener(driver.id(), port) {
-                return (driver, port);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if crate::support::listening(&mut driver, port).await {
+            return (driver, port);
         }
         let _ = driver.kill();
         let _ = driver.wait();

@@ -966,17 +966,17 @@ impl Kafka {
     }
 }
 
-/// Waits until `child` listens on `port`, and is still alive a moment later
-/// (the process that listens is tansu, not whoever took the port first);
-/// false if it exited or never listened.
-async fn listening(child: &mut Child, port: u16) -> bool {
+/// Waits (up to 10 s) until `child` itself holds the listener on
+/// 127.0.0.1:`port`; false if it exited or never did (the port, picked free
+/// and released, may have gone to another process).
+pub async fn listening(child: &mut Child, port: u16) -> bool {
     for _ in 0..200 {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        // A connect alone is not enough: the port was picked free and then
-        // released, and another process (a host, a proxy, another test's
-        // broker) may hold it now while this tansu fails to bind it.
+        // A connect alone is not enough: another process (a host, a proxy,
+        // another test's broker) may hold the port while this child fails
+        // to bind it.
         if owns_listener(child.id(), port) {
             return matches!(child.try_wait(), Ok(None));
         }
@@ -987,9 +987,8 @@ async fn listening(child: &mut Child, port: u16) -> bool {
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
 /// (Linux: the listening entry of /proc/net/tcp, matched by inode against
-/// the process's open descriptors). For servers started on a port picked
-/// free and then released, which another process may have taken since.
-pub fn owns_listener(pid: u32, port: u16) -> bool {
+/// the process's open descriptors).
+fn owns_listener(pid: u32, port: u16) -> bool {
     const LISTEN: &str = "0A";
     let local = format!("0100007F:{port:04X}");
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
