@@ -146,7 +146,7 @@ async fn a_plain_spin_app_runs_unmodified(kv_section: &str, redis_prefix: Option
     }
     // Any other destination fails at once, named in the log; the neighbour
     // may call nowhere.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = support::free_port();
     let denied = m.get(&format!("/spin/outbound?url=http://127.0.0.1:{closed}/")).await;
     assert_eq!(denied.status, 502);
     assert!(text(&denied).contains("HttpRequestDenied"), "{}", text(&denied));

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::tls::{Pki, TlsTerminator};
-use support::{manifest, wait_for, wasm_dir, Host, Kafka, Sasl, Upstream, KAFKA_PASSWORD_ENV, SHARDS};
+use support::{
+    free_port, manifest, wait_for, wasm_dir, Host, Kafka, Sasl, Upstream, KAFKA_PASSWORD_ENV, SHARDS,
+};
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
@@ -33,11 +35,6 @@ fn stdout_or_stderr(out: std::process::Output) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
-}
-
-/// A port free a moment ago, for a server that takes its port as an argument.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,7 +144,7 @@ impl Drop for Browser {
 /// and a new port is tried otherwise.
 async fn start_driver() -> (Child, u16) {
     for _attempt in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::support::free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -805,8 +805,7 @@ impl Kafka {
         // process may take it before tansu binds it: tansu then exits, and we
         // try again on a new port.
         for _attempt in 0..5 {
-            let broker_port =
-                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let broker_port = free_port();
             let proxy = Proxy::start(broker_port).await;
             let terminator = match pki {
                 Some(pki) => Some(tls::TlsTerminator::start(proxy.port, pki.server_config()).await),
@@ -966,6 +965,13 @@ impl Kafka {
     }
 }
 
+/// A port free a moment ago: for a server that takes its port as an
+/// argument, or an address nothing listens on. Another process may take it
+/// meanwhile; [`listening`] tells whether the server got it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Waits (up to 10 s) until `child` itself holds the listener on
 /// 127.0.0.1:`port`; false if it exited or never did (the port, picked free
 /// and released, may have gone to another process).
@@ -978,7 +984,7 @@ pub async fn listening(child: &mut Child, port: u16) -> bool {
         // another test's broker) may hold the port while this child fails
         // to bind it.
         if owns_listener(child.id(), port) {
-            return matches!(child.try_wait(), Ok(None));
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
